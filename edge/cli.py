@@ -1,0 +1,177 @@
+"""`hpacs-edge`: serve the DIMSE node and administer its registry and index."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from edge.reconcile import reconcile
+from edge.scu import echo
+from edge.server import EdgeServer
+from shared.config import PERMISSIONS, Config, ConfigError, load_config
+from shared.errors import PacsError
+from shared.index import Database
+from shared.logs import setup_logging
+from shared.registry import (
+    Node,
+    apply_config_nodes,
+    get_node,
+    list_nodes,
+    remove_node,
+    upsert_node,
+)
+
+log = logging.getLogger("hpacs.edge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpacs-edge", description="hpacs edge node")
+    p.add_argument("--config", default="hpacs.toml", help="path to hpacs.toml")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the DICOM node in the foreground")
+    nodes = sub.add_parser("nodes", help="the node registry").add_subparsers(
+        dest="nodes_command", required=True
+    )
+    add = nodes.add_parser("add", help="register or update a node")
+    add.add_argument("ae_title")
+    add.add_argument("host", help="IP or host name the node connects from / listens on; * any")
+    add.add_argument("port", type=int)
+    add.add_argument(
+        "--permissions",
+        default="echo,store,find,move,get",
+        help=f"comma-separated among {','.join(PERMISSIONS)}",
+    )
+    add.add_argument("--tls", action="store_true", help="connect to this node over TLS")
+    add.add_argument("--max-associations", type=int, default=0)
+    nodes.add_parser("list", help="list registered nodes")
+    rm = nodes.add_parser("remove", help="remove a node")
+    rm.add_argument("ae_title")
+    ec = nodes.add_parser("echo", help="C-ECHO a registered node")
+    ec.add_argument("ae_title")
+    ec.add_argument("--timeout", type=float, default=10.0)
+    sub.add_parser("studies", help="list the studies in the index")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"hpacs-edge: config error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.edge.log_level, "edge")
+    try:
+        if args.command == "serve":
+            return serve(cfg)
+        db = Database(cfg.edge.index_path)
+        try:
+            if args.command == "nodes":
+                return nodes_command(cfg, db, args)
+            if args.command == "studies":
+                return studies_command(db)
+        finally:
+            db.close()
+    except PacsError as exc:
+        print(f"hpacs-edge: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def serve(cfg: Config, ready: threading.Event | None = None) -> int:
+    db = Database(cfg.edge.index_path)
+    with db.write() as conn:
+        apply_config_nodes(conn, cfg.nodes)
+    server = EdgeServer(cfg, db)
+    reconcile(db, server.cache)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("stopping on signal %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.start()
+    log.info("edge node ready ae_title=%s ports=%s", cfg.edge.ae_title, server.ports)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        db.close()
+        log.info("edge node stopped")
+    return 0
+
+
+def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
+    cmd = args.nodes_command
+    if cmd == "add":
+        perms = frozenset(p.strip() for p in args.permissions.split(",") if p.strip())
+        node = Node(
+            args.ae_title,
+            args.host,
+            args.port,
+            tls=args.tls,
+            permissions=perms,
+            max_associations=args.max_associations,
+        )
+        with db.write() as conn:
+            upsert_node(conn, node)
+        print(f"registered {node.ae_title} {node.host}:{node.port} {','.join(sorted(perms))}")
+        return 0
+    if cmd == "list":
+        rows = list_nodes(db.reader())
+        print(f"{'AE TITLE':16} {'HOST':20} {'PORT':>5} {'TLS':3} {'MAX':>3} {'SOURCE':6} PERMS")
+        for n in rows:
+            print(
+                f"{n.ae_title:16} {n.host:20} {n.port:>5} {'yes' if n.tls else 'no':3} "
+                f"{n.max_associations:>3} {n.source:6} {','.join(sorted(n.permissions))}"
+            )
+        return 0
+    if cmd == "remove":
+        with db.write() as conn:
+            removed = remove_node(conn, args.ae_title)
+        if not removed:
+            print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
+            return 1
+        print(f"removed {args.ae_title}")
+        return 0
+    if cmd == "echo":
+        node = get_node(db.reader(), args.ae_title)
+        if node is None:
+            print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
+            return 1
+        res = echo(cfg.edge.ae_title, node, timeout_s=args.timeout)
+        status = f"0x{res.status:04X}" if res.status is not None else "-"
+        print(
+            f"{node.ae_title} {node.host}:{node.port} {res.detail} status={status} "
+            f"rtt_ms={res.rtt_ms:.1f}"
+        )
+        return 0 if res.ok else 1
+    return 2
+
+
+def studies_command(db: Database) -> int:
+    rows = db.reader().execute(
+        "SELECT s.study_uid, s.study_date, s.num_instances, "
+        "(SELECT group_concat(DISTINCT modality) FROM series WHERE study_id = s.id) AS mods, "
+        "(SELECT group_concat(DISTINCT state) FROM instances WHERE study_id = s.id) AS states "
+        "FROM studies s ORDER BY s.created_at DESC"
+    )
+    print(f"{'STUDY INSTANCE UID':64} {'DATE':8} {'MODALITY':8} {'COUNT':>6} STATE")
+    for r in rows:
+        print(
+            f"{r['study_uid']:64} {r['study_date'] or '-':8} {r['mods'] or '-':8} "
+            f"{r['num_instances']:>6} {r['states'] or '-'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""DIMSE handlers for C-ECHO and C-STORE: parse, call the ingest service, map the result."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pynetdicom import evt
+
+from edge.assoc import assoc_info
+from edge.ingest import Origin, Outcome
+from shared.errors import REFUSED_NOT_AUTHORIZED, SUCCESS, PacsError, dimse_status
+
+if TYPE_CHECKING:
+    from edge.server import EdgeServer
+
+log = logging.getLogger("hpacs.edge.store")
+
+
+def permitted(event: evt.Event, permission: str) -> bool:
+    """Whether the association's node may use a service; logs a refusal."""
+    info = assoc_info(event.assoc)
+    if info.node is not None and info.node.may(permission):
+        return True
+    log.warning(
+        "service refused calling_ae=%s peer=%s service=%s reason=not permitted",
+        info.calling_ae,
+        info.peer,
+        permission,
+    )
+    return False
+
+
+class StoreHandlers:
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+
+    def handle_echo(self, event: evt.Event) -> int:
+        if not permitted(event, "echo"):
+            return REFUSED_NOT_AUTHORIZED
+        return SUCCESS
+
+    def handle_store(self, event: evt.Event) -> int:
+        info = assoc_info(event.assoc)
+        req = event.request
+        if not permitted(event, "store"):
+            info.failed += 1
+            return REFUSED_NOT_AUTHORIZED
+        origin = Origin("dimse", calling_ae=info.calling_ae, peer=info.peer)
+        try:
+            result = self.server.ingestor.ingest_temp(
+                Path(event.dataset_path),
+                origin,
+                expected_sop_class=str(req.AffectedSOPClassUID),
+                expected_sop_instance=str(req.AffectedSOPInstanceUID),
+            )
+        except PacsError as exc:
+            info.failed += 1
+            status = dimse_status(exc)
+            log.warning(
+                "store failed calling_ae=%s sop_instance_uid=%s status=0x%04X error=%s hint=%s",
+                info.calling_ae,
+                str(req.AffectedSOPInstanceUID)[:64],
+                status,
+                exc,
+                exc.hint,
+            )
+            return status
+        except Exception as exc:
+            info.failed += 1
+            log.exception(
+                "store crashed calling_ae=%s sop_instance_uid=%s",
+                info.calling_ae,
+                str(req.AffectedSOPInstanceUID)[:64],
+            )
+            return dimse_status(exc)
+        info.stored += 1
+        if result.outcome is not Outcome.STORED:
+            info.stats[result.outcome.value] = info.stats.get(result.outcome.value, 0) + 1
+        return SUCCESS

@@ -1,0 +1,110 @@
+"""Start-up reconciliation of the cache against the index (invariant 4, edge side).
+
+Temp files are removed; files without rows are re-indexed (a crash between the link and the
+index commit, before any success was sent); rows whose file is missing are reported loudly;
+rows left in `recalling` by a crash go back to `evicted` (the recall never finished).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from edge.cache import Cache
+from shared.checksum import crc32c_file
+from shared.dicom import read_header
+from shared.errors import PacsError
+from shared.index import Database
+from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.rows import Origin, index_instance
+
+log = logging.getLogger("hpacs.edge.reconcile")
+
+
+@dataclass
+class ReconcileReport:
+    temp_removed: int = 0
+    reindexed: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+    recalls_reset: int = 0
+
+
+def reconcile(db: Database, cache: Cache) -> ReconcileReport:
+    rep = ReconcileReport(temp_removed=cache.clear_temp())
+    rows = {
+        r["path"]: (r["sop_instance_uid"], r["state"])
+        for r in db.reader().execute("SELECT path, sop_instance_uid, state FROM instances")
+    }
+    on_disk: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(cache.root):
+        if dirpath == str(cache.root):
+            dirnames[:] = [d for d in dirnames if d not in ("tmp", "lost+found")]
+        for name in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), cache.root)
+            on_disk.add(rel)
+            if rel not in rows and name.endswith(".dcm"):
+                _reindex(db, cache, rel, rep)
+    for rel, (uid, state) in rows.items():
+        if State(state) in LOCAL_STATES and rel not in on_disk:
+            rep.missing_files.append(uid)
+    rep.recalls_reset = _reset_recalls(db)
+    if rep.missing_files:
+        log.error(
+            "index rows without their file count=%d first=%s: the cache was altered outside "
+            "hpacs; if the instances were synced, restore them with `hpacs-sync recall`",
+            len(rep.missing_files),
+            rep.missing_files[:5],
+        )
+    log.info(
+        "reconciled temp_removed=%d reindexed=%d unreadable=%d missing_files=%d recalls_reset=%d",
+        rep.temp_removed,
+        rep.reindexed,
+        len(rep.unreadable),
+        len(rep.missing_files),
+        rep.recalls_reset,
+    )
+    return rep
+
+
+def _reindex(db: Database, cache: Cache, rel: str, rep: ReconcileReport) -> None:
+    path = cache.root / rel
+    try:
+        header = read_header(path)
+        expected_rel, _ = cache.path_for(header.sop_instance_uid)
+        if expected_rel != rel:
+            raise PacsError(f"file is not at its instance's path ({expected_rel})")
+        crc = crc32c_file(path)
+        with db.write() as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
+            ).fetchone()
+            if not exists:
+                index_instance(
+                    conn,
+                    header,
+                    rel,
+                    path.stat().st_size,
+                    crc,
+                    Origin("reconcile"),
+                    time.time(),
+                )
+                rep.reindexed += 1
+    except PacsError as exc:
+        rep.unreadable.append(rel)
+        log.error("unindexable file in the cache path=%s error=%s; moved aside", rel, exc)
+        aside = cache.root / "lost+found"
+        aside.mkdir(exist_ok=True)
+        os.replace(path, aside / os.path.basename(rel))
+
+
+def _reset_recalls(db: Database) -> int:
+    n = 0
+    with db.write() as conn:
+        for row in conn.execute(
+            "SELECT id FROM instances WHERE state = ?", (State.RECALLING.value,)
+        ).fetchall():
+            n += transition(conn, row["id"], State.RECALLING, State.EVICTED)
+    return n

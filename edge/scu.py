@@ -1,0 +1,81 @@
+"""Outbound associations to registered nodes (C-ECHO now; C-STORE for move and routing)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from edge.contexts import VERIFICATION
+from shared.registry import Node
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    status: int | None
+    rtt_ms: float
+    detail: str
+
+
+def client_ssl_context(
+    ca_file: str = "", cert_file: str = "", key_file: str = ""
+) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
+    ctx.check_hostname = False  # DICOM nodes are addressed by IP; the CA pins trust
+    if cert_file and key_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def associate(
+    ae: AE,
+    node: Node,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout_s: float = 10.0,
+) -> Association:
+    """Open an association to a node; TCP_NODELAY on, like our accepted sockets."""
+    ae.acse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    tls_args = (ssl_context, "") if node.tls and ssl_context is not None else None
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args)
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    return assoc
+
+
+def echo(
+    our_ae_title: str,
+    node: Node,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout_s: float = 10.0,
+) -> EchoResult:
+    """C-ECHO a node; reports the status and the round-trip time of association + echo."""
+    ae = AE(ae_title=our_ae_title)
+    ae.add_requested_context(VERIFICATION)
+    t0 = time.perf_counter()
+    assoc = associate(ae, node, ssl_context=ssl_context, timeout_s=timeout_s)
+    if not assoc.is_established:
+        rtt = (time.perf_counter() - t0) * 1000
+        why = "rejected" if assoc.is_rejected else "no association (refused or timed out)"
+        return EchoResult(False, None, rtt, why)
+    try:
+        rsp = assoc.send_c_echo()
+        rtt = (time.perf_counter() - t0) * 1000
+        status = int(rsp.Status) if rsp and "Status" in rsp else None
+    finally:
+        assoc.release()
+    if status is None:
+        return EchoResult(False, None, rtt, "no response")
+    return EchoResult(status == 0, status, rtt, "success" if status == 0 else "failure status")

@@ -1,0 +1,231 @@
+"""The DIMSE server: pynetdicom adapter for admission, per-association bookkeeping and handlers.
+
+Threading model: pynetdicom runs each association in its own threads; the DIMSE path stays
+synchronous on the stdlib sqlite3 (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+
+from edge.access import decide
+from edge.assoc import AssocInfo, assoc_info
+from edge.cache import Cache
+from edge.contexts import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
+from edge.handlers import StoreHandlers
+from edge.ingest import Ingestor
+from shared.config import Config
+from shared.index import Database
+from shared.registry import get_node
+
+log = logging.getLogger("hpacs.edge.server")
+
+# Receive C-STORE datasets straight to a file instead of memory (large objects).
+_config.STORE_RECV_CHUNKED_DATASET = True
+# Private and future storage SOP classes are stored like the standard ones.
+_config.UNRESTRICTED_STORAGE_SERVICE = True
+# pynetdicom's reactor sleeps this long between polls; 1 ms caps throughput (NOTES.md).
+DUL_LOOP_DELAY_S = 0.0001
+
+
+class EdgeServer:
+    def __init__(self, cfg: Config, db: Database) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.cache = Cache(cfg.edge.cache_dir)
+        tempfile.tempdir = str(self.cache.tmp)  # pynetdicom spools C-STORE data here
+        self.ingestor = Ingestor(
+            db,
+            self.cache,
+            duplicates=cfg.edge.duplicates,
+            min_free_bytes=cfg.edge.min_free_bytes,
+        )
+        self.ae = self._make_ae()
+        self._servers: list[Any] = []
+        self._lock = threading.Lock()
+        self._active_total = 0
+        self._active_by_node: dict[str, int] = {}
+        self._addr_cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self.store = StoreHandlers(self)
+        self.extra_handlers: list[tuple[Any, Any]] = []
+
+    # ---- set-up ------------------------------------------------------------------------
+    def _make_ae(self) -> AE:
+        e = self.cfg.edge
+        ae = AE(ae_title=e.ae_title)
+        ae.maximum_associations = e.max_associations + 8  # our own check answers first
+        ae.maximum_pdu_size = e.max_pdu_bytes
+        ae.acse_timeout = e.association_timeout_s
+        ae.dimse_timeout = e.dimse_timeout_s
+        ae.network_timeout = e.network_timeout_s
+        ae.require_called_aet = False  # decided in _on_requested, with a log line
+        ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES[:3])
+        for uid in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_C_ECHO, self.store.handle_echo),
+            (evt.EVT_C_STORE, self.store.handle_store),
+            *self.extra_handlers,
+        ]
+
+    def start(self) -> None:
+        e = self.cfg.edge
+        if e.port:
+            srv = self.ae.start_server((e.host, e.port), block=False, evt_handlers=self.handlers())
+            self._servers.append(srv)
+            log.info("listening ae_title=%s address=%s:%d tls=no", e.ae_title, e.host, e.port)
+        if e.tls.port and e.tls.cert_file:
+            srv = self.ae.start_server(
+                (e.host, e.tls.port),
+                block=False,
+                evt_handlers=self.handlers(),
+                ssl_context=self._server_ssl_context(),
+            )
+            self._servers.append(srv)
+            log.info(
+                "listening ae_title=%s address=%s:%d tls=yes mutual=%s",
+                e.ae_title,
+                e.host,
+                e.tls.port,
+                "yes" if e.tls.require_client_cert else "no",
+            )
+        elif e.tls.port:
+            log.info("TLS listener disabled: edge.tls.cert_file and key_file are not set")
+
+    @property
+    def ports(self) -> list[int]:
+        return [srv.server_address[1] for srv in self._servers]
+
+    def _server_ssl_context(self) -> ssl.SSLContext:
+        t = self.cfg.edge.tls
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(t.cert_file, t.key_file)
+        if t.ca_file:
+            ctx.load_verify_locations(t.ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED if t.require_client_cert else ssl.CERT_OPTIONAL
+        return ctx
+
+    def stop(self) -> None:
+        for srv in self._servers:
+            srv.shutdown()
+        self._servers.clear()
+        self.ae.shutdown()
+
+    # ---- association events ------------------------------------------------------------
+    def _on_conn_open(self, event: evt.Event) -> None:
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
+
+    def _addresses(self, host: str) -> frozenset[str]:
+        now = time.monotonic()
+        hit = self._addr_cache.get(host)
+        if hit and now - hit[0] < 60:
+            return hit[1]
+        try:
+            infos = socket.getaddrinfo(host, None)
+            addrs = frozenset(str(i[4][0]) for i in infos)
+        except OSError:
+            addrs = frozenset()
+        self._addr_cache[host] = (now, addrs)
+        return addrs
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        info = assoc_info(assoc)
+        called = (
+            (assoc.acceptor.primitive.called_ae_title or "") if assoc.acceptor.primitive else ""
+        )
+        if not called and assoc.requestor.primitive is not None:
+            called = assoc.requestor.primitive.called_ae_title or ""
+        node = get_node(self.db.reader(), info.calling_ae)
+        info.node = node
+        addresses = self._addresses(node.host) if node and node.host != "*" else frozenset()
+        with self._lock:
+            d = decide(
+                node=node,
+                calling_ae=info.calling_ae,
+                called_ae=str(called).strip(),
+                our_ae=self.cfg.edge.ae_title,
+                check_called_ae=self.cfg.edge.check_called_ae,
+                peer_ip=info.peer,
+                node_addresses=addresses,
+                active_total=self._active_total,
+                max_total=self.cfg.edge.max_associations,
+                active_for_node=self._active_by_node.get(info.calling_ae, 0),
+            )
+            if d.accept:
+                self._active_total += 1
+                self._active_by_node[info.calling_ae] = (
+                    self._active_by_node.get(info.calling_ae, 0) + 1
+                )
+                info.counted = True
+        if d.accept:
+            return
+        log.warning(
+            "association rejected calling_ae=%s called_ae=%s peer=%s reason=%s",
+            info.calling_ae,
+            str(called).strip(),
+            info.peer,
+            d.reason,
+        )
+        self._record_event("association_rejected", info, d.reason)
+        assoc.acse.send_reject(*d.reject)
+        assoc.kill()
+
+    def _record_event(self, kind: str, info: AssocInfo, detail: str) -> None:
+        try:
+            with self.db.write() as conn:
+                conn.execute(
+                    "INSERT INTO events(at, kind, calling_ae, peer, detail) VALUES (?,?,?,?,?)",
+                    (time.time(), kind, info.calling_ae, info.peer, detail),
+                )
+        except Exception:  # the rejection itself matters more than its audit row
+            log.exception("could not record event kind=%s", kind)
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        info = getattr(event.assoc, "hpacs_info", None)
+        if info is None or not info.counted:
+            return
+        with self._lock:
+            self._active_total -= 1
+            n = self._active_by_node.get(info.calling_ae, 1) - 1
+            if n:
+                self._active_by_node[info.calling_ae] = n
+            else:
+                self._active_by_node.pop(info.calling_ae, None)
+        extra = " ".join(f"{k}={v}" for k, v in sorted(info.stats.items()))
+        log.info(
+            "association closed calling_ae=%s peer=%s contexts=%d stored=%d failed=%d "
+            "duration_s=%.3f%s",
+            info.calling_ae,
+            info.peer,
+            len(event.assoc.accepted_contexts),
+            info.stored,
+            info.failed,
+            time.monotonic() - info.started,
+            f" {extra}" if extra else "",
+        )
+
+    def active_associations(self) -> int:
+        with self._lock:
+            return self._active_total

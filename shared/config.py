@@ -1,0 +1,293 @@
+"""Typed, validated configuration: one `hpacs.toml`, loaded once by an entry point.
+
+Every section is a frozen dataclass. Validation names the key (`edge.port: must be 1-65535,
+got 70000`). Field metadata carries the check so adding a key is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from shared.uids import is_valid_ae_title
+
+PERMISSIONS = ("echo", "store", "find", "move", "get", "commit")
+
+
+class ConfigError(ValueError):
+    """A configuration error; the message starts with the dotted key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+Check = Callable[[Any], str | None]
+
+
+def port(v: int) -> str | None:
+    return None if 1 <= v <= 65535 else f"must be 1-65535, got {v}"
+
+
+def port_or_zero(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else f"must be 0 (disabled) or 1-65535, got {v}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def non_negative(v: float) -> str | None:
+    return None if v >= 0 else f"must be >= 0, got {v}"
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+    return check
+
+
+def ae_title(v: str) -> str | None:
+    return None if is_valid_ae_title(v) else f"not a valid AE title: {v!r}"
+
+
+def permissions(v: list[str]) -> str | None:
+    bad = [p for p in v if p not in PERMISSIONS]
+    return f"unknown permission(s) {bad}; allowed: {', '.join(PERMISSIONS)}" if bad else None
+
+
+def regex(v: str) -> str | None:
+    try:
+        re.compile(v)
+    except re.error as exc:
+        return f"not a valid regular expression: {exc}"
+    return None
+
+
+def checked(default: Any = dataclasses.MISSING, check: Check | None = None, **kw: Any) -> Any:
+    meta = {"check": check} if check else {}
+    if default is dataclasses.MISSING and "default_factory" not in kw:
+        return field(metadata=meta, **kw)
+    if "default_factory" in kw:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    port: int = checked(2762, port_or_zero)
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""  # client certificates are verified against this when set (mutual TLS)
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    ae_title: str = checked("HPACS", ae_title)
+    host: str = "0.0.0.0"
+    port: int = checked(11112, port_or_zero)
+    data_dir: str = "var/edge"
+    check_called_ae: bool = True
+    max_associations: int = checked(32, positive)
+    max_pdu_bytes: int = checked(262144, positive)
+    max_object_bytes: int = checked(4 * 1024**3, positive)
+    association_timeout_s: float = checked(60.0, positive)
+    dimse_timeout_s: float = checked(60.0, positive)
+    network_timeout_s: float = checked(60.0, positive)
+    duplicates: str = checked("keep", one_of("keep", "replace"))
+    min_free_bytes: int = checked(256 * 1024**2, non_negative)
+    find_max_results: int = checked(5000, positive)
+    acceptors: int = checked(1, positive)
+    http_host: str = "127.0.0.1"
+    http_port: int = checked(8080, port_or_zero)
+    import_dir: str = ""
+    log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data_dir) / "cache"
+
+    @property
+    def index_path(self) -> Path:
+        return Path(self.data_dir) / "index.sqlite"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ae_title: str = checked(check=ae_title)
+    host: str = checked()
+    port: int = checked(check=port)
+    tls: bool = False
+    permissions: list[str] = checked(
+        default_factory=lambda: ["echo", "store", "find", "move", "get"], check=permissions
+    )
+    max_associations: int = checked(0, non_negative)  # 0: only the global limit applies
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str = checked()
+    destinations: list[str] = checked(default_factory=list)
+    calling_ae: str = ""
+    modality: str = ""
+    sop_class_uid: str = ""
+    body_part: str = ""
+    study_description: str = checked("", regex)
+    series_description: str = checked("", regex)
+    schedule: str = ""  # "HH:MM-HH:MM", empty: always
+    stable_after_s: float = checked(0.0, non_negative)
+    max_attempts: int = checked(10, positive)
+    concurrency: int = checked(1, positive)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    store_url: str = "file://var/bucket"
+    site: str = "dev"
+    upload_concurrency: int = checked(4, positive)
+    upload_timeout_s: float = checked(60.0, positive)
+    max_attempts: int = checked(8, positive)
+    backoff_initial_s: float = checked(1.0, positive)
+    backoff_max_s: float = checked(300.0, positive)
+    poll_interval_s: float = checked(1.0, positive)
+    catalog_batch: int = checked(500, positive)
+    cache_high_watermark: str = "90%"
+    cache_low_watermark: str = "75%"
+    min_cache_age_s: float = checked(3600.0, non_negative)
+    evict_interval_s: float = checked(30.0, positive)
+    status_log_interval_s: float = checked(60.0, positive)
+    recall_concurrency: int = checked(8, positive)
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    prefetch_days: int = checked(7, non_negative)
+    poll_interval_s: float = checked(10.0, positive)
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    host: str = "127.0.0.1"
+    port: int = checked(8081, port)
+    store_url: str = "file://var/bucket"
+    data_dir: str = "var/cloud"
+    tokens_file: str = "var/cloud/tokens.json"
+    catalog_poll_interval_s: float = checked(5.0, positive)
+    max_body_bytes: int = checked(2 * 1024**3, positive)
+    query_max_results: int = checked(1000, positive)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    nodes: list[NodeConfig] = field(default_factory=list)
+    routes: list[RouteConfig] = field(default_factory=list)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    source_path: str = ""
+
+
+def _convert(key: str, tp: Any, value: Any) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table, got {type(value).__name__}")
+        return _build(key, tp, value)
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {type(value).__name__}")
+        return [_convert(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported type {tp}")  # pragma: no cover
+
+
+def _build(prefix: str, cls: Any, data: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_path"}
+    for name in data:
+        if name not in fields:
+            raise ConfigError(_join(prefix, name), "unknown key")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(key, "required")
+            continue
+        value = _convert(key, hints[name], data[name])
+        check = f.metadata.get("check")
+        if check is not None:
+            reason = check(value)
+            if reason:
+                raise ConfigError(key, reason)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def parse_config(data: dict[str, Any], source_path: str = "") -> Config:
+    """Build and validate a Config from parsed TOML."""
+    cfg = _build("", Config, data)
+    _check_cross(cfg)
+    return dataclasses.replace(cfg, source_path=source_path)
+
+
+def _check_cross(cfg: Config) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(cfg.nodes):
+        if node.ae_title in seen:
+            raise ConfigError(f"nodes[{i}].ae_title", f"duplicate AE title {node.ae_title!r}")
+        seen.add(node.ae_title)
+    for i, route in enumerate(cfg.routes):
+        for dest in route.destinations:
+            if dest not in seen:
+                raise ConfigError(f"routes[{i}].destinations", f"{dest!r} is not in [[nodes]]")
+    tls = cfg.edge.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("edge.tls", "cert_file and key_file must be set together")
+    if cfg.edge.tls.require_client_cert and not cfg.edge.tls.ca_file:
+        raise ConfigError("edge.tls.require_client_cert", "needs edge.tls.ca_file")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; relative data paths stay relative to the CWD."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError("config", f"file not found: {p}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{p} is not valid TOML: {exc}") from exc
+    return parse_config(data, source_path=str(p))

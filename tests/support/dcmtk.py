@@ -1,0 +1,37 @@
+"""Run DCMTK tools as the real peer, with TCP_NODELAY and a timeout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def require_dcmtk() -> None:
+    if shutil.which("storescu") is None:
+        pytest.fail("DCMTK is not installed: `make test` installs Debian's dcmtk")
+
+
+def run(tool: str, *args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    require_dcmtk()
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.run(
+        [tool, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def storescp(port: int, out_dir: Path, aet: str = "STORESCP", *extra: str) -> subprocess.Popen[str]:
+    """A DCMTK storescp writing every received object under out_dir (caller stops it)."""
+    require_dcmtk()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.Popen(
+        ["storescp", "-aet", aet, "-od", str(out_dir), "+B", *extra, str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
