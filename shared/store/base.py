@@ -1,0 +1,69 @@
+"""The object store interface. Every backend passes the same contract suite.
+
+Errors: `shared.errors.NotFound` (no such key), `ObjectExists` (create-only put met an
+existing object), `TransientStoreError` (retrying may help), `PermanentStoreError`.
+Checksums are hex strings (crc32c always; md5 where the backend has it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    crc32c: str  # hex
+    md5: str = ""  # hex, "" when unknown
+    content_type: str = "application/octet-stream"
+    metadata: dict[str, str] = field(default_factory=dict)
+    updated: float = 0.0  # seconds since the epoch
+
+
+class ObjectStore(Protocol):
+    url: str
+
+    def put(
+        self,
+        key: str,
+        source: Path | bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+        if_absent: bool = True,
+    ) -> ObjectInfo:
+        """Write an object; with `if_absent` (the default) never overwrite: ObjectExists."""
+        ...
+
+    def open(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        """A readable stream of bytes [start, end) of the object (end None: to the end)."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size, checksums and metadata; None when there is no such object."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete an object; NotFound when there is none."""
+        ...
+
+    def list(self, prefix: str, start_offset: str = "") -> Iterator[ObjectInfo]:
+        """Objects under `prefix` in key order, keys >= start_offset when given."""
+        ...
+
+
+def open_store(url: str) -> ObjectStore:
+    """`gs://bucket[/prefix]` or `file:///abs/dir` (or `file://relative/dir`)."""
+    if url.startswith("gs://"):
+        from shared.store.gcs import GcsStore
+
+        return GcsStore(url)
+    if url.startswith("file://"):
+        from shared.store.filestore import FileStore
+
+        return FileStore(url)
+    raise ValueError(f"unsupported object store URL {url!r}: use gs://bucket or file:///dir")
