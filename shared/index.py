@@ -119,6 +119,29 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: the routing queue (edge/forwarder.py): one row per instance x route x destination,
+    # retry state in the row (invariant 6); UNIQUE so a duplicate ingest never queues twice.
+    """
+    CREATE TABLE route_jobs (
+        id INTEGER PRIMARY KEY,
+        route TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        study_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        stable_after_s REAL NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 10,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sent_at REAL,
+        UNIQUE(route, destination, sop_instance_uid)
+    );
+    CREATE INDEX route_jobs_due ON route_jobs(state, destination, next_attempt_at);
+    CREATE INDEX route_jobs_study ON route_jobs(study_uid);
+    """,
 ]
 
 BUSY_TIMEOUT_S = 30.0
