@@ -71,6 +71,20 @@ def regex(v: str) -> str | None:
     return None
 
 
+_DAY = r"(mon|tue|wed|thu|fri|sat|sun)"
+_SCHEDULE = re.compile(
+    rf"^(?:{_DAY}(?:-{_DAY})?(?:,{_DAY}(?:-{_DAY})?)* )?"
+    r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$",
+    re.IGNORECASE,
+)
+
+
+def schedule(v: str) -> str | None:
+    if not v or _SCHEDULE.match(v.strip()):
+        return None
+    return f"must look like 'HH:MM-HH:MM' or 'Mon-Fri HH:MM-HH:MM', got {v!r}"
+
+
 def checked(default: Any = dataclasses.MISSING, check: Check | None = None, **kw: Any) -> Any:
     meta = {"check": check} if check else {}
     if default is dataclasses.MISSING and "default_factory" not in kw:
@@ -109,6 +123,8 @@ class EdgeConfig:
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
     import_dir: str = ""
+    import_settle_s: float = checked(2.0, positive)  # a hot-folder file must stop growing this long
+    import_rescan_s: float = checked(30.0, positive)  # full rescan: watchdog events are only hints
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -143,10 +159,12 @@ class RouteConfig:
     body_part: str = ""
     study_description: str = checked("", regex)
     series_description: str = checked("", regex)
-    schedule: str = ""  # "HH:MM-HH:MM", empty: always
+    schedule: str = checked("", schedule)  # "[Mon-Fri ]HH:MM-HH:MM" (local time), empty: always
     stable_after_s: float = checked(0.0, non_negative)
     max_attempts: int = checked(10, positive)
     concurrency: int = checked(1, positive)
+    backoff_initial_s: float = checked(5.0, positive)
+    backoff_max_s: float = checked(600.0, positive)
 
 
 @dataclass(frozen=True)
