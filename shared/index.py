@@ -142,6 +142,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX route_jobs_due ON route_jobs(state, destination, next_attempt_at);
     CREATE INDEX route_jobs_study ON route_jobs(study_uid);
     """,
+    # 3: the sync agent's catalog journal (sync/catalog.py): which catalog object a row went
+    # into (0: not yet), so a crash between upload and journal loses no catalog row.
+    """
+    ALTER TABLE instances ADD COLUMN catalog_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX instances_catalog_seq ON instances(catalog_seq, state);
+    """,
 ]
 
 BUSY_TIMEOUT_S = 30.0
