@@ -36,7 +36,7 @@ def port(v: int) -> str | None:
 
 
 def port_or_zero(v: int) -> str | None:
-    return None if 0 <= v <= 65535 else f"must be 0 (disabled) or 1-65535, got {v}"
+    return None if 0 <= v <= 65535 else f"must be 1-65535, got {v} (or 0 to disable)"
 
 
 def positive(v: float) -> str | None:
