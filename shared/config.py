@@ -71,6 +71,23 @@ def regex(v: str) -> str | None:
     return None
 
 
+_WATERMARK_RE = re.compile(r"^\s*\d+(\.\d+)?\s*(%|B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.I)
+
+
+def watermark(v: str) -> str | None:
+    if not _WATERMARK_RE.match(v):
+        return f'must be a size like "20GB" or a percent of the disk like "90%", got {v!r}'
+    if v.strip().endswith("%") and not 0 < float(v.strip()[:-1]) <= 100:
+        return f"a percent must be in (0, 100], got {v!r}"
+    return None
+
+
+def emulator_url(v: str) -> str | None:
+    if v and not re.match(r"^https?://[^/\s]+/?$", v):
+        return f'must be empty or a URL like "http://127.0.0.1:4443", got {v!r}'
+    return None
+
+
 _DAY = r"(mon|tue|wed|thu|fri|sat|sun)"
 _SCHEDULE = re.compile(
     rf"^(?:{_DAY}(?:-{_DAY})?(?:,{_DAY}(?:-{_DAY})?)* )?"
@@ -178,12 +195,14 @@ class SyncConfig:
     backoff_max_s: float = checked(300.0, positive)
     poll_interval_s: float = checked(1.0, positive)
     catalog_batch: int = checked(500, positive)
-    cache_high_watermark: str = "90%"
-    cache_low_watermark: str = "75%"
+    cache_high_watermark: str = checked("90%", watermark)
+    cache_low_watermark: str = checked("75%", watermark)
     min_cache_age_s: float = checked(3600.0, non_negative)
     evict_interval_s: float = checked(30.0, positive)
     status_log_interval_s: float = checked(60.0, positive)
     recall_concurrency: int = checked(8, positive)
+    # "http://127.0.0.1:4443": talk to a GCS emulator (anonymous credentials) instead of Google
+    emulator_host: str = checked("", emulator_url)
 
 
 @dataclass(frozen=True)
