@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -61,6 +62,9 @@ class Ingestor:
         self.cache = cache
         self.duplicates = duplicates
         self.min_free_bytes = min_free_bytes
+        # Called inside the index transaction of a newly stored instance (routing enqueues
+        # its forward jobs there: atomic with the row, and ingest never waits for a send).
+        self.on_indexed: list[Callable[[sqlite3.Connection, Header, Origin], None]] = []
 
     # ---- entry doors -------------------------------------------------------------------
     def ingest_temp(
@@ -133,6 +137,8 @@ class Ingestor:
         try:
             with self.db.write() as conn:
                 index_instance(conn, header, relpath, size, crc, origin, time.time())
+                for hook in self.on_indexed:
+                    hook(conn, header, origin)
         except (sqlite3.Error, OSError) as exc:
             _unlink_quietly(final)
             raise IndexUnavailable(f"index write failed: {exc}") from exc
