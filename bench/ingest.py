@@ -1,0 +1,134 @@
+"""Ingest benchmark: DCMTK storescu -> hpacs-edge, DCMTK storescp and Orthanc, in one run.
+
+Prints a table of instances/s (medians of interleaved repetitions) and hpacs-edge's ratio to
+Orthanc and to storescp, then the edge's peak RSS while receiving one ~1 GB object.
+Figures on a shared machine are noisy: read the ratios, which come from the same run.
+
+    .venv/bin/python bench/ingest.py                 # defaults: a few minutes
+    .venv/bin/python bench/ingest.py --ct 200 --small 600 --reps 1 --big-mb 0   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    Edge,
+    Orthanc,
+    Receiver,
+    StoreSCP,
+    make_dataset,
+    median,
+    rss_peak_kb,
+    running,
+    send,
+    table,
+    write_big_object,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ct", type=int, default=600, help="0.5 MB CT slices (default 600)")
+    p.add_argument("--small", type=int, default=2000, help="~10 KB images (default 2000)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    p.add_argument("--assocs", default="1,4", help="association counts (default 1,4)")
+    p.add_argument("--acceptors", type=int, default=0, help="edge.acceptors (0: = associations)")
+    p.add_argument("--big-mb", type=int, default=1024, help="size of the RSS object, 0 skips")
+    p.add_argument("--targets", default="edge,orthanc,storescp", help="receivers to run")
+    p.add_argument("--workdir", default="", help="where data goes (default: a temp dir on disk)")
+    return p.parse_args(argv)
+
+
+def receiver(name: str, work: Path, assocs: int, acceptors: int) -> Receiver:
+    if name == "edge":
+        return Edge(work / "edge", acceptors=acceptors or assocs)
+    if name == "orthanc":
+        return Orthanc(work / "orthanc")
+    return StoreSCP(work / "storescp")
+
+
+def run_rows(args: argparse.Namespace, work: Path) -> None:
+    datasets = []
+    t0 = time.perf_counter()
+    if args.ct:
+        datasets.append(make_dataset("0.5 MB CT", work / "in" / "ct", args.ct, 512, 512))
+    if args.small:
+        datasets.append(make_dataset("~10 KB", work / "in" / "small", args.small, 64, 64))
+    print(f"datasets ready in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    targets = args.targets.split(",")
+    assoc_counts = [int(a) for a in args.assocs.split(",")]
+    rows = []
+    for ds in datasets:
+        for assocs in assoc_counts:
+            rates: dict[str, list[float]] = {t: [] for t in targets}
+            for rep in range(args.reps):
+                for t in targets:  # interleaved: every receiver once per repetition
+                    with running(receiver(t, work / "srv", assocs, args.acceptors)) as r:
+                        dt = send(r.port, ds.files, assocs)
+                        n = r.stored()
+                    if n != len(ds.files):
+                        raise RuntimeError(f"{t} stored {n} of {len(ds.files)}")
+                    rates[t].append(len(ds.files) / dt)
+                    print(
+                        f"  {ds.name} x{len(ds.files)} assocs={assocs} rep={rep + 1} "
+                        f"{t}: {len(ds.files) / dt:.0f}/s",
+                        file=sys.stderr,
+                    )
+            med = {t: median(v) for t, v in rates.items()}
+            row = [f"{ds.name} x{len(ds.files)}", str(assocs)]
+            row += [f"{med[t]:,.0f}" for t in targets]
+            if "edge" in med and "orthanc" in med:
+                row.append(f"{med['edge'] / med['orthanc']:.2f}")
+            if "edge" in med and "storescp" in med:
+                row.append(f"{med['edge'] / med['storescp']:.2f}")
+            rows.append(row)
+    header = ["dataset", "assocs", *(f"{t} inst/s" for t in targets)]
+    if "edge" in targets and "orthanc" in targets:
+        header.append("edge/orthanc")
+    if "edge" in targets and "storescp" in targets:
+        header.append("edge/storescp")
+    print(f"\nmedians of {args.reps} interleaved repetitions, storescu, TCP_NODELAY=1")
+    print(table(header, rows))
+
+
+def run_rss(args: argparse.Namespace, work: Path) -> None:
+    big = write_big_object(work / "in" / "big.dcm", args.big_mb * 1024 * 1024)
+    size = big.stat().st_size
+    with running(Edge(work / "srv" / "edge-big", acceptors=1)) as r:
+        assert r.proc is not None
+        before = rss_peak_kb(r.proc.pid)
+        dt = send(r.port, [big], 1)
+        peak = rss_peak_kb(r.proc.pid)
+        n = r.stored()
+    big.unlink()
+    print(
+        f"\nedge peak RSS receiving one {size / 2**20:,.0f} MiB object: {peak / 1024:,.0f} MiB "
+        f"(idle {before / 1024:,.0f} MiB; target < 300 MiB), {size / 2**20 / dt:,.0f} MiB/s, "
+        f"stored={n}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hpacs-bench-"))
+    try:
+        run_rows(args, base)
+        if args.big_mb:
+            run_rss(args, base)
+    finally:
+        if not args.workdir:
+            import shutil
+
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
