@@ -56,12 +56,15 @@ class ObjectStore(Protocol):
         ...
 
 
-def open_store(url: str) -> ObjectStore:
-    """`gs://bucket[/prefix]` or `file:///abs/dir` (or `file://relative/dir`)."""
+def open_store(url: str, *, emulator_host: str = "", timeout_s: float = 60.0) -> ObjectStore:
+    """`gs://bucket[/prefix]` or `file:///abs/dir` (or `file://relative/dir`).
+
+    `emulator_host` (a GCS emulator's URL) and `timeout_s` (per request) concern `gs://` only.
+    """
     if url.startswith("gs://"):
         from shared.store.gcs import GcsStore
 
-        return GcsStore(url)
+        return GcsStore(url, emulator_host=emulator_host, timeout_s=timeout_s)
     if url.startswith("file://"):
         from shared.store.filestore import FileStore
 
