@@ -139,6 +139,8 @@ class EdgeConfig:
     acceptors: int = checked(1, positive)
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
+    console_token_file: str = ""  # empty: <data_dir>/console_token, generated at first start
+    readyz_timeout_s: float = checked(2.0, positive)  # per readiness check (index lock, store)
     import_dir: str = ""
     import_settle_s: float = checked(2.0, positive)  # a hot-folder file must stop growing this long
     import_rescan_s: float = checked(30.0, positive)  # full rescan: watchdog events are only hints
