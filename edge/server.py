@@ -20,6 +20,7 @@ from edge.access import decide
 from edge.assoc import AssocInfo, assoc_info
 from edge.cache import Cache
 from edge.contexts import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
+from edge.find import FIND_SOP_CLASSES, FindHandlers
 from edge.handlers import StoreHandlers
 from edge.ingest import Ingestor
 from shared.config import Config
@@ -55,6 +56,7 @@ class EdgeServer:
         self._active_by_node: dict[str, int] = {}
         self._addr_cache: dict[str, tuple[float, frozenset[str]]] = {}
         self.store = StoreHandlers(self)
+        self.find = FindHandlers(self)
         self.extra_handlers: list[tuple[Any, Any]] = []
 
     # ---- set-up ------------------------------------------------------------------------
@@ -70,6 +72,8 @@ class EdgeServer:
         ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES[:3])
         for uid in STORAGE_SOP_CLASSES:
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        for uid in FIND_SOP_CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES[:3])
         return ae
 
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -79,6 +83,7 @@ class EdgeServer:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_C_ECHO, self.store.handle_echo),
             (evt.EVT_C_STORE, self.store.handle_store),
+            (evt.EVT_C_FIND, self.find.handle_find),
             *self.extra_handlers,
         ]
 
@@ -125,6 +130,7 @@ class EdgeServer:
             srv.shutdown()
         self._servers.clear()
         self.ae.shutdown()
+        self.find.close()
 
     # ---- association events ------------------------------------------------------------
     def _on_conn_open(self, event: evt.Event) -> None:

@@ -1,0 +1,170 @@
+"""C-FIND SCP: parse the identifier, run the query built by `edge.query`, map rows to responses.
+
+The handler is a thin adapter: matching rules live in the pure `edge.query`. Rows are fetched
+at once (capped at `edge.find_max_results` + 1) so the read snapshot is short, then streamed
+as pending responses, checking for C-CANCEL before each one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from edge import query
+from edge.assoc import assoc_info
+from edge.handlers import permitted
+from shared.errors import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    PENDING,
+    REFUSED_NOT_AUTHORIZED,
+    PacsError,
+    dimse_status,
+)
+from shared.index import connect
+
+if TYPE_CHECKING:
+    from edge.server import EdgeServer
+
+log = logging.getLogger("hpacs.edge.find")
+
+FIND_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelFind): query.PATIENT_ROOT,
+    str(StudyRootQueryRetrieveInformationModelFind): query.STUDY_ROOT,
+}
+FIND_SOP_CLASSES = list(FIND_MODELS)
+_NOT_QUERIED = ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle")
+
+
+class ReaderPool:
+    """Read-only connections reused across associations.
+
+    pynetdicom runs every association in a new thread, so a connection per thread would be
+    opened (and kept) once per association; a small pool keeps one per concurrent query.
+    """
+
+    def __init__(self, path: Any, size: int = 8) -> None:
+        self.path = path
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue(maxsize=size)
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+        try:
+            yield conn
+        finally:
+            try:
+                self._idle.put_nowait(conn)
+            except queue.Full:
+                conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class FindHandlers:
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+        self.readers = ReaderPool(server.db.path)
+
+    def handle_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        if not permitted(event, "find"):
+            yield REFUSED_NOT_AUTHORIZED, None
+            return
+        info = assoc_info(event.assoc)
+        started = time.perf_counter()
+        cap = self.server.cfg.edge.find_max_results
+        model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID), query.STUDY_ROOT)
+        try:
+            identifier = event.identifier
+            requested = {e.keyword: e.value for e in identifier if e.keyword}
+            q = query.build(requested, model, limit=cap + 1)
+            with self.readers.connection() as conn:
+                rows = conn.execute(q.sql, q.params).fetchall()
+        except PacsError as exc:
+            log.warning(
+                "find refused calling_ae=%s status=0x%04X error=%s",
+                info.calling_ae,
+                dimse_status(exc),
+                exc,
+            )
+            yield dimse_status(exc), None
+            return
+        except Exception:
+            log.exception("find failed calling_ae=%s", info.calling_ae)
+            yield CANNOT_UNDERSTAND, None
+            return
+        if len(rows) > cap:
+            log.warning(
+                "find truncated calling_ae=%s level=%s max_results=%d",
+                info.calling_ae,
+                q.level,
+                cap,
+            )
+            rows = rows[:cap]
+        extras = _extras(identifier, q, self.server.cfg.edge.ae_title)
+        sent = 0
+        for row in rows:
+            if event.is_cancelled:
+                log.info("find cancelled calling_ae=%s sent=%d", info.calling_ae, sent)
+                yield CANCEL, None
+                return
+            yield PENDING, response(q, row, extras)
+            sent += 1
+        log.info(
+            "find calling_ae=%s level=%s results=%d duration_ms=%.1f",
+            info.calling_ae,
+            q.level,
+            sent,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def close(self) -> None:
+        self.readers.close()
+
+
+def _extras(identifier: Dataset, q: query.Query, ae_title: str) -> list[tuple[Any, str, Any]]:
+    """Requested keys we do not index come back empty; RetrieveAETitle is this node."""
+    out: list[tuple[Any, str, Any]] = []
+    for elem in identifier:
+        if elem.keyword in _NOT_QUERIED[:2] or elem.keyword in q.keywords:
+            continue
+        if elem.keyword == "RetrieveAETitle":
+            out.append((elem.tag, "AE", ae_title))
+        elif elem.keyword in q.unsupported or not elem.keyword:
+            out.append((elem.tag, elem.VR, [] if elem.VR == "SQ" else None))
+    return out
+
+
+def response(q: query.Query, row: Any, extras: list[tuple[Any, str, Any]]) -> Dataset:
+    """One pending response identifier; declares UTF-8 only when a value needs it."""
+    values = query.row_values(q, row)
+    ds = Dataset()
+    if query.needs_unicode(values.values()):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = q.level
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    for tag, vr, value in extras:
+        ds.add_new(tag, vr, value)
+    return ds
