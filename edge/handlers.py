@@ -10,6 +10,7 @@ from pynetdicom import evt
 
 from edge.assoc import assoc_info
 from edge.ingest import Origin, Outcome
+from shared import metrics
 from shared.errors import REFUSED_NOT_AUTHORIZED, SUCCESS, PacsError, dimse_status
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class StoreHandlers:
         req = event.request
         if not permitted(event, "store"):
             info.failed += 1
+            metrics.store_failed(REFUSED_NOT_AUTHORIZED)
             return REFUSED_NOT_AUTHORIZED
         origin = Origin("dimse", calling_ae=info.calling_ae, peer=info.peer)
         try:
@@ -66,6 +68,7 @@ class StoreHandlers:
                 exc,
                 exc.hint,
             )
+            metrics.store_failed(status)
             return status
         except Exception as exc:
             info.failed += 1
@@ -74,8 +77,10 @@ class StoreHandlers:
                 info.calling_ae,
                 str(req.AffectedSOPInstanceUID)[:64],
             )
+            metrics.store_failed(dimse_status(exc))
             return dimse_status(exc)
         info.stored += 1
+        metrics.store_outcome(result.outcome.value, result.size)
         if result.outcome is not Outcome.STORED:
             info.stats[result.outcome.value] = info.stats.get(result.outcome.value, 0) + 1
         return SUCCESS

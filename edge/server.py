@@ -23,6 +23,7 @@ from edge.contexts import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATI
 from edge.find import FIND_SOP_CLASSES, FindHandlers
 from edge.handlers import StoreHandlers
 from edge.ingest import Ingestor
+from shared import metrics
 from shared.config import Config
 from shared.index import Database
 from shared.registry import get_node
@@ -186,7 +187,9 @@ class EdgeServer:
                 )
                 info.counted = True
         if d.accept:
+            metrics.association_opened()
             return
+        metrics.association_rejected(d.reason)
         log.warning(
             "association rejected calling_ae=%s called_ae=%s peer=%s reason=%s",
             info.calling_ae,

@@ -1,0 +1,362 @@
+"""Prometheus metrics for the three services; prometheus-client lives only in this module.
+
+Two kinds of figures:
+- Event counters (associations, stores, query latency, HTTP requests) are process-wide objects
+  bumped by one-line calls from the adapters (`association_opened()`, `store_outcome()`...).
+  They are created unregistered and added to each service's registry, so tests that run several
+  edges in one process do not trip over duplicate registrations.
+- State figures (cache bytes, sync backlog, upload errors, route queue depth) are computed from
+  the SQLite index at scrape time by `IndexCollector`: the edge reports what the sync agent did
+  without any coupling to the sync process, and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# ---- edge: DIMSE path ------------------------------------------------------------------------
+ASSOCIATIONS_TOTAL = Counter(
+    "hpacs_associations", "Associations accepted since start", registry=None
+)
+ASSOCIATIONS_REJECTED = Counter(
+    "hpacs_associations_rejected",
+    "Associations rejected since start, by reason",
+    ["reason"],
+    registry=None,
+)
+INSTANCES_STORED = Counter(
+    "hpacs_instances_stored",
+    "Instances answered with success, by outcome (stored, duplicate, replaced)",
+    ["outcome"],
+    registry=None,
+)
+INSTANCES_FAILED = Counter(
+    "hpacs_instances_failed",
+    "C-STORE requests answered with a failure, by DIMSE status",
+    ["status"],
+    registry=None,
+)
+INGEST_BYTES = Counter(
+    "hpacs_ingest_bytes", "Bytes of new instances written to the cache", registry=None
+)
+QUERY_SECONDS = Histogram(
+    "hpacs_query_duration_seconds",
+    "C-FIND latency from request to last pending response, by query level",
+    ["level"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=None,
+)
+REJECT_REASONS = ("called_ae", "unknown_calling_ae", "address", "global_limit", "node_limit")
+
+# ---- cloud API: HTTP -------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "hpacs_http_requests",
+    "HTTP requests, by route template, method and status",
+    ["route", "method", "status"],
+    registry=None,
+)
+HTTP_SECONDS = Histogram(
+    "hpacs_http_request_duration_seconds",
+    "HTTP request latency, by route template and method",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=None,
+)
+
+_DIMSE = (
+    ASSOCIATIONS_TOTAL,
+    ASSOCIATIONS_REJECTED,
+    INSTANCES_STORED,
+    INSTANCES_FAILED,
+    INGEST_BYTES,
+    QUERY_SECONDS,
+)
+
+
+# ---- one-line hooks for the adapters -----------------------------------------------------------
+def association_opened() -> None:
+    ASSOCIATIONS_TOTAL.inc()
+
+
+def association_rejected(reason: str) -> None:
+    """`reason` is the admission decision's text; the label is a short fixed code."""
+    ASSOCIATIONS_REJECTED.labels(rejection_code(reason)).inc()
+
+
+def rejection_code(reason: str) -> str:
+    """A bounded label for a rejection reason (the text carries AE titles and addresses)."""
+    text = reason.lower()
+    if text.startswith("called ae"):
+        return "called_ae"
+    if "unknown calling" in text:
+        return "unknown_calling_ae"
+    if text.startswith("address"):
+        return "address"
+    if "global association limit" in text:
+        return "global_limit"
+    if "node association limit" in text:
+        return "node_limit"
+    return "other"
+
+
+def store_outcome(outcome: str, size: int) -> None:
+    """A C-STORE answered with success; only new bytes count as ingested."""
+    INSTANCES_STORED.labels(outcome).inc()
+    if outcome != "duplicate":
+        INGEST_BYTES.inc(size)
+
+
+def store_failed(status: int) -> None:
+    INSTANCES_FAILED.labels(f"0x{status:04X}").inc()
+
+
+def observe_query(level: str, seconds: float) -> None:
+    """C-FIND handlers call this once per query (level: PATIENT, STUDY, SERIES, IMAGE)."""
+    QUERY_SECONDS.labels(level.upper() or "UNKNOWN").observe(seconds)
+
+
+# ---- pure helpers ----------------------------------------------------------------------------
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b|%)?\s*$", re.IGNORECASE)
+
+
+def watermark_bytes(spec: str, capacity_bytes: int) -> int:
+    """`"90%"` of the cache filesystem, or an absolute size (`"500G"`, `"2TiB"`, `"1000000"`)."""
+    m = _SIZE.match(spec)
+    if not m:
+        raise ValueError(f"not a size or a percentage: {spec!r}")
+    value, unit = float(m.group(1)), (m.group(2) or "").lower()
+    if unit == "%":
+        return int(capacity_bytes * value / 100)
+    base = 1024 if "i" in unit else 1000
+    power = {"": 0, "b": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit[:1]]
+    return int(value * base**power)
+
+
+def capacity_bytes(path: str | Path) -> int:
+    st = os.statvfs(str(path))
+    return st.f_blocks * st.f_frsize
+
+
+# ---- scrape-time figures from the index --------------------------------------------------------
+class IndexCollector(Collector):
+    """Reads the SQLite index at each scrape: cache, backlog, upload errors, route queue.
+
+    Opens its own read-only connection per scrape so it never holds a lock between scrapes
+    and works from any thread (the edge's HTTP thread, a test).
+    """
+
+    def __init__(
+        self,
+        index_path: str | Path,
+        cache_dir: str | Path,
+        high_watermark: str = "90%",
+        low_watermark: str = "75%",
+        extra: Callable[[], Iterable[Metric]] | None = None,
+    ) -> None:
+        self.index_path = Path(index_path)
+        self.cache_dir = Path(cache_dir)
+        self.high = high_watermark
+        self.low = low_watermark
+        self.extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        conn = sqlite3.connect(f"file:{self.index_path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            yield from self._cache(conn)
+            yield from self._backlog(conn)
+            yield from self._upload_errors(conn)
+            yield from self._routes(conn)
+        finally:
+            conn.close()
+        if self.extra is not None:
+            yield from self.extra()
+
+    def _cache(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+        used = conn.execute(
+            "SELECT coalesce(sum(size), 0) FROM instances "
+            "WHERE state IN ('cached','uploading','synced','failed','conflict','evicting')"
+        ).fetchone()[0]
+        yield GaugeMetricFamily(
+            "hpacs_cache_bytes", "Bytes of instances held in the cache", value=used
+        )
+        cap = capacity_bytes(self.cache_dir)
+        g = GaugeMetricFamily(
+            "hpacs_cache_watermark_bytes",
+            "Eviction watermarks of the cache (sync.cache_*_watermark), in bytes",
+            labels=["level"],
+        )
+        for level, spec in (("high", self.high), ("low", self.low)):
+            try:
+                g.add_metric([level], watermark_bytes(spec, cap))
+            except ValueError:
+                continue
+        yield g
+        yield GaugeMetricFamily(
+            "hpacs_cache_capacity_bytes", "Size of the cache filesystem", value=cap
+        )
+
+    def _backlog(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+        n, size, oldest = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), min(received_at) FROM instances "
+            "WHERE state IN ('cached','uploading')"
+        ).fetchone()
+        yield GaugeMetricFamily(
+            "hpacs_sync_backlog_instances", "Instances not yet in the object store", value=n
+        )
+        yield GaugeMetricFamily(
+            "hpacs_sync_backlog_bytes", "Bytes not yet in the object store", value=size
+        )
+        age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "hpacs_sync_backlog_oldest_age_seconds",
+            "Age of the oldest instance not yet in the object store (0: none)",
+            value=age,
+        )
+
+    def _upload_errors(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            "hpacs_upload_errors",
+            "Instances whose upload is failing, by kind (permanent, conflict, retrying)",
+            labels=["kind"],
+        )
+        counts = dict.fromkeys(("permanent", "conflict", "retrying"), 0)
+        for state, n in conn.execute(
+            "SELECT state, count(*) FROM instances WHERE state IN ('failed','conflict') "
+            "OR (state IN ('cached','uploading') AND last_error != '') GROUP BY state"
+        ):
+            kind = {"failed": "permanent", "conflict": "conflict"}.get(state, "retrying")
+            counts[kind] += n
+        for kind, n in counts.items():
+            g.add_metric([kind], n)
+        yield g
+
+    def _routes(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            "hpacs_route_queue", "Forwarding jobs in the routing queue, by state", labels=["state"]
+        )
+        table = route_table(conn)
+        if table:
+            for state, n in conn.execute(f"SELECT state, count(*) FROM {table} GROUP BY state"):
+                g.add_metric([str(state)], n)
+        else:
+            g.add_metric(["pending"], 0)
+        yield g
+
+
+def route_table(conn: sqlite3.Connection) -> str:
+    """The routing queue's table name, or "" while routing is not part of the schema."""
+    for name in ("route_jobs", "route_queue", "forwards", "routes_queue"):
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone()
+        if row:
+            cols = {r[1] for r in conn.execute(f"PRAGMA table_info({name})")}
+            if "state" in cols:
+                return name
+    return ""
+
+
+def active_associations_collector(active: Callable[[], int]) -> Collector:
+    return _FuncGauge("hpacs_associations_active", "Associations open right now", active)
+
+
+class _FuncGauge(Collector):
+    def __init__(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        self.name, self.doc, self.fn = name, doc, fn
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.doc, value=self.fn())
+
+
+def edge_registry(
+    index_path: str | Path,
+    cache_dir: str | Path,
+    active: Callable[[], int],
+    *,
+    high_watermark: str = "90%",
+    low_watermark: str = "75%",
+) -> CollectorRegistry:
+    """Everything the edge's /metrics shows: DIMSE counters plus index figures."""
+    reg = CollectorRegistry(auto_describe=False)
+    for m in _DIMSE:
+        reg.register(m)
+    reg.register(active_associations_collector(active))
+    reg.register(IndexCollector(index_path, cache_dir, high_watermark, low_watermark))
+    return reg
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+# ---- cloud API -------------------------------------------------------------------------------
+def cloud_registry(catalog_lag_s: Callable[[], float] | None = None) -> CollectorRegistry:
+    """The cloud API's registry: HTTP counters and, when given, the catalog lag gauge.
+
+    `catalog_lag_s` returns how far the replica's query index trails the newest catalog
+    journal (seconds); the cloud API passes a function reading its own state.
+    """
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(HTTP_REQUESTS)
+    reg.register(HTTP_SECONDS)
+    if catalog_lag_s is not None:
+        reg.register(
+            _FuncGauge(
+                "hpacs_catalog_lag_seconds",
+                "How far the query index trails the newest catalog journal",
+                catalog_lag_s,
+            )
+        )
+    return reg
+
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def http_metrics_middleware() -> Any:
+    """An aiohttp middleware counting requests by route template and status, with latency.
+
+    Mount it with `web.Application(middlewares=[http_metrics_middleware(), ...])`; the route
+    label is the resource's template (`/dicomweb/studies/{study}`), never the raw path, so
+    UIDs do not explode the label set.
+    """
+    from aiohttp import web
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = _route_label(request)
+            HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+            HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - t0)
+
+    return middleware
+
+
+def _route_label(request: Any) -> str:
+    info = request.match_info
+    resource = getattr(getattr(info, "route", None), "resource", None)
+    if resource is None:
+        return "unmatched"
+    canonical = getattr(resource, "canonical", "")
+    return str(canonical) or "unmatched"
