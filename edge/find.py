@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (
 from edge import query
 from edge.assoc import assoc_info
 from edge.handlers import permitted
+from shared import metrics
 from shared.errors import (
     CANCEL,
     CANNOT_UNDERSTAND,
@@ -138,6 +139,7 @@ class FindHandlers:
             sent,
             (time.perf_counter() - started) * 1000,
         )
+        metrics.observe_query(q.level, time.perf_counter() - started)
 
     def close(self) -> None:
         self.readers.close()
