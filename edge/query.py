@@ -274,16 +274,15 @@ def _range(attr: Attr, col: str, value: str, params: list[Any]) -> str:
         if lower == upper:
             params.append(lower)
             return f"{col} = ?"
-    conds: list[str] = []
+    # A range never matches an empty (unknown) value.
+    conds = [f"{col} >= ?" if lower else f"{col} > ''"]
     if lower:
         params.append(lower)
-        conds.append(f"{col} >= ?")
     if upper:
         # TM "12" as an upper bound includes 12:59:59.999: compare with a high sentinel.
         params.append(upper + _HIGH if attr.kind == "tm" else upper)
         conds.append(f"{col} <= ?")
-    # A range never matches an empty (unknown) value.
-    return " AND ".join(conds) or f"{col} <> ''"
+    return " AND ".join(conds)
 
 
 def _int(keyword: str, value: str) -> int:
