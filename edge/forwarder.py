@@ -1,0 +1,220 @@
+"""The forwarder: drains the routing queue to registered nodes, in the background of `serve`.
+
+Ingest only inserts jobs (edge/routequeue.py, inside its own transaction); this loop claims due
+jobs per destination, at most `concurrency` batches in flight per destination (the largest
+`concurrency` of the routes that name it), one study per batch so that one association
+carries it, and records every outcome in the row. Retries back off per route; a job that
+exhausts `max_attempts` or meets a permanent error lands in the dead letter with its reason.
+The network send itself is the retrieve path's sender (edge/sender.py), injected as `send`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge.ingest import Ingestor
+from edge.routequeue import (
+    Job,
+    JobState,
+    claim,
+    due_destinations,
+    enqueue,
+    mark_failed,
+    mark_sent,
+    prune_sent,
+    recover,
+)
+from edge.routing import Rule, backoff_s, rules_from_config
+from shared.config import Config, RouteConfig
+from shared.dicom import Header
+from shared.index import Database
+from shared.registry import Node, get_node
+from shared.rows import Origin
+
+log = logging.getLogger("hpacs.edge.forwarder")
+
+SENT_RETENTION_S = 7 * 86400
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What happened to one job's instance; `permanent` skips the remaining attempts."""
+
+    ok: bool
+    error: str = ""
+    permanent: bool = False
+
+
+# (destination node, claimed jobs of one study) -> result per job id. Raising means the whole
+# batch failed transiently (association refused, timeout...).
+Sender = Callable[[Node, list[Job]], dict[int, SendResult]]
+
+
+def attach_routing(ingestor: Ingestor, routes: list[RouteConfig]) -> list[Rule]:
+    """Enqueue forward jobs for every stored instance that matches a rule (no-op without rules)."""
+    rules = rules_from_config(routes)
+    if not rules:
+        return rules
+
+    def _enqueue(conn: sqlite3.Connection, header: Header, origin: Origin) -> None:
+        enqueue(conn, rules, header, origin.calling_ae, time.time())
+
+    ingestor.on_indexed.append(_enqueue)
+    return rules
+
+
+class Forwarder:
+    def __init__(
+        self,
+        db: Database,
+        cfg: Config,
+        send: Sender,
+        *,
+        poll_interval_s: float = 0.5,
+        batch_size: int = 64,
+    ) -> None:
+        self.db = db
+        self.send = send
+        self.poll_interval_s = poll_interval_s
+        self.batch_size = batch_size
+        self.routes = {r.name: r for r in cfg.routes}
+        self.limits: dict[str, int] = {}
+        for r in cfg.routes:
+            for dest in r.destinations:
+                self.limits[dest] = max(self.limits.get(dest, 1), r.concurrency)
+        self._active: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._workers: set[threading.Thread] = set()
+        self._last_prune = 0.0
+
+    # ---- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        with self.db.write() as conn:
+            n = recover(conn)
+        if n:
+            log.info("requeued forward jobs interrupted by a restart count=%d", n)
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for t in list(self._workers):
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.dispatch()
+            except Exception:  # the loop must outlive a bad moment of the index
+                log.exception("forwarder dispatch failed")
+            self._wake.wait(self.poll_interval_s)
+            self._wake.clear()
+
+    # ---- dispatch ----------------------------------------------------------------------
+    def dispatch(self) -> int:
+        """Start a worker for every destination with due jobs and a free slot; returns how many."""
+        now = time.time()
+        if now - self._last_prune > 3600:
+            with self.db.write() as conn:
+                prune_sent(conn, now - SENT_RETENTION_S)
+            self._last_prune = now
+        started = 0
+        for dest in due_destinations(self.db.reader(), now):
+            while not self._stop.is_set():
+                with self._lock:
+                    if self._active.get(dest, 0) >= self.limits.get(dest, 1):
+                        break
+                with self.db.write() as conn:
+                    jobs = claim(conn, dest, time.time(), self.batch_size)
+                if not jobs:
+                    break
+                with self._lock:
+                    self._active[dest] = self._active.get(dest, 0) + 1
+                t = threading.Thread(
+                    target=self._work, args=(dest, jobs), name=f"forward-{dest}", daemon=True
+                )
+                self._workers.add(t)
+                t.start()
+                started += 1
+        return started
+
+    def _work(self, dest: str, jobs: list[Job]) -> None:
+        try:
+            self._deliver(dest, jobs)
+        finally:
+            with self._lock:
+                self._active[dest] -= 1
+            self._workers.discard(threading.current_thread())
+            self._wake.set()  # the slot is free: more of this destination may be due
+
+    def _deliver(self, dest: str, jobs: list[Job]) -> None:
+        node = get_node(self.db.reader(), dest)
+        results: dict[int, SendResult]
+        if node is None:
+            results = {j.id: SendResult(False, f"{dest} is not a registered node") for j in jobs}
+        else:
+            try:
+                results = self.send(node, jobs)
+            except Exception as exc:
+                results = {j.id: SendResult(False, _describe(exc)) for j in jobs}
+        self._record(dest, jobs, results)
+
+    def _record(self, dest: str, jobs: list[Job], results: dict[int, SendResult]) -> None:
+        now = time.time()
+        sent = dead = retrying = 0
+        last_error = ""
+        delays: dict[tuple[str, int], float] = {}
+        with self.db.write() as conn:
+            for job in jobs:
+                res = results.get(job.id, SendResult(False, "no result from the sender"))
+                if res.ok:
+                    mark_sent(conn, job.id, now)
+                    sent += 1
+                    continue
+                last_error = res.error
+                # One delay per route and attempt count: the batch stays together next time.
+                key = (job.route, job.attempts)
+                if key not in delays:
+                    rc = self.routes.get(job.route)
+                    delays[key] = backoff_s(
+                        job.attempts + 1,
+                        rc.backoff_initial_s if rc else 5.0,
+                        rc.backoff_max_s if rc else 600.0,
+                    )
+                delay = delays[key]
+                state = mark_failed(conn, job, res.error, now, delay, res.permanent)
+                if state is JobState.DEAD:
+                    dead += 1
+                else:
+                    retrying += 1
+        if dead or retrying:
+            log.warning(
+                "forward failed destination=%s sent=%d retrying=%d dead=%d error=%s",
+                dest,
+                sent,
+                retrying,
+                dead,
+                last_error,
+            )
+        else:
+            log.info("forwarded destination=%s instances=%d", dest, sent)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]

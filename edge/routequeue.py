@@ -1,0 +1,212 @@
+"""The persistent routing queue: rows in `route_jobs`, every change a short conditional UPDATE.
+
+States: pending -> sending -> sent; a failure puts the job back to pending with a next attempt
+time, or into `dead` (the dead letter) after `max_attempts` or a permanent error, with the
+reason in `last_error`. `sending` left behind by a crash returns to pending at start-up, so a
+forward interrupted mid-way is sent again (at least once), never lost (invariant 6).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from edge.routing import Rule, matching_rules
+from shared.dicom import Header
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    route: str
+    destination: str
+    study_uid: str
+    sop_instance_uid: str
+    attempts: int
+    max_attempts: int
+    path: str  # cache-relative; "" when the instance row is gone
+    instance_state: str
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    rules: list[Rule],
+    header: Header,
+    calling_ae: str,
+    now: float,
+    at: datetime | None = None,
+) -> int:
+    """Queue one job per matching rule and destination; a repeat of the same one is ignored."""
+    n = 0
+    for rule in matching_rules(rules, header, calling_ae, at or datetime.fromtimestamp(now)):
+        for dest in rule.destinations:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO route_jobs(route, destination, study_uid, "
+                "sop_instance_uid, stable_after_s, max_attempts, created_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    rule.name,
+                    dest,
+                    header.study_uid,
+                    header.sop_instance_uid,
+                    rule.stable_after_s,
+                    rule.max_attempts,
+                    now,
+                    now,
+                ),
+            )
+            n += cur.rowcount
+    return n
+
+
+def recover(conn: sqlite3.Connection) -> int:
+    """Jobs a crash left in `sending` go back to pending (sent again: at least once)."""
+    return conn.execute("UPDATE route_jobs SET state = 'pending' WHERE state = 'sending'").rowcount
+
+
+_DUE = (
+    "j.state = 'pending' AND j.next_attempt_at <= :now AND (j.stable_after_s = 0 OR "
+    "(SELECT s.updated_at FROM studies s WHERE s.study_uid = j.study_uid) + j.stable_after_s"
+    " <= :now)"
+)
+
+
+def due_destinations(conn: sqlite3.Connection, now: float) -> list[str]:
+    rows = conn.execute(f"SELECT DISTINCT destination FROM route_jobs j WHERE {_DUE}", {"now": now})
+    return [r[0] for r in rows]
+
+
+def claim(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> list[Job]:
+    """Claim due jobs of one destination, from the study of the oldest due job (one association
+    then carries one study); the conditional UPDATE makes a claim exclusive."""
+    first = conn.execute(
+        f"SELECT j.study_uid FROM route_jobs j WHERE j.destination = :dest AND {_DUE} "
+        "ORDER BY j.next_attempt_at, j.id LIMIT 1",
+        {"dest": destination, "now": now},
+    ).fetchone()
+    if first is None:
+        return []
+    rows = conn.execute(
+        "SELECT j.id, j.route, j.destination, j.study_uid, j.sop_instance_uid, j.attempts, "
+        "j.max_attempts, coalesce(i.path, '') AS path, coalesce(i.state, '') AS istate "
+        "FROM route_jobs j LEFT JOIN instances i ON i.sop_instance_uid = j.sop_instance_uid "
+        f"WHERE j.destination = :dest AND j.study_uid = :study AND {_DUE} "
+        "ORDER BY j.id LIMIT :limit",
+        {"dest": destination, "study": first[0], "now": now, "limit": limit},
+    ).fetchall()
+    jobs = []
+    for r in rows:
+        cur = conn.execute(
+            "UPDATE route_jobs SET state = 'sending', updated_at = ? WHERE id = ? AND state = ?",
+            (now, r["id"], JobState.PENDING.value),
+        )
+        if cur.rowcount == 1:
+            jobs.append(
+                Job(
+                    r["id"],
+                    r["route"],
+                    r["destination"],
+                    r["study_uid"],
+                    r["sop_instance_uid"],
+                    r["attempts"],
+                    r["max_attempts"],
+                    r["path"],
+                    r["istate"],
+                )
+            )
+    return jobs
+
+
+def mark_sent(conn: sqlite3.Connection, job_id: int, now: float) -> bool:
+    cur = conn.execute(
+        "UPDATE route_jobs SET state = 'sent', sent_at = ?, updated_at = ?, last_error = '' "
+        "WHERE id = ? AND state = 'sending'",
+        (now, now, job_id),
+    )
+    return cur.rowcount == 1
+
+
+def mark_failed(
+    conn: sqlite3.Connection,
+    job: Job,
+    error: str,
+    now: float,
+    retry_in_s: float,
+    permanent: bool = False,
+) -> JobState:
+    """Count the attempt; dead-letter after max_attempts or a permanent error, else back off."""
+    attempts = job.attempts + 1
+    dead = permanent or attempts >= job.max_attempts
+    state = JobState.DEAD if dead else JobState.PENDING
+    reason = error if not dead or permanent else f"gave up after {attempts} attempts: {error}"
+    conn.execute(
+        "UPDATE route_jobs SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
+        "updated_at = ? WHERE id = ? AND state = 'sending'",
+        (state.value, attempts, 0 if dead else now + retry_in_s, reason[:500], now, job.id),
+    )
+    return state
+
+
+def retry(
+    conn: sqlite3.Connection,
+    *,
+    ids: list[int] | None = None,
+    route: str = "",
+    destination: str = "",
+    now: float = 0.0,
+) -> int:
+    """Requeue dead jobs (all, some ids, one route or one destination) with a fresh budget."""
+    where = ["state = 'dead'"]
+    args: list[object] = [now]
+    if ids:
+        where.append(f"id IN ({','.join('?' * len(ids))})")
+        args += ids
+    if route:
+        where.append("route = ?")
+        args.append(route)
+    if destination:
+        where.append("destination = ?")
+        args.append(destination)
+    return conn.execute(
+        "UPDATE route_jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, "
+        f"updated_at = ? WHERE {' AND '.join(where)}",
+        args,
+    ).rowcount
+
+
+def summary(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT route, destination, state, count(*) AS n, min(created_at) AS oldest "
+        "FROM route_jobs GROUP BY route, destination, state ORDER BY route, destination, state"
+    ).fetchall()
+
+
+def dead_jobs(conn: sqlite3.Connection, limit: int = 50) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT id, route, destination, study_uid, sop_instance_uid, attempts, last_error, "
+        "updated_at FROM route_jobs WHERE state = 'dead' ORDER BY updated_at DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def queue_depth(conn: sqlite3.Connection) -> dict[str, int]:
+    """Jobs by state, for metrics and the console."""
+    rows = conn.execute("SELECT state, count(*) FROM route_jobs GROUP BY state")
+    depth = {s.value: 0 for s in JobState}
+    depth.update({r[0]: int(r[1]) for r in rows})
+    return depth
+
+
+def prune_sent(conn: sqlite3.Connection, before: float) -> int:
+    return conn.execute(
+        "DELETE FROM route_jobs WHERE state = 'sent' AND sent_at < ?", (before,)
+    ).rowcount
