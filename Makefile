@@ -29,6 +29,16 @@ deps:
 	    exit 1; \
 	  fi; \
 	fi
+	@# Debian's chromium runs the console tests (Playwright drives it; no browser download).
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: install it (Debian/Ubuntu: sudo apt-get install chromium) and rerun"; \
+	    exit 1; \
+	  fi; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .
