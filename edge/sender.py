@@ -1,0 +1,257 @@
+"""Sending stored instances to a DICOM peer: contexts, per-instance preparation, C-STORE.
+
+One module decides, for every outbound C-STORE hpacs makes (C-MOVE sub-operations, C-GET
+sub-operations, routing), which presentation contexts to propose and what bytes to send:
+the stored dataset as-is when the peer accepted its syntax, converted (edge/transcode.py)
+otherwise. `send_instances` is the public entry for callers that own the association
+(routing); C-MOVE and C-GET go through pynetdicom's retrieve service, which owns the store
+association, and use `requested_contexts`, `accepted_syntaxes` and `prepare` from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from edge.locate import InstanceRef
+from edge.transcode import (
+    LOSSLESS_ENCODE_TARGETS,
+    Plan,
+    choose,
+    convert,
+    ts_name,
+)
+from shared.errors import PacsError
+from shared.registry import Node
+
+log = logging.getLogger("hpacs.edge.sender")
+
+MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
+DUL_LOOP_DELAY_S = 0.0001  # same tuning as the server's accepted associations (NOTES.md)
+
+Locate = Callable[[InstanceRef], Path]
+
+
+def requested_contexts(refs: Iterable[InstanceRef]) -> list[PresentationContext]:
+    """Contexts to propose for these instances, most useful first, at most 128.
+
+    Tier 1: one context per (SOP class, stored syntax) with that syntax alone, so the peer
+    cannot pick a conversion when it accepts what we hold. Tier 2: per SOP class, Explicit and
+    Implicit VR Little Endian (decompression fallback). Tier 3: per SOP class, the lossless
+    syntaxes we can encode (for peers that accept only those). Truncated tiers are logged.
+    """
+    stored: dict[str, list[str]] = {}
+    for ref in refs:
+        syntaxes = stored.setdefault(ref.sop_class_uid, [])
+        if ref.transfer_syntax not in syntaxes:
+            syntaxes.append(ref.transfer_syntax)
+    tier1 = [(sc, [ts]) for sc, tss in stored.items() for ts in tss]
+    tier2 = []
+    tier3 = []
+    for sc, tss in stored.items():
+        fallback = [ts for ts in FALLBACK_SYNTAXES if [ts] != tss]
+        if fallback:
+            tier2.append((sc, fallback))
+        encodable = [ts for ts in LOSSLESS_ENCODE_TARGETS if ts not in tss]
+        if encodable:
+            tier3.append((sc, encodable))
+    wanted = tier1 + tier2 + tier3
+    if len(wanted) > MAX_CONTEXTS:
+        log.warning(
+            "too many presentation contexts requested=%d limit=%d: conversion fallbacks dropped",
+            len(wanted),
+            MAX_CONTEXTS,
+        )
+    return [build_context(sc, tss) for sc, tss in wanted[:MAX_CONTEXTS]]
+
+
+def accepted_syntaxes(assoc: Association) -> dict[str, list[str]]:
+    """SOP class -> syntaxes we may send it in, from the contexts the peer accepted for us."""
+    out: dict[str, list[str]] = {}
+    for cx in assoc.accepted_contexts:
+        if cx.as_scu is False:
+            continue
+        syntaxes = out.setdefault(str(cx.abstract_syntax), [])
+        for ts in cx.transfer_syntax:
+            if str(ts) not in syntaxes:
+                syntaxes.append(str(ts))
+    return out
+
+
+def prepare(ref: InstanceRef, path: Path, accepted: dict[str, list[str]]) -> tuple[Dataset, Plan]:
+    """The dataset to C-STORE for `ref`, converted when the peer needs another syntax.
+
+    Raises NoConversion (logged by the caller with both syntaxes) or InvalidDataset.
+    """
+    plan = choose(ref.transfer_syntax, accepted.get(ref.sop_class_uid, []))
+    ds = pydicom.dcmread(path)
+    return convert(ds, plan), plan
+
+
+def failure_stub(ref: InstanceRef) -> Dataset:
+    """A dataset pynetdicom's retrieve service cannot send, so it counts a failed sub-operation
+    and lists the SOP Instance UID; used when we could not prepare the real one."""
+    ds = Dataset()
+    ds.SOPClassUID = ref.sop_class_uid
+    ds.SOPInstanceUID = ref.sop_instance_uid
+    return ds  # no file meta: pynetdicom refuses it before anything goes on the wire
+
+
+def tune(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler for outbound associations: no Nagle, a short reactor delay."""
+    tune_association(event.assoc)
+
+
+def tune_association(assoc: Association) -> None:
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
+
+
+# ---- sending on an association we own (routing) -----------------------------------------
+@dataclass(frozen=True)
+class SubOp:
+    sop_instance_uid: str
+    outcome: str  # completed | warning | failed
+    status: int | None = None
+    reason: str = ""
+    converted_to: str = ""
+
+
+@dataclass
+class SendReport:
+    """Counters and per-instance results of one send; `error` is set when nothing could start."""
+
+    completed: int = 0
+    warning: int = 0
+    failed: int = 0
+    converted: int = 0
+    error: str = ""
+    results: list[SubOp] = field(default_factory=list)
+
+    def add(self, sub: SubOp) -> None:
+        self.results.append(sub)
+        setattr(self, sub.outcome, getattr(self, sub.outcome) + 1)
+        if sub.converted_to:
+            self.converted += 1
+
+    @property
+    def failed_uids(self) -> list[str]:
+        return [r.sop_instance_uid for r in self.results if r.outcome == "failed"]
+
+
+def send_instances(
+    our_ae_title: str,
+    node: Node,
+    refs: Sequence[InstanceRef],
+    locate: Locate,
+    *,
+    max_pdu: int = 262144,
+    timeout_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SendReport:
+    """C-STORE `refs` to `node` over ONE association, converting where needed.
+
+    Never raises for a single instance: every instance ends in the report as completed,
+    warning (peer status 0xB...) or failed with a reason. If the association cannot be
+    established, every instance is failed and `error` says why.
+    """
+    report = SendReport()
+    if not refs:
+        return report
+    ae = AE(ae_title=our_ae_title)
+    for cx in requested_contexts(refs):
+        ae.add_requested_context(cx.abstract_syntax, cx.transfer_syntax)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    tls_args = (ssl_context, "") if node.tls and ssl_context is not None else None
+    assoc = ae.associate(
+        node.host,
+        node.port,
+        ae_title=node.ae_title,
+        max_pdu=max_pdu,
+        tls_args=tls_args,
+        evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
+    )
+    if not assoc.is_established:
+        report.error = "association rejected" if assoc.is_rejected else "no association"
+        for ref in refs:
+            report.add(SubOp(ref.sop_instance_uid, "failed", reason=report.error))
+        return report
+    try:
+        accepted = accepted_syntaxes(assoc)
+        for ref in refs:
+            if should_stop is not None and should_stop():
+                report.add(SubOp(ref.sop_instance_uid, "failed", reason="cancelled"))
+                continue
+            report.add(_send_one(assoc, ref, locate, accepted))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+    return report
+
+
+def _send_one(
+    assoc: Association, ref: InstanceRef, locate: Locate, accepted: dict[str, list[str]]
+) -> SubOp:
+    uid = ref.sop_instance_uid
+    try:
+        ds, plan = prepare(ref, locate(ref), accepted)
+    except PacsError as exc:
+        log_failure(uid, str(exc), node_ae=assoc.acceptor.ae_title)
+        return SubOp(uid, "failed", reason=str(exc))
+    except Exception as exc:
+        log_failure(uid, f"cannot read the stored object: {exc}", node_ae=assoc.acceptor.ae_title)
+        return SubOp(uid, "failed", reason=f"cannot read the stored object: {exc}")
+    converted = "" if plan.as_is else plan.target
+    if not assoc.is_established:
+        return SubOp(uid, "failed", reason="association lost")
+    try:
+        rsp = assoc.send_c_store(ds)
+    except Exception as exc:
+        return SubOp(uid, "failed", reason=f"C-STORE not sent: {exc}", converted_to=converted)
+    status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+    if status is None:
+        return SubOp(uid, "failed", reason="no C-STORE response", converted_to=converted)
+    if status == 0:
+        return SubOp(uid, "completed", status, converted_to=converted)
+    if status & 0xF000 == 0xB000:
+        return SubOp(uid, "warning", status, converted_to=converted)
+    return SubOp(uid, "failed", status, f"peer status 0x{status:04X}", converted)
+
+
+def log_failure(sop_instance_uid: str, reason: str, **keys: Any) -> None:
+    extra = " ".join(f"{k}={v}" for k, v in keys.items())
+    log.warning(
+        "sub-operation failed sop_instance_uid=%s %s reason=%s", sop_instance_uid, extra, reason
+    )
+
+
+__all__ = [
+    "SendReport",
+    "SubOp",
+    "accepted_syntaxes",
+    "failure_stub",
+    "prepare",
+    "requested_contexts",
+    "send_instances",
+    "ts_name",
+]
