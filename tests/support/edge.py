@@ -56,3 +56,86 @@ def running_edge(data: dict[str, Any]) -> Iterator[EdgeServer]:
     finally:
         server.stop()
         db.close()
+
+
+@contextmanager
+def association(
+    port: int,
+    calling_ae: str = "STORESCU",
+    *,
+    called_ae: str = "HPACS",
+    contexts: list[tuple[str, list[str]]] | None = None,
+    tls_args: tuple[Any, str] | None = None,
+) -> Iterator[Any]:
+    """A pynetdicom association to the edge, released (or aborted) on exit.
+
+    Yields the Association even when it was rejected, so tests can assert the rejection.
+    """
+    from pynetdicom import AE, StoragePresentationContexts
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    if contexts is None:
+        # One syntax per context, so a file sent unparsed always finds its exact syntax.
+        ae.add_requested_context(Verification)
+        for cx in StoragePresentationContexts[:60]:
+            ae.add_requested_context(cx.abstract_syntax, "1.2.840.10008.1.2.1")
+            ae.add_requested_context(cx.abstract_syntax, "1.2.840.10008.1.2")
+    else:
+        for abstract, syntaxes in contexts:
+            ae.add_requested_context(abstract, syntaxes)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, tls_args=tls_args)
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def files_under(root: Path) -> set[Path]:
+    """Every regular file below root (to prove nothing landed outside the cache)."""
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def part10_with_raw_dataset(
+    path: Path,
+    dataset_bytes: bytes,
+    *,
+    sop_class_uid: str = "1.2.840.10008.5.1.4.1.1.7",
+    sop_instance_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    transfer_syntax: str = "1.2.840.10008.1.2.1",
+) -> Path:
+    """A Part-10 file whose file meta says what the command will say, followed by raw bytes.
+
+    pynetdicom's send_c_store(path) takes the command UIDs from the file meta and sends the
+    bytes after it unparsed: the way to put crafted datasets on the wire.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fh, meta, enforce_standard=True)  # type: ignore[arg-type]
+        fh.write(dataset_bytes)
+    return path
+
+
+def encoded_dataset(ds: Any, implicit_vr: bool = False) -> bytes:
+    """The dataset bytes (no preamble, no file meta) in a little-endian syntax."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit_vr
+    write_dataset(fp, ds)
+    return fp.getvalue()
