@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from edge.http import start_http
 from edge.reconcile import reconcile
 from edge.scu import echo
 from edge.server import EdgeServer
@@ -96,6 +97,7 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     server.start()
+    http = start_http(cfg, db, server.active_associations)
     log.info("edge node ready ae_title=%s ports=%s", cfg.edge.ae_title, server.ports)
     if ready is not None:
         ready.set()
@@ -103,6 +105,8 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
         while not stop.wait(1.0):
             pass
     finally:
+        if http is not None:
+            http.stop()
         server.stop()
         db.close()
         log.info("edge node stopped")

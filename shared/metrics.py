@@ -244,28 +244,15 @@ class IndexCollector(Collector):
 
     def _routes(self, conn: sqlite3.Connection) -> Iterator[Metric]:
         g = GaugeMetricFamily(
-            "hpacs_route_queue", "Forwarding jobs in the routing queue, by state", labels=["state"]
+            "hpacs_route_queue_jobs",
+            "Forwarding jobs in the routing queue, by state (pending, sending, sent, dead)",
+            labels=["state"],
         )
-        table = route_table(conn)
-        if table:
-            for state, n in conn.execute(f"SELECT state, count(*) FROM {table} GROUP BY state"):
-                g.add_metric([str(state)], n)
-        else:
-            g.add_metric(["pending"], 0)
+        depth = dict.fromkeys(("pending", "sending", "sent", "dead"), 0)
+        depth.update(dict(conn.execute("SELECT state, count(*) FROM route_jobs GROUP BY state")))
+        for state, n in depth.items():
+            g.add_metric([state], n)
         yield g
-
-
-def route_table(conn: sqlite3.Connection) -> str:
-    """The routing queue's table name, or "" while routing is not part of the schema."""
-    for name in ("route_jobs", "route_queue", "forwards", "routes_queue"):
-        row = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
-        ).fetchone()
-        if row:
-            cols = {r[1] for r in conn.execute(f"PRAGMA table_info({name})")}
-            if "state" in cols:
-                return name
-    return ""
 
 
 def active_associations_collector(active: Callable[[], int]) -> Collector:

@@ -1,0 +1,188 @@
+"""Read models for the web console: what an admin sees, as plain dicts from the index.
+
+Kept apart from `edge/http.py` so the HTTP adapter only parses, calls one of these and renders
+JSON. The console shows no patient names, IDs or birth dates: accession number, date, modality
+and description identify a study well enough for operations, and keep PHI off admin screens
+that are often shared or screenshotted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from edge import routequeue
+from shared.errors import NotFound
+from shared.index import Database
+from shared.lifecycle import LOCAL_STATES, State
+from shared.metrics import capacity_bytes, watermark_bytes
+from shared.registry import list_nodes
+
+SYNCED_STATES = frozenset({State.SYNCED, State.EVICTING, State.EVICTED, State.RECALLING})
+
+
+def study_state(counts: Mapping[str, int]) -> tuple[str, str]:
+    """(cache state, sync state) of a study from its instances' state counts.
+
+    cache: local (every instance in the cache), partial, evicted (none local).
+    sync: synced, pending (some not yet uploaded), failed (any failed or conflict).
+    """
+    total = sum(counts.values())
+    local = sum(n for s, n in counts.items() if State(s) in LOCAL_STATES)
+    synced = sum(n for s, n in counts.items() if State(s) in SYNCED_STATES)
+    bad = counts.get(State.FAILED, 0) + counts.get(State.CONFLICT, 0)
+    cache = "local" if local == total else ("evicted" if local == 0 else "partial")
+    sync = "failed" if bad else ("synced" if synced == total else "pending")
+    return cache, sync
+
+
+def status(db: Database, cache_dir: str, high: str, low: str, active: int) -> dict[str, Any]:
+    """The dashboard: cache against watermarks, backlog, associations, last errors."""
+    conn = db.reader()
+    by_state = {
+        r[0]: {"instances": r[1], "bytes": r[2]}
+        for r in conn.execute(
+            "SELECT state, count(*), coalesce(sum(size), 0) FROM instances GROUP BY state"
+        )
+    }
+    cache_bytes = sum(
+        v["bytes"] for s, v in by_state.items() if State(s) in LOCAL_STATES | {State.EVICTING}
+    )
+    backlog = [by_state.get(s, {"instances": 0, "bytes": 0}) for s in ("cached", "uploading")]
+    oldest = conn.execute(
+        "SELECT min(received_at) FROM instances WHERE state IN ('cached','uploading')"
+    ).fetchone()[0]
+    cap = capacity_bytes(cache_dir)
+    errors = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT at, kind, calling_ae, peer, detail FROM events ORDER BY at DESC LIMIT 5"
+        )
+    ]
+    errors += [
+        {"at": r["state_changed_at"], "kind": f"upload_{r['state']}", "detail": r["last_error"]}
+        for r in conn.execute(
+            "SELECT state, state_changed_at, last_error FROM instances WHERE last_error != '' "
+            "ORDER BY state_changed_at DESC LIMIT 5"
+        )
+    ]
+    errors.sort(key=lambda e: e["at"], reverse=True)
+    return {
+        "cache": {
+            "used_bytes": cache_bytes,
+            "capacity_bytes": cap,
+            "high_watermark_bytes": _watermark(high, cap),
+            "low_watermark_bytes": _watermark(low, cap),
+        },
+        "backlog": {
+            "instances": sum(b["instances"] for b in backlog),
+            "bytes": sum(b["bytes"] for b in backlog),
+            "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
+        },
+        "states": by_state,
+        "associations": {"active": active},
+        "studies": conn.execute("SELECT count(*) FROM studies").fetchone()[0],
+        "last_errors": errors[:5],
+    }
+
+
+def _watermark(spec: str, cap: int) -> int | None:
+    try:
+        return watermark_bytes(spec, cap)
+    except ValueError:
+        return None
+
+
+def nodes(db: Database) -> list[dict[str, Any]]:
+    return [
+        {
+            "ae_title": n.ae_title,
+            "host": n.host,
+            "port": n.port,
+            "tls": n.tls,
+            "permissions": sorted(n.permissions),
+            "max_associations": n.max_associations,
+            "source": n.source,
+        }
+        for n in list_nodes(db.reader())
+    ]
+
+
+def studies(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+    """Most recently received studies with their cache and sync state."""
+    conn = db.reader()
+    rows = conn.execute(
+        "SELECT id, study_uid, study_date, accession_number, study_description, num_series, "
+        "num_instances, pinned, updated_at, "
+        "(SELECT group_concat(DISTINCT modality) FROM series WHERE study_id = s.id) AS modalities "
+        "FROM studies s ORDER BY updated_at DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    out = []
+    for r in rows:
+        counts = {
+            s: n
+            for s, n in conn.execute(
+                "SELECT state, count(*) FROM instances WHERE study_id = ? GROUP BY state",
+                (r["id"],),
+            )
+        }
+        cache, sync = study_state(counts) if counts else ("evicted", "pending")
+        out.append(
+            {
+                "study_uid": r["study_uid"],
+                "study_date": r["study_date"],
+                "accession_number": r["accession_number"],
+                "description": r["study_description"],
+                "modalities": r["modalities"] or "",
+                "series": r["num_series"],
+                "instances": r["num_instances"],
+                "pinned": bool(r["pinned"]),
+                "cache_state": cache,
+                "sync_state": sync,
+                "states": counts,
+                "updated_at": r["updated_at"],
+            }
+        )
+    return out
+
+
+def set_pinned(db: Database, study_uid: str, pinned: bool) -> None:
+    """Pinned studies are never evicted (the sync agent's eviction reads this column)."""
+    with db.write() as conn:
+        cur = conn.execute(
+            "UPDATE studies SET pinned = ? WHERE study_uid = ?", (int(pinned), study_uid)
+        )
+        if cur.rowcount != 1:
+            raise NotFound(f"no study {study_uid}")
+
+
+def events(db: Database, kind: str = "association_rejected", limit: int = 100) -> list[dict]:
+    return [
+        dict(r)
+        for r in db.reader().execute(
+            "SELECT id, at, kind, calling_ae, peer, detail FROM events WHERE kind = ? "
+            "ORDER BY at DESC, id DESC LIMIT ?",
+            (kind, limit),
+        )
+    ]
+
+
+def route_queue(db: Database, limit: int = 100) -> dict[str, Any]:
+    """The routing queue: counts per route, destination and state, and the dead letters."""
+    conn = db.reader()
+    return {
+        "summary": [
+            {k: r[k] for k in ("route", "destination", "state", "oldest")} | {"jobs": r["n"]}
+            for r in routequeue.summary(conn)
+        ],
+        "dead": [dict(r) for r in routequeue.dead_jobs(conn, limit)],
+        "depth": routequeue.queue_depth(conn),
+    }
+
+
+def retry_routes(db: Database, ids: list[int] | None = None) -> int:
+    """Requeue dead forwarding jobs (all, or the given ids) through the queue's own retry."""
+    with db.write() as conn:
+        return routequeue.retry(conn, ids=ids, now=time.time())
