@@ -20,10 +20,13 @@ from edge.access import decide
 from edge.assoc import AssocInfo, assoc_info
 from edge.cache import Cache
 from edge.contexts import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
+from edge.commitment import COMMITMENT_SOP_CLASS, CommitmentHandlers
 from edge.find import FIND_SOP_CLASSES, FindHandlers
 from edge.handlers import StoreHandlers
 from edge.ingest import Ingestor
 from shared import metrics
+from edge.locate import Recaller
+from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveHandlers
 from shared.config import Config
 from shared.index import Database
 from shared.registry import get_node
@@ -59,6 +62,10 @@ class EdgeServer:
         self.store = StoreHandlers(self)
         self.find = FindHandlers(self)
         self.extra_handlers: list[tuple[Any, Any]] = []
+        # Read-through recall of evicted instances; the sync side plugs it in (edge/locate.py).
+        self.recaller: Recaller | None = None
+        self.retrieve = RetrieveHandlers(self)
+        self.commitment = CommitmentHandlers(self)
 
     # ---- set-up ------------------------------------------------------------------------
     def _make_ae(self) -> AE:
@@ -72,9 +79,15 @@ class EdgeServer:
         ae.require_called_aet = False  # decided in _on_requested, with a log line
         ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES[:3])
         for uid in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+            # Role selection accepted so C-GET peers can take the storage SCP role.
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         for uid in FIND_SOP_CLASSES:
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES[:3])
+        for uid in MOVE_SOP_CLASSES + GET_SOP_CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES[:3])
+        ae.add_supported_context(
+            COMMITMENT_SOP_CLASS, ALL_TRANSFER_SYNTAXES[:3], scu_role=True, scp_role=True
+        )
         return ae
 
     def handlers(self) -> list[tuple[Any, Any]]:
@@ -85,6 +98,9 @@ class EdgeServer:
             (evt.EVT_C_ECHO, self.store.handle_echo),
             (evt.EVT_C_STORE, self.store.handle_store),
             (evt.EVT_C_FIND, self.find.handle_find),
+            (evt.EVT_C_MOVE, self.retrieve.handle_move),
+            (evt.EVT_C_GET, self.retrieve.handle_get),
+            (evt.EVT_N_ACTION, self.commitment.handle_n_action),
             *self.extra_handlers,
         ]
 

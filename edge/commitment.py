@@ -1,0 +1,234 @@
+"""Storage Commitment Push Model (PS3.4 Annex J): N-ACTION in, N-EVENT-REPORT out.
+
+A modality asks "do you hold these instances safely?". We answer the N-ACTION at once and
+verify in a background thread: committed means the instance has an index row and either its
+cache file's crc32c equals the crc stored at ingest, or it was evicted (eviction requires a
+verified cloud copy, DESIGN.md invariant 2). The report goes back on the same association
+while the requester keeps it open, else on a new association to the requesting node's
+registered address. `verify` is the decision, free of network I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from edge.assoc import assoc_info
+from edge.cache import Cache
+from edge.handlers import permitted
+from edge.sender import tune
+from shared.checksum import crc32c_file
+from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
+from shared.lifecycle import State
+from shared.registry import Node, get_node
+
+if TYPE_CHECKING:
+    from edge.server import EdgeServer
+
+log = logging.getLogger("hpacs.edge.commitment")
+
+COMMITMENT_SOP_CLASS = str(StorageCommitmentPushModel)
+# The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
+COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+ACTION_REQUEST_COMMIT = 1
+EVENT_ALL_COMMITTED = 1
+EVENT_FAILURES_EXIST = 2
+# Failure Reason (0008,1197) values used in the Failed SOP Sequence (PS3.4 J.3.2.1.1.2).
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
+NO_SUCH_ACTION_TYPE = 0x0123
+INVALID_ARGUMENT = 0x0115
+
+
+@dataclass(frozen=True)
+class Verdict:
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure_reason: int = 0  # 0: committed
+    detail: str = ""
+
+
+def verify(
+    conn: sqlite3.Connection, cache: Cache, refs: Iterable[tuple[str, str]]
+) -> list[Verdict]:
+    """Check each (SOP class, SOP instance) against the index and the cache file's checksum."""
+    out = []
+    for sop_class, sop_instance in refs:
+        row = conn.execute(
+            "SELECT sop_class_uid, path, state, crc32c FROM instances WHERE sop_instance_uid = ?",
+            (sop_instance,),
+        ).fetchone()
+        if row is None:
+            out.append(Verdict(sop_class, sop_instance, NO_SUCH_OBJECT_INSTANCE, "not in index"))
+            continue
+        if row["sop_class_uid"] != sop_class:
+            out.append(
+                Verdict(sop_class, sop_instance, CLASS_INSTANCE_CONFLICT, "SOP class differs")
+            )
+            continue
+        if row["state"] == State.EVICTED.value:
+            out.append(Verdict(sop_class, sop_instance))  # verified in the bucket before eviction
+            continue
+        try:
+            ok = crc32c_file(cache.path(row["path"])) == row["crc32c"]
+            detail = "" if ok else "checksum mismatch"
+        except (OSError, ValueError) as exc:
+            ok, detail = False, f"cache file unreadable: {exc}"
+        out.append(Verdict(sop_class, sop_instance, 0 if ok else PROCESSING_FAILURE, detail))
+    return out
+
+
+def event_report(transaction_uid: str, verdicts: list[Verdict], our_ae: str) -> tuple[int, Dataset]:
+    """The N-EVENT-REPORT Event Type ID and Event Information for a verified request."""
+    ds = Dataset()
+    ds.TransactionUID = transaction_uid
+    ds.RetrieveAETitle = our_ae
+    ok, failed = [], []
+    for v in verdicts:
+        item = Dataset()
+        item.ReferencedSOPClassUID = v.sop_class_uid
+        item.ReferencedSOPInstanceUID = v.sop_instance_uid
+        if v.failure_reason:
+            item.FailureReason = v.failure_reason
+            failed.append(item)
+        else:
+            ok.append(item)
+    if ok:
+        ds.ReferencedSOPSequence = Sequence(ok)
+    if failed:
+        ds.FailedSOPSequence = Sequence(failed)
+        return EVENT_FAILURES_EXIST, ds
+    return EVENT_ALL_COMMITTED, ds
+
+
+def parse_request(info: Dataset) -> tuple[str, list[tuple[str, str]]]:
+    """Transaction UID and (class, instance) pairs of an N-ACTION; raises ValueError."""
+    tx = str(info.get("TransactionUID", "")).strip()
+    if not tx:
+        raise ValueError("no Transaction UID")
+    refs = []
+    for item in info.get("ReferencedSOPSequence", []):
+        refs.append(
+            (
+                str(item.get("ReferencedSOPClassUID", "")).strip(),
+                str(item.get("ReferencedSOPInstanceUID", "")).strip(),
+            )
+        )
+    if not refs:
+        raise ValueError("empty Referenced SOP Sequence")
+    return tx, refs
+
+
+class CommitmentHandlers:
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+        self._threads: list[threading.Thread] = []
+
+    def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        info = assoc_info(event.assoc)
+        if str(event.request.RequestedSOPClassUID) != COMMITMENT_SOP_CLASS:
+            return PROCESSING_FAILURE, None
+        if not permitted(event, "commit"):
+            return REFUSED_NOT_AUTHORIZED, None
+        if event.action_type != ACTION_REQUEST_COMMIT:
+            return NO_SUCH_ACTION_TYPE, None
+        try:
+            tx, refs = parse_request(event.action_information)
+        except Exception as exc:
+            log.warning("commitment refused calling_ae=%s reason=%s", info.calling_ae, exc)
+            return INVALID_ARGUMENT, None
+        t = threading.Thread(
+            target=self._complete,
+            args=(event.assoc, info.calling_ae, tx, refs),
+            name=f"commit-{tx[-12:]}",
+            daemon=True,
+        )
+        self._threads = [th for th in self._threads if th.is_alive()]
+        self._threads.append(t)
+        t.start()
+        return SUCCESS, None
+
+    def join(self, timeout_s: float = 10.0) -> None:
+        """Wait for pending reports (server shutdown, tests)."""
+        for t in list(self._threads):
+            t.join(timeout_s)
+
+    def _complete(self, assoc: Association, calling_ae: str, tx: str, refs: list[Any]) -> None:
+        try:
+            verdicts = verify(self.server.db.reader(), self.server.cache, refs)
+            event_type, ds = event_report(tx, verdicts, self.server.cfg.edge.ae_title)
+            failed = sum(1 for v in verdicts if v.failure_reason)
+            how = self._report(assoc, calling_ae, event_type, ds)
+            log.info(
+                "commitment reported calling_ae=%s transaction_uid=%s instances=%d failed=%d "
+                "via=%s",
+                calling_ae,
+                tx,
+                len(verdicts),
+                failed,
+                how,
+            )
+        except Exception:
+            log.exception(
+                "commitment report failed calling_ae=%s transaction_uid=%s", calling_ae, tx
+            )
+
+    def _report(self, assoc: Association, calling_ae: str, event_type: int, ds: Dataset) -> str:
+        # Same association while the requester keeps it open (checked just before sending;
+        # pynetdicom pauses the reactor, so the N-ACTION response is out first).
+        if assoc.is_established and assoc.is_alive():
+            try:
+                rsp = assoc.send_n_event_report(
+                    ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE
+                )[0]
+                if rsp is not None and "Status" in rsp:
+                    return "same association"
+            except Exception as exc:
+                log.info("commitment report on the same association failed: %s", exc)
+        node = get_node(self.server.db.reader(), calling_ae)
+        if node is None or node.host == "*":
+            raise RuntimeError(f"node {calling_ae} has no registered address for the report")
+        status = send_report(self.server.cfg.edge.ae_title, node, event_type, ds)
+        return f"new association status=0x{status:04X}"
+
+
+def send_report(
+    our_ae: str, node: Node, event_type: int, ds: Dataset, timeout_s: float = 30.0
+) -> int:
+    """N-EVENT-REPORT on a new association where we take the SCP role (PS3.4 J.3.3)."""
+    ae = AE(ae_title=our_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
+    cx = build_context(COMMITMENT_SOP_CLASS)
+    role = build_role(COMMITMENT_SOP_CLASS, scu_role=False, scp_role=True)
+    assoc = ae.associate(
+        node.host,
+        node.port,
+        contexts=[cx],
+        ae_title=node.ae_title,
+        ext_neg=[role],
+        evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
+    )
+    if not assoc.is_established:
+        ae.shutdown()
+        raise RuntimeError(f"cannot associate with {node.ae_title} at {node.host}:{node.port}")
+    try:
+        rsp = assoc.send_n_event_report(ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE)[
+            0
+        ]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+    if rsp is None or "Status" not in rsp:
+        raise RuntimeError("no N-EVENT-REPORT response")
+    return int(rsp.Status)

@@ -1,0 +1,242 @@
+"""C-MOVE and C-GET SCP handlers: resolve the identifier's UIDs, then feed pynetdicom's retrieve.
+
+pynetdicom's Q/R service owns the sub-operation loop: it opens the one store association to
+the move destination (with the contexts we yield), sends each dataset we yield, keeps the
+remaining/completed/failed/warning counters, sends the pending responses and lists failed SOP
+Instance UIDs in the final identifier. We decide who may retrieve what, which instances match,
+and what bytes go out for each (edge/sender.py: as stored, or converted). An instance we cannot
+prepare (evicted without recall, missing file, no conversion) is yielded as a stub pynetdicom
+cannot send, so it counts as one failed sub-operation and the move goes on.
+
+Retrieve identifiers select by the unique keys of their level (PS3.4 C.4.2.2.1):
+PatientID at PATIENT level, StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID lists below.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from edge.assoc import assoc_info
+from edge.handlers import permitted
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, ensure_local
+from edge.sender import (
+    accepted_syntaxes,
+    failure_stub,
+    log_failure,
+    prepare,
+    requested_contexts,
+    tune_association,
+)
+from shared.errors import (
+    CANCEL,
+    IDENTIFIER_DOES_NOT_MATCH,
+    PENDING,
+    REFUSED_NOT_AUTHORIZED,
+    BadRequest,
+    NotAuthorized,
+    PacsError,
+)
+from shared.registry import Node, get_node
+from shared.uids import is_valid_uid
+
+if TYPE_CHECKING:
+    from edge.server import EdgeServer
+
+log = logging.getLogger("hpacs.edge.retrieve")
+
+MOVE_SOP_CLASSES = [
+    str(PatientRootQueryRetrieveInformationModelMove),
+    str(StudyRootQueryRetrieveInformationModelMove),
+]
+GET_SOP_CLASSES = [
+    str(PatientRootQueryRetrieveInformationModelGet),
+    str(StudyRootQueryRetrieveInformationModelGet),
+]
+MAX_SUBOPERATIONS = 65535  # the counters are US
+
+_LEVELS = {
+    "PATIENT": ("PatientID", "s.patient_id"),
+    "STUDY": ("StudyInstanceUID", "s.study_uid"),
+    "SERIES": ("SeriesInstanceUID", "se.series_uid"),
+    "IMAGE": ("SOPInstanceUID", "i.sop_instance_uid"),
+}
+
+
+def _values(ds: Dataset, keyword: str) -> list[str]:
+    raw = ds.get(keyword)
+    if raw is None or raw == "":
+        return []
+    items = list(raw) if not isinstance(raw, str | bytes) else str(raw).split("\\")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def selection_sql(identifier: Dataset) -> tuple[str, list[str]]:
+    """The SQL selecting the instances a retrieve identifier names (pure; raises BadRequest)."""
+    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    if level not in _LEVELS:
+        raise BadRequest(f"QueryRetrieveLevel must be one of {', '.join(_LEVELS)}, got {level!r}")
+    keyword, column = _LEVELS[level]
+    values = _values(identifier, keyword)
+    if not values:
+        raise BadRequest(f"a {level} level retrieve needs {keyword}")
+    if keyword != "PatientID":
+        bad = [v for v in values if not is_valid_uid(v)]
+        if bad:
+            raise BadRequest(f"{keyword} is not a valid UID: {bad[0][:80]!r}")
+    marks = ",".join("?" * len(values))
+    sql = (
+        f"SELECT {INSTANCE_COLUMNS} FROM instances i "
+        "JOIN studies s ON s.id = i.study_id JOIN series se ON se.id = i.series_id "
+        f"WHERE {column} IN ({marks}) "
+        "ORDER BY s.id, se.series_number, se.id, i.instance_number, i.id"
+    )
+    return sql, values
+
+
+def resolve(conn: sqlite3.Connection, identifier: Dataset) -> list[InstanceRef]:
+    sql, args = selection_sql(identifier)
+    return [InstanceRef.from_row(r) for r in conn.execute(sql, args)]
+
+
+def touch(conn: sqlite3.Connection, refs: list[InstanceRef], now: float) -> None:
+    """Record the access on instances and studies (the sync agent evicts by studies.last_access)."""
+    ids = [r.id for r in refs]
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        conn.execute(
+            f"UPDATE instances SET last_access = ? WHERE id IN ({','.join('?' * len(chunk))})",
+            [now, *chunk],
+        )
+    studies = sorted({r.study_id for r in refs})
+    conn.execute(
+        f"UPDATE studies SET last_access = ? WHERE id IN ({','.join('?' * len(studies))})",
+        [now, *studies],
+    )
+
+
+class RetrieveHandlers:
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+
+    # ---- shared steps ------------------------------------------------------------------
+    def locate(self, ref: InstanceRef) -> Path:
+        return ensure_local(self.server.cache, ref, self.server.recaller)
+
+    def _matches(self, identifier: Dataset) -> list[InstanceRef]:
+        refs = resolve(self.server.db.reader(), identifier)
+        if len(refs) > MAX_SUBOPERATIONS:
+            raise BadRequest(f"{len(refs)} instances match; a retrieve is limited to 65535")
+        if refs:
+            with self.server.db.write() as conn:
+                touch(conn, refs, time.time())
+        return refs
+
+    def _dataset(self, ref: InstanceRef, accepted: dict[str, list[str]], peer: str) -> Dataset:
+        try:
+            ds, plan = prepare(ref, self.locate(ref), accepted)
+        except PacsError as exc:
+            log_failure(ref.sop_instance_uid, str(exc), destination=peer)
+            return failure_stub(ref)
+        except Exception as exc:
+            log_failure(ref.sop_instance_uid, f"cannot read stored object: {exc}", destination=peer)
+            return failure_stub(ref)
+        if not plan.as_is:
+            log.debug(
+                "converting sop_instance_uid=%s from=%s to=%s",
+                ref.sop_instance_uid,
+                plan.source,
+                plan.target,
+            )
+        return ds
+
+    # ---- C-MOVE ------------------------------------------------------------------------
+    def handle_move(self, event: evt.Event) -> Iterator[Any]:
+        info = assoc_info(event.assoc)
+        if not permitted(event, "move"):
+            # pynetdicom's C-MOVE flow cannot answer 0x0124 before a destination is chosen;
+            # an error here becomes a failure response (0xC514) with no connection made.
+            raise NotAuthorized(f"{info.calling_ae} may not C-MOVE")
+        dest = str(event.move_destination or b"", "ascii", "replace").strip()
+        node = self._destination(dest)
+        if node is None:
+            log.warning(
+                "move refused calling_ae=%s destination=%s reason=unknown destination",
+                info.calling_ae,
+                dest,
+            )
+            yield None, None  # pynetdicom answers 0xA801 and connects nowhere
+            return
+        refs = self._matches(event.identifier)
+        captured: list[Association] = []
+
+        def on_open(e: evt.Event) -> None:
+            tune_association(e.assoc)
+            captured.append(e.assoc)
+
+        kwargs = {
+            "contexts": requested_contexts(refs),
+            "max_pdu": self.server.cfg.edge.max_pdu_bytes,
+            "evt_handlers": [(evt.EVT_CONN_OPEN, on_open)],
+        }
+        yield node.host, node.port, kwargs
+        yield len(refs)
+        started = time.monotonic()
+        accepted = accepted_syntaxes(captured[0]) if captured else {}
+        for n, ref in enumerate(refs):
+            if event.is_cancelled:
+                log.info("move cancelled calling_ae=%s sent=%d", info.calling_ae, n)
+                yield CANCEL, None
+                return
+            yield PENDING, self._dataset(ref, accepted, dest)
+        log.info(
+            "move done calling_ae=%s destination=%s instances=%d duration_s=%.3f",
+            info.calling_ae,
+            dest,
+            len(refs),
+            time.monotonic() - started,
+        )
+
+    def _destination(self, ae_title: str) -> Node | None:
+        node = get_node(self.server.db.reader(), ae_title)
+        if node is None or node.host == "*":
+            return None
+        return node
+
+    # ---- C-GET -------------------------------------------------------------------------
+    def handle_get(self, event: evt.Event) -> Iterator[Any]:
+        info = assoc_info(event.assoc)
+        if not permitted(event, "get"):
+            yield 1
+            yield REFUSED_NOT_AUTHORIZED, None
+            return
+        try:
+            refs = self._matches(event.identifier)
+        except BadRequest as exc:
+            log.warning("get refused calling_ae=%s reason=%s", info.calling_ae, exc)
+            yield 1
+            yield IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        yield len(refs)
+        accepted = accepted_syntaxes(event.assoc)
+        for n, ref in enumerate(refs):
+            if event.is_cancelled:
+                log.info("get cancelled calling_ae=%s sent=%d", info.calling_ae, n)
+                yield CANCEL, None
+                return
+            yield PENDING, self._dataset(ref, accepted, info.calling_ae)
+        log.info("get done calling_ae=%s instances=%d", info.calling_ae, len(refs))
