@@ -19,14 +19,14 @@ from pynetdicom import AE, _config, evt
 from edge.access import decide
 from edge.assoc import AssocInfo, assoc_info
 from edge.cache import Cache
-from edge.contexts import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from edge.commitment import COMMITMENT_SOP_CLASS, CommitmentHandlers
+from edge.contexts import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from edge.find import FIND_SOP_CLASSES, FindHandlers
 from edge.handlers import StoreHandlers
 from edge.ingest import Ingestor
-from shared import metrics
 from edge.locate import Recaller
 from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveHandlers
+from shared import metrics
 from shared.config import Config
 from shared.index import Database
 from shared.registry import get_node
