@@ -92,6 +92,10 @@ class NoConversion(PacsError):
     hint = "the destination accepts none of the transfer syntaxes hpacs can produce"
 
 
+class PayloadTooLarge(PacsError):
+    hint = "the request body is over the configured limit (cloud.max_body_bytes)"
+
+
 # Named DIMSE statuses (PS3.7 Annex C and the service classes of PS3.4).
 SUCCESS = 0x0000
 REFUSED_NOT_AUTHORIZED = 0x0124
@@ -126,6 +130,7 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     ChecksumMismatch: UNABLE_TO_PROCESS,
     ObjectExists: UNABLE_TO_PROCESS,
     NoConversion: UNABLE_TO_PROCESS,
+    PayloadTooLarge: OUT_OF_RESOURCES,
 }
 
 HTTP_STATUS: dict[type[PacsError], int] = {
@@ -146,6 +151,7 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     ChecksumMismatch: 502,
     ObjectExists: 409,
     NoConversion: 406,
+    PayloadTooLarge: 413,
 }
 
 
