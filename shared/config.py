@@ -225,6 +225,8 @@ class CloudConfig:
     query_max_results: int = checked(1000, positive)
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    dev_admin_token_file: str = ""  # dev only: mint an admin token at start and write it here
+    log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 @dataclass(frozen=True)
