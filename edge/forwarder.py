@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edge.cache import Cache
 from edge.ingest import Ingestor
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, Recaller, ensure_local
 from edge.routequeue import (
     Job,
     JobState,
@@ -30,6 +33,7 @@ from edge.routequeue import (
     recover,
 )
 from edge.routing import Rule, backoff_s, rules_from_config
+from edge.sender import send_instances
 from shared.config import Config, RouteConfig
 from shared.dicom import Header
 from shared.index import Database
@@ -218,3 +222,57 @@ class Forwarder:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+def dimse_sender(
+    our_ae_title: str,
+    db: Database,
+    cache: Cache,
+    *,
+    recaller: Recaller | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout_s: float = 30.0,
+) -> Sender:
+    """The forwarder's sender: the retrieve path's `send_instances` (one association per batch,
+    transfer syntax converted when the destination needs it)."""
+
+    def send(node: Node, batch: list[Job]) -> dict[int, SendResult]:
+        by_uid = {j.sop_instance_uid: j for j in batch}
+        marks = ",".join("?" * len(by_uid))
+        rows = (
+            db.reader()
+            .execute(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.sop_instance_uid IN ({marks})",
+                list(by_uid),
+            )
+            .fetchall()
+        )
+        refs = [InstanceRef.from_row(r) for r in rows]
+        out = {
+            j.id: SendResult(False, "the instance is no longer in the index", permanent=True)
+            for j in batch
+        }
+        report = send_instances(
+            our_ae_title,
+            node,
+            refs,
+            lambda ref: ensure_local(cache, ref, recaller),
+            timeout_s=timeout_s,
+            ssl_context=ssl_context,
+        )
+        if report.error:
+            raise ConnectionError(report.error)
+        for sub in report.results:
+            job = by_uid[sub.sop_instance_uid]
+            if sub.outcome in ("completed", "warning"):
+                out[job.id] = SendResult(True)
+            else:
+                out[job.id] = SendResult(False, sub.reason, permanent=_permanent(sub.reason))
+        return out
+
+    return send
+
+
+def _permanent(reason: str) -> bool:
+    """No retry can help when we cannot produce a syntax the destination accepts."""
+    return "no conversion available" in reason or reason.startswith("converting ")

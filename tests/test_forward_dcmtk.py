@@ -1,0 +1,86 @@
+"""Routing to DCMTK storescp destinations, one of them down for a while, then back."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from edge.forwarder import Forwarder, dimse_sender
+from edge.routequeue import queue_depth
+from shared.rows import Origin
+from shared.synthetic import StudySpec, write_study
+from tests.support.dcmtk import storescp
+from tests.support.net import free_port, port_open, wait_for
+from tests.support.routing import edge_parts, jobs, routing_config
+
+IMPLICIT_VR = "1.2.840.10008.1.2"
+
+
+@pytest.fixture
+def peers() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+def received(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def test_destination_down_then_back_nothing_lost_nothing_sent_twice(
+    tmp_path: Path, peers: list[subprocess.Popen[str]]
+) -> None:
+    up_port, down_port = free_port(), free_port()
+    nodes = [
+        {"ae_title": "UPSCP", "host": "127.0.0.1", "port": up_port},
+        {"ae_title": "LATESCP", "host": "127.0.0.1", "port": down_port},
+    ]
+    route = {
+        "name": "ct-out",
+        "modality": "CT",
+        "destinations": ["UPSCP", "LATESCP"],
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.2,
+        "max_attempts": 1000,
+    }
+    cfg = routing_config(
+        tmp_path, [route, {"name": "mr", "modality": "MR", "destinations": ["UPSCP"]}], nodes
+    )
+    # +uf: a unique file per receipt, so an instance sent twice would show up twice
+    peers.append(storescp(up_port, tmp_path / "up", "UPSCP", "+uf"))
+    wait_for(lambda: port_open(up_port), 10, "storescp up")
+    with edge_parts(cfg) as parts:
+        files = write_study(StudySpec(instances_per_series=4), tmp_path / "in")
+        for f in files:
+            parts.ingestor.ingest_path(f, Origin("dimse", calling_ae="CT01"))
+        fwd = Forwarder(
+            parts.db,
+            cfg,
+            dimse_sender(cfg.edge.ae_title, parts.db, parts.cache, timeout_s=5),
+            poll_interval_s=0.02,
+        )
+        fwd.start()
+        try:
+            late = lambda: [j for j in jobs(parts.db) if j["destination"] == "LATESCP"]  # noqa: E731
+            wait_for(lambda: min(j["attempts"] for j in late()) >= 2, 20, "failed attempts")
+            assert {j["state"] for j in late()} <= {"pending", "sending"}
+            assert "association" in late()[0]["last_error"]
+            # back, accepting Implicit VR Little Endian only: the sender converts
+            peers.append(storescp(down_port, tmp_path / "late", "LATESCP", "+uf", "+xi"))
+            wait_for(lambda: port_open(down_port), 10, "storescp back")
+            wait_for(lambda: queue_depth(parts.db.reader())["sent"] == 8, 30, "all forwarded")
+        finally:
+            fwd.stop()
+        assert queue_depth(parts.db.reader())["sent"] == 8
+    sent_uids = sorted(str(pydicom.dcmread(f).SOPInstanceUID) for f in files)
+    for folder, syntax in ((tmp_path / "up", None), (tmp_path / "late", IMPLICIT_VR)):
+        got = received(folder)
+        assert sorted(str(ds.SOPInstanceUID) for ds in got) == sent_uids  # each exactly once
+        if syntax:
+            assert {str(ds.file_meta.TransferSyntaxUID) for ds in got} == {syntax}
