@@ -1,0 +1,145 @@
+"""`hpacs-cloud`: serve the DICOMweb/admin API, manage tokens, verify the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from cloud_api.app import create_app, ssl_context
+from cloud_api.audit import read_records, verify_records, verify_store
+from cloud_api.auth import ROLES, TokenStore
+from shared.config import Config, ConfigError, load_config
+from shared.errors import PacsError
+from shared.fsutil import write_atomic
+from shared.logs import setup_logging
+from shared.store.base import open_store
+
+log = logging.getLogger("hpacs.cloud")
+
+DEV_TOKEN_NAME = "dev-admin"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpacs-cloud", description="hpacs cloud API")
+    p.add_argument("--config", default="hpacs.toml", help="path to hpacs.toml")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the API in the foreground")
+    tok = sub.add_parser("token", help="bearer tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    c = tok.add_parser("create", help="create a token (printed once, stored hashed)")
+    c.add_argument("--role", required=True, choices=ROLES)
+    c.add_argument("--sites", default="", help="comma-separated sites; * for all")
+    c.add_argument("--name", required=True)
+    tok.add_parser("list", help="list tokens (never their values)")
+    r = tok.add_parser("revoke", help="revoke a token by name")
+    r.add_argument("name")
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
+    v = audit.add_parser("verify", help="check the hash chain of the audit log")
+    v.add_argument("--file", help="an audit.jsonl file (default: <cloud.data_dir>/audit.jsonl)")
+    v.add_argument("--bucket", action="store_true", help="check the copies shipped to the bucket")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config) if Path(args.config).exists() else Config()
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.cloud.log_level, service="cloud")
+    try:
+        if args.command == "serve":
+            return serve(cfg)
+        if args.command == "token":
+            return token_command(cfg, args)
+        return audit_command(cfg, args)
+    except PacsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def token_command(cfg: Config, args: argparse.Namespace) -> int:
+    tokens = TokenStore(cfg.cloud.tokens_file)
+    if args.token_command == "create":
+        sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+        if args.role != "admin" and not sites:
+            print("error: --sites is required for reader and agent tokens", file=sys.stderr)
+            return 2
+        print(tokens.create(args.name, args.role, sites))
+        print("store it now: it is not shown again", file=sys.stderr)
+    elif args.token_command == "list":
+        for r in tokens.list():
+            state = "revoked" if r.revoked_at else "active"
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at))
+            print(f"{r.name}\t{r.role}\t{','.join(r.sites) or '-'}\t{state}\t{created}")
+    else:
+        tokens.revoke(args.name)
+        print(f"revoked {args.name}")
+    return 0
+
+
+def audit_command(cfg: Config, args: argparse.Namespace) -> int:
+    if args.bucket:
+        store = open_store(cfg.cloud.store_url, emulator_host=cfg.sync.emulator_host)
+        replica = (Path(cfg.cloud.data_dir) / "replica_id").read_text().strip()
+        problems = verify_store(store, replica)
+        what = f"{cfg.cloud.store_url} audit/ (replica {replica})"
+    else:
+        path = Path(args.file) if args.file else Path(cfg.cloud.data_dir) / "audit.jsonl"
+        if not path.exists():
+            print(f"error: no audit log at {path}", file=sys.stderr)
+            return 2
+        problems = verify_records(read_records(path))
+        what = str(path)
+    for pr in problems:
+        print(f"line {pr.line} seq {pr.seq}: {pr.reason}")
+    print(f"{what}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 0 if not problems else 1
+
+
+def _dev_token(cfg: Config) -> None:
+    """Dev only: a fresh admin token, printed and written where `make up` users find it."""
+    path = Path(cfg.cloud.dev_admin_token_file)
+    tokens = TokenStore(cfg.cloud.tokens_file)
+    if any(r.name == DEV_TOKEN_NAME and r.revoked_at is None for r in tokens.list()):
+        tokens.revoke(DEV_TOKEN_NAME)
+    token = tokens.create(DEV_TOKEN_NAME, "admin", ["*"])
+    write_atomic(path, (token + "\n").encode())
+    print(f"dev admin token (also in {path}): {token}", flush=True)
+
+
+def serve(cfg: Config) -> int:
+    if cfg.cloud.dev_admin_token_file:
+        _dev_token(cfg)
+    # one config file, one bucket: the emulator setting of [sync] applies to the API too
+    store = open_store(cfg.cloud.store_url, emulator_host=cfg.sync.emulator_host)
+    app = create_app(cfg.cloud, store, cfg.restore)
+    return asyncio.run(_run(app, cfg))
+
+
+async def _run(app: web.Application, cfg: Config) -> int:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()  # builds the catalog index before the port opens
+    site = web.TCPSite(runner, cfg.cloud.host, cfg.cloud.port, ssl_context=ssl_context(cfg.cloud))
+    await site.start()
+    scheme = "https" if cfg.cloud.tls_cert_file else "http"
+    log.info("cloud API listening url=%s://%s:%d", scheme, cfg.cloud.host, cfg.cloud.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await runner.cleanup()
+    return 0

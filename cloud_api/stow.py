@@ -1,0 +1,120 @@
+"""STOW-RS service: one received part (a temp file) -> bucket object + catalog row for site `cloud`.
+
+Synchronous (called from worker threads). The object key comes from `shared.keys.instance_key`
+and the write is create-only: the same bytes stored twice succeed (idempotent retries), other
+bytes under an existing SOP Instance UID are a `DuplicateConflict`, never an overwrite. Catalog
+rows go to the next free `catalog/cloud/<seq>` object, also create-only, so several replicas
+can accept uploads at once without overwriting each other's journal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from shared.catalog import CatalogRow, encode_batch
+from shared.checksum import crc32c_file
+from shared.dicom import Header, read_header
+from shared.errors import (
+    DuplicateConflict,
+    InvalidDataset,
+    ObjectExists,
+    PacsError,
+    UIDMismatch,
+    dimse_status,
+)
+from shared.keys import catalog_key, catalog_prefix, catalog_sequence, instance_key
+from shared.store.base import ObjectStore
+
+STOW_SITE = "cloud"
+
+
+@dataclass
+class StowOutcome:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str = ""
+    series_uid: str = ""
+    row: CatalogRow | None = None
+    failure: int = 0  # DIMSE failure reason (PS3.18 Table I.2-1 uses the DIMSE statuses)
+    error: str = ""
+
+
+def _normalise(path: Path) -> Header:
+    """Headers of a Part-10 file; a bare dataset (no preamble, as some clients send) is
+    rewritten as Part-10 in place so the bucket only ever holds Part-10 objects."""
+    try:
+        return read_header(path)
+    except InvalidDataset:
+        pass
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        meta = getattr(ds, "file_meta", None)
+        if meta is None or "TransferSyntaxUID" not in meta:
+            ds.file_meta = meta or pydicom.dataset.FileMetaDataset()
+            implicit = ds.original_encoding[0] if ds.original_encoding else False
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+            )
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(path, enforce_file_format=True)
+    except Exception as exc:
+        raise InvalidDataset(f"part is not a DICOM dataset: {exc}") from exc
+    return read_header(path)
+
+
+def store_part(store: ObjectStore, path: Path, study_uid: str | None) -> StowOutcome:
+    """Validate, upload create-only and describe one part; failures are in the outcome."""
+    out = StowOutcome("", "")
+    try:
+        h = _normalise(path)
+        out.sop_class_uid, out.sop_instance_uid = h.sop_class_uid, h.sop_instance_uid
+        out.study_uid, out.series_uid = h.study_uid, h.series_uid
+        if study_uid and h.study_uid != study_uid:
+            raise UIDMismatch("the instance's Study Instance UID differs from the URL's")
+        key = instance_key(h.study_uid, h.series_uid, h.sop_instance_uid)
+        crc = crc32c_file(path)
+        size = path.stat().st_size
+        try:
+            store.put(key, path, content_type="application/dicom", if_absent=True)
+        except ObjectExists:
+            existing = store.head(key)
+            if existing is None or existing.crc32c != crc:
+                raise DuplicateConflict(
+                    "different bytes are stored under this SOP Instance UID"
+                ) from None
+        out.row = CatalogRow(
+            header=h,
+            size=size,
+            crc32c=crc,
+            object_key=key,
+            site=STOW_SITE,
+            received_at=time.time(),
+            source="stow",
+        )
+    except PacsError as exc:
+        out.failure, out.error = dimse_status(exc), str(exc)
+    return out
+
+
+def append_catalog(store: ObjectStore, rows: list[CatalogRow], hint_key: str = "") -> str:
+    """Write rows as the next catalog object of site `cloud`; returns its key."""
+    prefix = catalog_prefix(STOW_SITE)
+    last = hint_key
+    for info in store.list(prefix, start_offset=hint_key):
+        last = info.key
+    seq = catalog_sequence(last) + 1 if last else 1
+    data = encode_batch(rows)
+    for _ in range(100):
+        key = catalog_key(STOW_SITE, seq)
+        try:
+            store.put(key, data, content_type="application/gzip", if_absent=True)
+            return key
+        except ObjectExists:  # another replica took this sequence number
+            seq += 1
+    raise DuplicateConflict("could not find a free catalog sequence number")
