@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,7 +73,7 @@ def association(
 
     Yields the Association even when it was rejected, so tests can assert the rejection.
     """
-    from pynetdicom import AE, StoragePresentationContexts
+    from pynetdicom import AE, StoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=calling_ae)
@@ -85,7 +87,23 @@ def association(
     else:
         for abstract, syntaxes in contexts:
             ae.add_requested_context(abstract, syntaxes)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, tls_args=tls_args)
+    received: list[Any] = []
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title=called_ae,
+        tls_args=tls_args,
+        evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: received.append(e.primitive))],
+    )
+    # (result, source, reason) of an A-ASSOCIATE-RJ, for exact assertions
+    assoc.rejection = next(
+        (
+            (p.result, p.result_source, p.diagnostic)
+            for p in received
+            if getattr(p, "result", None) in (1, 2)
+        ),
+        None,
+    )
     try:
         yield assoc
     finally:
@@ -139,3 +157,53 @@ def encoded_dataset(ds: Any, implicit_vr: bool = False) -> bytes:
     fp.is_implicit_VR = implicit_vr
     write_dataset(fp, ds)
     return fp.getvalue()
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    """Write a config dict (tables, arrays of tables, scalars) as a TOML file."""
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        subs = []
+        for k, v in d.items():
+            tables = isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+            if isinstance(v, dict) or tables:
+                subs.append((k, v))
+            else:
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in subs:
+            name = f"{prefix}{k}"
+            if isinstance(v, dict):
+                lines.append(f"\n[{name}]")
+                table(f"{name}.", v)
+            else:
+                for item in v:
+                    lines.append(f"\n[[{name}]]")
+                    table(f"{name}.", item)
+
+    table("", data)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run the installed `hpacs-edge` entry point, as an admin would."""
+    exe = Path(sys.executable).parent / "hpacs-edge"
+    return subprocess.run(
+        [str(exe), "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
