@@ -8,9 +8,15 @@ import signal
 import sys
 import threading
 
+from edge.cache import Cache
+from edge.forwarder import Forwarder, Sender, attach_routing, dimse_sender
+from edge.hotfolder import HotFolder
 from edge.http import start_http
+from edge.importer import run_import
+from edge.ingest import Ingestor
 from edge.reconcile import reconcile
-from edge.scu import echo
+from edge.routequeue import retry, routes_report
+from edge.scu import client_ssl_context, echo
 from edge.server import EdgeServer
 from shared.config import PERMISSIONS, Config, ConfigError, load_config
 from shared.errors import PacsError
@@ -54,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("ae_title")
     ec.add_argument("--timeout", type=float, default=10.0)
     sub.add_parser("studies", help="list the studies in the index")
+    imp = sub.add_parser("import", help="import files and folders (recursive) into the index")
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("--dry-run", action="store_true", help="parse and compare, store nothing")
+    routes = sub.add_parser("routes", help="routing rules and the forward queue").add_subparsers(
+        dest="routes_command", required=True
+    )
+    routes.add_parser("list", help="rules, queue counts and the dead letter")
+    rt = routes.add_parser("retry", help="requeue dead-lettered forwards")
+    rt.add_argument("ids", nargs="*", type=int, help="job ids (default: all dead jobs)")
+    rt.add_argument("--route", default="")
+    rt.add_argument("--destination", default="")
     return p
 
 
@@ -74,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 return nodes_command(cfg, db, args)
             if args.command == "studies":
                 return studies_command(db)
+            if args.command == "import":
+                return import_command(cfg, db, args)
+            if args.command == "routes":
+                return routes_command(cfg, db, args)
         finally:
             db.close()
     except PacsError as exc:
@@ -88,6 +109,9 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
         apply_config_nodes(conn, cfg.nodes)
     server = EdgeServer(cfg, db)
     reconcile(db, server.cache)
+    attach_routing(server.ingestor, cfg.routes)
+    forwarder = Forwarder(db, cfg, _sender(cfg, db, server))
+    hotfolder = _hotfolder(cfg, server.ingestor)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -97,6 +121,9 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     server.start()
+    forwarder.start()
+    if hotfolder is not None:
+        hotfolder.start()
     http = start_http(cfg, db, server.active_associations)
     log.info("edge node ready ae_title=%s ports=%s", cfg.edge.ae_title, server.ports)
     if ready is not None:
@@ -107,10 +134,37 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
     finally:
         if http is not None:
             http.stop()
+        if hotfolder is not None:
+            hotfolder.stop()
         server.stop()
+        forwarder.stop()
         db.close()
         log.info("edge node stopped")
     return 0
+
+
+def _sender(cfg: Config, db: Database, server: EdgeServer) -> Sender:
+    t = cfg.edge.tls
+    ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if t.cert_file else None
+    return dimse_sender(
+        cfg.edge.ae_title,
+        db,
+        server.cache,
+        recaller=server.recaller,
+        ssl_context=ctx,
+        timeout_s=cfg.edge.network_timeout_s,
+    )
+
+
+def _hotfolder(cfg: Config, ingestor: Ingestor) -> HotFolder | None:
+    if not cfg.edge.import_dir:
+        return None
+    return HotFolder(
+        cfg.edge.import_dir,
+        ingestor,
+        settle_s=cfg.edge.import_settle_s,
+        rescan_s=cfg.edge.import_rescan_s,
+    )
 
 
 def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
@@ -174,6 +228,27 @@ def studies_command(db: Database) -> int:
             f"{r['study_uid']:64} {r['study_date'] or '-':8} {r['mods'] or '-':8} "
             f"{r['num_instances']:>6} {r['states'] or '-'}"
         )
+    return 0
+
+
+def import_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
+    cache = Cache(cfg.edge.cache_dir)
+    ingestor = Ingestor(
+        db, cache, duplicates=cfg.edge.duplicates, min_free_bytes=cfg.edge.min_free_bytes
+    )
+    attach_routing(ingestor, cfg.routes)  # a running `serve` forwards what this queues
+    result = run_import(args.paths, ingestor, dry_run=args.dry_run)
+    print(result.render(args.dry_run))
+    return 1 if result.rejected else 0
+
+
+def routes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
+    if args.routes_command == "retry":
+        with db.write() as conn:
+            n = retry(conn, ids=args.ids or None, route=args.route, destination=args.destination)
+        print(f"requeued {n} dead forward job(s)")
+        return 0
+    print(routes_report(cfg.routes, db.reader()))
     return 0
 
 

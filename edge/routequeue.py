@@ -9,11 +9,13 @@ forward interrupted mid-way is sent again (at least once), never lost (invariant
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from edge.routing import Rule, matching_rules
+from shared.config import RouteConfig
 from shared.dicom import Header
 
 
@@ -162,11 +164,11 @@ def retry(
     ids: list[int] | None = None,
     route: str = "",
     destination: str = "",
-    now: float = 0.0,
+    now: float | None = None,
 ) -> int:
     """Requeue dead jobs (all, some ids, one route or one destination) with a fresh budget."""
     where = ["state = 'dead'"]
-    args: list[object] = [now]
+    args: list[object] = [time.time() if now is None else now]
     if ids:
         where.append(f"id IN ({','.join('?' * len(ids))})")
         args += ids
@@ -210,3 +212,28 @@ def prune_sent(conn: sqlite3.Connection, before: float) -> int:
     return conn.execute(
         "DELETE FROM route_jobs WHERE state = 'sent' AND sent_at < ?", (before,)
     ).rowcount
+
+
+def routes_report(routes: list[RouteConfig], conn: sqlite3.Connection) -> str:
+    """`hpacs-edge routes list`: the rules, queue counts per route and destination, dead letter."""
+    keys = ("calling_ae", "modality", "sop_class_uid", "body_part")
+    keys += ("study_description", "series_description", "schedule")
+    lines = [f"{'ROUTE':16} {'DESTINATIONS':24} {'STABLE_S':>8} {'MAX':>4} MATCH"]
+    for r in routes:
+        match = " ".join(f"{k}={getattr(r, k)}" for k in keys if getattr(r, k))
+        lines.append(
+            f"{r.name:16} {','.join(r.destinations):24} {r.stable_after_s:>8g} "
+            f"{r.max_attempts:>4} {match or '(everything)'}"
+        )
+    lines += ["", f"{'ROUTE':16} {'DESTINATION':16} {'STATE':8} {'COUNT':>7}"]
+    for row in summary(conn):
+        lines.append(f"{row['route']:16} {row['destination']:16} {row['state']:8} {row['n']:>7}")
+    dead = dead_jobs(conn)
+    if dead:
+        lines += ["", f"{'ID':>7} {'ROUTE':16} {'DESTINATION':16} {'ATTEMPTS':>8} REASON"]
+        for d in dead:
+            lines.append(
+                f"{d['id']:>7} {d['route']:16} {d['destination']:16} {d['attempts']:>8} "
+                f"{d['last_error']}"
+            )
+    return "\n".join(lines)
