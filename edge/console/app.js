@@ -219,6 +219,11 @@ async function render() {
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("active", a.getAttribute("href") === `#${name}`);
   }
+  if (!document.getElementById("ae-title").textContent) {
+    api("/api/status").then((s) => {
+      document.getElementById("ae-title").textContent = `· ${s.ae_title}`;
+    }).catch(() => {});
+  }
   try {
     const content = await PAGES[name]();
     main.replaceChildren(...content);
@@ -231,6 +236,7 @@ async function render() {
 
 function showLogin(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
+  document.getElementById("ae-title").textContent = "";
   document.getElementById("nav").hidden = true;
   document.getElementById("logout").hidden = true;
   main.dataset.page = "login";
