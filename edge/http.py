@@ -16,10 +16,8 @@ import hmac
 import logging
 import os
 import secrets
-import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from aiohttp import web
 import shared
 from edge import dashboard
 from edge.scu import echo
+from shared import health
 from shared.config import Config
 from shared.errors import BadRequest, NotFound, PacsError, Unauthenticated, problem_json
 from shared.index import Database
@@ -202,22 +201,17 @@ class EdgeHttp:
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready when the index takes a write lock and the object store answers a head."""
-        timeout = self.cfg.edge.readyz_timeout_s
-        checks = {
-            "index": await _probe(index_writable, timeout, self.cfg.edge.index_path, timeout),
+        e, sync = self.cfg.edge, self.cfg.sync
+        checks: dict[str, health.Check] = {
+            "index": (health.index_writable, (e.index_path, e.readyz_timeout_s))
         }
-        if self.cfg.sync.store_url:
-            checks["store"] = await _probe(
-                store_reachable,
-                timeout,
-                self.cfg.sync.store_url,
-                self.cfg.sync.emulator_host,
-                timeout,
+        if sync.store_url:
+            checks["store"] = (
+                _store_reachable,
+                (sync.store_url, sync.emulator_host, e.readyz_timeout_s),
             )
-        ok = all(v == "ok" for v in checks.values())
-        return web.json_response(
-            {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
-        )
+        ok, body = await health.readiness(checks, e.readyz_timeout_s)
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = await asyncio.to_thread(render, self.registry)
@@ -311,28 +305,5 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return max(lo, min(hi, value))
 
 
-async def _probe(fn: Callable[..., None], timeout_s: float, *args: Any) -> str:
-    """'ok' or the reason a readiness check failed, within a deadline."""
-    try:
-        await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout_s)
-    except TimeoutError:
-        return f"timed out after {timeout_s:g}s"
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"[:200]
-    return "ok"
-
-
-def index_writable(index_path: Path, timeout_s: float) -> None:
-    """Take SQLite's write lock and let go: proves the file and its directory are writable."""
-    conn = sqlite3.connect(str(index_path), timeout=timeout_s, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
-
-
-def store_reachable(url: str, emulator_host: str, timeout_s: float) -> None:
-    """A head of a key that need not exist: an answer (even 'absent') means reachable."""
-    store = open_store(url, emulator_host=emulator_host, timeout_s=timeout_s)
-    store.head(f"healthz/{int(time.time())}")
+def _store_reachable(url: str, emulator_host: str, timeout_s: float) -> None:
+    health.store_reachable(open_store(url, emulator_host=emulator_host, timeout_s=timeout_s))
