@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -56,6 +57,8 @@ def classify(exc: BaseException) -> ObjectStoreError | NotFound | None:
         code = int(exc.code or 0)
         if code in TRANSIENT_HTTP:
             return TransientStoreError(f"HTTP {code}: {exc}")
+        if code == 400 and re.search(r"crc32c|md5|checksum|hash", str(exc), re.I):
+            return ChecksumMismatch(f"HTTP 400: {exc}")  # GCS refused bytes that fail their hash
         return PermanentStoreError(f"HTTP {code}: {exc}")
     if isinstance(exc, gexc.RetryError | requests.exceptions.RequestException | TimeoutError):
         return TransientStoreError(f"{type(exc).__name__}: {exc}")

@@ -11,6 +11,7 @@ import http.client
 import http.server
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,9 +98,10 @@ def gcs_store(emu_url: str, bucket: str = BUCKET, prefix: str = "") -> GcsStore:
 
 
 # ---- fault injection -------------------------------------------------------------------------
-# A rule sees (method, path) and returns None (pass through), an HTTP status to answer instead,
-# or "corrupt" (forward the request with one body byte flipped).
-Rule = Callable[[str, str], int | str | None]
+# A rule sees (method, path) and returns None (pass through), an HTTP status (int) to answer
+# instead, "corrupt" (forward the request with one body byte flipped), or a delay in seconds
+# (float) before forwarding.
+Rule = Callable[[str, str], int | float | str | None]
 
 
 @dataclass
@@ -112,7 +114,7 @@ class FaultProxy:
     upstream_port: int
     port: int = field(default_factory=free_port)
     rules: list[Rule] = field(default_factory=list)
-    seen: list[tuple[str, str, int | str]] = field(default_factory=list)
+    seen: list[tuple[str, str, int | float | str]] = field(default_factory=list)
     _server: http.server.ThreadingHTTPServer | None = None
 
     @property
@@ -131,7 +133,7 @@ class FaultProxy:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                action: int | str | None = None
+                action: int | float | str | None = None
                 for rule in list(proxy.rules):
                     action = rule(self.command, self.path)
                     if action is not None:
@@ -145,6 +147,8 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(msg)
                     return
+                if isinstance(action, float):
+                    time.sleep(action)  # an injected slow response, not a readiness wait
                 if action == "corrupt" and body:
                     body = _flip_payload_byte(body)
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=10)

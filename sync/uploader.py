@@ -1,0 +1,269 @@
+"""The upload loop's core: claim `cached` rows, upload create-only, verify, record the outcome.
+
+Claiming is a compare-and-set transition (`cached -> uploading`), so two agents can never upload
+one row; the network work happens outside any transaction; outcomes are committed per batch.
+An object that already exists with our crc32c counts as uploaded (a retried request may have
+landed, or a crash hit between upload and commit); one with different bytes is a `conflict`:
+ours go under `shared.keys.conflict_key`, nothing is ever overwritten.
+
+Retry policy (invariant 6: all of it in the row):
+- transient store errors (connection, timeout, 408, 429, 5xx): back to `cached` with a jittered,
+  capped `next_attempt_at`; an outage is waited out however long it lasts;
+- checksum mismatches and unexpected errors: the same, but after `sync.max_attempts` -> `failed`;
+- permanent errors (403, missing bucket, missing cache file): `failed` at once, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from shared.config import SyncConfig
+from shared.errors import (
+    ChecksumMismatch,
+    NotFound,
+    ObjectExists,
+    PermanentStoreError,
+    TransientStoreError,
+)
+from shared.index import Database
+from shared.keys import conflict_key, instance_key
+from shared.lifecycle import State, transition
+from shared.store import ObjectStore
+from sync import rows
+from sync.backoff import retry_delay
+
+log = logging.getLogger("hpacs.sync.upload")
+
+CONTENT_TYPE = "application/dicom"
+
+
+class Result(StrEnum):
+    SYNCED = "synced"
+    CONFLICT = "conflict"
+    RETRY = "retry"  # transient: never gives up
+    RETRY_COUNTED = "retry_counted"  # gives up after max_attempts
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    object_key: str = ""
+    error: str = ""
+
+
+@dataclass
+class BatchStats:
+    claimed: int = 0
+    synced: int = 0
+    conflicts: int = 0
+    retries: int = 0
+    failed: int = 0
+    transient: int = 0
+    bytes: int = 0
+
+
+class Uploader:
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        cache_dir: Path,
+        cfg: SyncConfig,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.cache_dir = cache_dir
+        self.cfg = cfg
+        self.pool = pool
+        self.last_success_at = 0.0
+
+    # ---- one batch ----------------------------------------------------------------------
+    def run_batch(self, limit: int | None = None) -> BatchStats:
+        """Claim up to `limit` due rows, upload them in parallel, commit every outcome."""
+        claimed = self.claim(limit or self.cfg.upload_concurrency * 8)
+        stats = BatchStats(claimed=len(claimed))
+        if not claimed:
+            return stats
+        outcomes = list(self.pool.map(self.upload_one, claimed))
+        self.record(claimed, outcomes, stats)
+        return stats
+
+    def claim(self, limit: int) -> list[rows.Instance]:
+        now = time.time()
+        with self.db.write() as conn:
+            found = conn.execute(
+                rows.SELECT + " WHERE i.state = ? AND i.next_attempt_at <= ? "
+                "ORDER BY i.next_attempt_at, i.id LIMIT ?",
+                (State.CACHED.value, now, limit),
+            ).fetchall()
+            claimed = []
+            for r in found:
+                inst = rows.instance(r)
+                if transition(
+                    conn, inst.id, State.CACHED, State.UPLOADING, attempts=inst.attempts + 1
+                ):
+                    claimed.append(inst)
+        return claimed
+
+    def upload_one(self, inst: rows.Instance) -> Outcome:
+        """All the network work for one instance; never raises."""
+        try:
+            return self._upload(inst)
+        except TransientStoreError as exc:
+            return Outcome(Result.RETRY, error=f"transient: {exc}")
+        except ChecksumMismatch as exc:
+            return Outcome(Result.RETRY_COUNTED, error=f"checksum mismatch: {exc}")
+        except (PermanentStoreError, NotFound) as exc:
+            return Outcome(Result.FAILED, error=f"permanent: {exc}")
+        except FileNotFoundError:
+            return Outcome(Result.FAILED, error="the cache file is missing")
+        except Exception as exc:  # a bug or an unclassified error: counted, so it cannot loop
+            log.exception("unexpected upload error sop_instance_uid=%s", inst.sop_instance_uid)
+            return Outcome(Result.RETRY_COUNTED, error=f"{type(exc).__name__}: {exc}")
+
+    def _upload(self, inst: rows.Instance) -> Outcome:
+        key = instance_key(inst.study_uid, inst.series_uid, inst.sop_instance_uid)
+        path = self.cache_dir / inst.path
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        meta = {"crc32c": inst.crc32c}
+        try:
+            info = self.store.put(key, path, content_type=CONTENT_TYPE, metadata=meta)
+        except ObjectExists:
+            return self._existing(inst, key, path)
+        if info.crc32c != inst.crc32c:
+            # Our own create landed with other bytes: remove it so the retry can create it.
+            self._delete_quietly(key)
+            raise ChecksumMismatch(f"stored crc32c {info.crc32c} != local {inst.crc32c}")
+        return Outcome(Result.SYNCED, key)
+
+    def _existing(self, inst: rows.Instance, key: str, path: Path) -> Outcome:
+        head = self.store.head(key)
+        if head is None:
+            raise TransientStoreError(f"{key} existed and then vanished")
+        if head.crc32c == inst.crc32c:
+            return Outcome(Result.SYNCED, key)  # an earlier attempt landed
+        if head.metadata.get("crc32c") == inst.crc32c:
+            # our own earlier upload, corrupted on the way and not yet cleaned up (a crash)
+            self._delete_quietly(key)
+            raise ChecksumMismatch(f"earlier upload of {key} was corrupted; removed")
+        ckey = conflict_key(inst.study_uid, inst.series_uid, inst.sop_instance_uid, inst.crc32c)
+        try:
+            info = self.store.put(
+                ckey, path, content_type=CONTENT_TYPE, metadata={"crc32c": inst.crc32c}
+            )
+        except ObjectExists:
+            existing = self.store.head(ckey)
+            if existing is None:
+                raise TransientStoreError(f"{ckey} existed and then vanished") from None
+            info = existing
+        if info.crc32c != inst.crc32c:
+            self._delete_quietly(ckey)
+            raise ChecksumMismatch(f"conflict copy crc32c {info.crc32c} != local {inst.crc32c}")
+        return Outcome(
+            Result.CONFLICT,
+            ckey,
+            f"different bytes already at {key} (crc32c {head.crc32c}); ours kept at {ckey}",
+        )
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except NotFound:
+            pass
+        except Exception as exc:
+            log.warning("could not remove a corrupted upload key=%s error=%s", key, exc)
+
+    # ---- outcomes -----------------------------------------------------------------------
+    def record(
+        self, claimed: list[rows.Instance], outcomes: list[Outcome], stats: BatchStats
+    ) -> None:
+        now = time.time()
+        cfg = self.cfg
+        with self.db.write() as conn:
+            for inst, out in zip(claimed, outcomes, strict=True):
+                attempts = inst.attempts + 1
+                result = out.result
+                if result is Result.RETRY_COUNTED and attempts >= cfg.max_attempts:
+                    result = Result.FAILED
+                if result is Result.SYNCED:
+                    transition(
+                        conn,
+                        inst.id,
+                        State.UPLOADING,
+                        State.SYNCED,
+                        object_key=out.object_key,
+                        synced_at=now,
+                        last_error="",
+                        next_attempt_at=0,
+                    )
+                    stats.synced += 1
+                    stats.bytes += inst.size
+                elif result is Result.CONFLICT:
+                    transition(
+                        conn,
+                        inst.id,
+                        State.UPLOADING,
+                        State.CONFLICT,
+                        object_key=out.object_key,
+                        synced_at=now,
+                        last_error=out.error[:500],
+                    )
+                    stats.conflicts += 1
+                elif result is Result.FAILED:
+                    transition(
+                        conn, inst.id, State.UPLOADING, State.FAILED, last_error=out.error[:500]
+                    )
+                    stats.failed += 1
+                else:
+                    delay = retry_delay(attempts, cfg.backoff_initial_s, cfg.backoff_max_s)
+                    transition(
+                        conn,
+                        inst.id,
+                        State.UPLOADING,
+                        State.CACHED,
+                        next_attempt_at=now + delay,
+                        last_error=out.error[:500],
+                    )
+                    stats.retries += 1
+                    stats.transient += result is Result.RETRY
+        if stats.synced:
+            self.last_success_at = now
+        self._log(claimed, outcomes, stats)
+
+    def _log(
+        self, claimed: list[rows.Instance], outcomes: list[Outcome], stats: BatchStats
+    ) -> None:
+        for inst, out in zip(claimed, outcomes, strict=True):
+            if out.result is Result.CONFLICT:
+                log.warning(
+                    "upload conflict sop_instance_uid=%s state=conflict detail=%s",
+                    inst.sop_instance_uid,
+                    out.error,
+                )
+        if stats.failed:
+            for inst, out in zip(claimed, outcomes, strict=True):
+                if out.result in (Result.FAILED, Result.RETRY_COUNTED):
+                    log.error(
+                        "upload problem sop_instance_uid=%s attempt=%d error=%s",
+                        inst.sop_instance_uid,
+                        inst.attempts + 1,
+                        out.error,
+                    )
+        if stats.retries:
+            first = next(
+                o.error for o in outcomes if o.result in (Result.RETRY, Result.RETRY_COUNTED)
+            )
+            log.warning(
+                "upload retries scheduled count=%d transient=%d first_error=%s",
+                stats.retries,
+                stats.transient,
+                first[:200],
+            )
