@@ -22,9 +22,11 @@ from typing import Any
 from aiohttp import web
 
 from cloud_api import handlers as h
+from cloud_api import ops
 from cloud_api.audit import AuditLog
 from cloud_api.auth import Need, Principal, TokenStore
 from cloud_api.catalog_index import CatalogIndex
+from shared import metrics
 from shared.config import CloudConfig, RestoreConfig
 from shared.errors import NotAuthorized, PacsError, Unauthenticated, http_status, problem_json
 from shared.store.base import ObjectStore
@@ -101,6 +103,8 @@ def problem(err: BaseException) -> web.Response:
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, check the route's declared need, run, map errors, audit."""
+    if request.path in ops.OPEN_PATHS:  # kubelet probes: no credentials, no data
+        return await handler(request)
     svc = request.app[SERVICES]
     client = request.remote or ""
     route = request.match_info.route
@@ -229,12 +233,15 @@ def create_app(
         tokens=TokenStore(cfg.tokens_file),
         audit=AuditLog(data),
     )
-    app = web.Application(middlewares=[guard], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[metrics.http_metrics_middleware(), guard], client_max_size=1024**2
+    )
     app[SERVICES] = svc
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:
         route = app.router.add_route(method, path, handler)
         needs[route] = (need, action)
+    ops.mount(app, SERVICES, needs)  # /healthz, /readyz, /metrics
     app[NEEDS] = needs
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)

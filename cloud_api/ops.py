@@ -1,0 +1,64 @@
+"""Operations endpoints of the cloud API: /healthz, /readyz (open) and /metrics (admin token).
+
+The probes are open because the kubelet calls them without credentials and they reveal nothing
+but "up" and "ready". /metrics goes through the normal guard with the admin need: the API faces
+the internet, and route/status counts describe usage; Prometheus scrapes with a bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from cloud_api.auth import Need
+from shared import health, metrics
+from shared.keys import catalog_prefix
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+READYZ_TIMEOUT_S = 2.0
+REGISTRY = web.AppKey("metrics_registry", object)
+
+
+def catalog_lag_s(index: Any, store: Any) -> float:
+    """Age of the oldest catalog object a site has written that this replica has not applied.
+
+    0 when the index is up to date: the figure an admin watches to know how stale QIDO
+    answers can be.
+    """
+    now = time.time()
+    lag = 0.0
+    for site, cursor in index.cursors().items():
+        for info in store.list(catalog_prefix(site), start_offset=cursor):
+            if info.key <= cursor:
+                continue
+            lag = max(lag, now - info.updated if info.updated else 0.0)
+            break
+    return lag
+
+
+def mount(app: web.Application, services_key: Any, needs: dict[Any, Any]) -> None:
+    """Add the three routes and the metrics registry to the cloud API app."""
+    svc = app[services_key]
+    app[REGISTRY] = metrics.cloud_registry(lambda: catalog_lag_s(svc.index, svc.store))
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks: dict[str, health.Check] = {
+            "index": (health.index_writable, (svc.index.path, READYZ_TIMEOUT_S)),
+            "store": (health.store_reachable, (svc.store,)),
+        }
+        ok, body = await health.readiness(checks, READYZ_TIMEOUT_S)
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.render, request.app[REGISTRY])
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    needs[app.router.add_get("/metrics", metrics_view, allow_head=False)] = (Need.ADMIN, "metrics")
