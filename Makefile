@@ -39,6 +39,16 @@ deps:
 	    exit 1; \
 	  fi; \
 	fi
+	@# systemd-analyze verifies deploy/systemd units in tests/test_deploy.py.
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's systemd (for systemd-analyze)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+	  else \
+	    echo "systemd-analyze is missing: install it (Debian/Ubuntu: sudo apt-get install systemd) and rerun"; \
+	    exit 1; \
+	  fi; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .
