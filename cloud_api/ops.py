@@ -19,7 +19,7 @@ from shared.keys import catalog_prefix
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READYZ_TIMEOUT_S = 2.0
-REGISTRY = web.AppKey("metrics_registry", object)
+REGISTRY = web.AppKey("metrics_registry", metrics.Registry)
 
 
 def catalog_lag_s(index: Any, store: Any) -> float:

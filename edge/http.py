@@ -29,7 +29,14 @@ from edge import dashboard
 from edge.scu import echo
 from shared import health
 from shared.config import Config
-from shared.errors import BadRequest, NotFound, PacsError, Unauthenticated, problem_json
+from shared.errors import (
+    BadRequest,
+    NotFound,
+    PacsError,
+    Unauthenticated,
+    http_status,
+    problem_json,
+)
 from shared.index import Database
 from shared.metrics import CONTENT_TYPE, edge_registry, render
 from shared.registry import get_node
@@ -174,9 +181,8 @@ class EdgeHttp:
             resp: web.StreamResponse = await handler(request)
             return resp
         except PacsError as exc:
-            body = problem_json(exc)
             return web.json_response(
-                body, status=int(body["status"]), content_type="application/problem+json"
+                problem_json(exc), status=http_status(exc), content_type="application/problem+json"
             )
 
     @web.middleware

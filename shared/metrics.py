@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+Registry = CollectorRegistry  # for type hints elsewhere: prometheus-client stays in this module
 
 # ---- edge: DIMSE path ------------------------------------------------------------------------
 ASSOCIATIONS_TOTAL = Counter(
