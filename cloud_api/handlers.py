@@ -10,6 +10,7 @@ import asyncio
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +135,12 @@ def _check_accept(request: web.Request, part_type: str) -> None:
 
 
 async def wado_retrieve(request: web.Request) -> web.StreamResponse:
-    """Instances as multipart/related application/dicom, streamed from the store chunk by chunk."""
+    """Instances as multipart/related application/dicom, streamed from the store.
+
+    A worker thread reads objects into segments of about `SEGMENT` bytes (many small
+    instances per write, a large one in several), the next segment is read while the current
+    one is written, so memory stays bounded whatever the study size.
+    """
     _check_accept(request, "application/dicom")
     svc = _svc(request)
     rows = await asyncio.to_thread(_instances, request)
@@ -145,29 +151,38 @@ async def wado_retrieve(request: web.Request) -> web.StreamResponse:
     )
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-
-    def open_first(key: str) -> tuple[Any, bytes]:
-        fh = svc.store.open(key)
-        return fh, fh.read(CHUNK)
-
-    nxt = asyncio.ensure_future(asyncio.to_thread(open_first, rows[0]["object_key"]))
-    for i, row in enumerate(rows):
-        fh, chunk = await nxt
-        if i + 1 < len(rows):  # open the next object while this one streams
-            nxt = asyncio.ensure_future(asyncio.to_thread(open_first, rows[i + 1]["object_key"]))
-        try:
-            ctype = f"application/dicom; transfer-syntax={row['transfer_syntax']}"
-            await resp.write(wado.part_header(boundary, ctype, i == 0))
-            while chunk:
-                await resp.write(chunk)
-                if len(chunk) < CHUNK:
-                    break
-                chunk = await asyncio.to_thread(fh.read, CHUNK)
-        finally:
-            fh.close()
-    await resp.write(wado.closing(boundary))
+    segments = _segments(svc, rows, boundary)
+    nxt = asyncio.ensure_future(asyncio.to_thread(next, segments, None))
+    try:
+        while (segment := await nxt) is not None:
+            nxt = asyncio.ensure_future(asyncio.to_thread(next, segments, None))
+            await resp.write(segment)
+    finally:
+        if not nxt.done():
+            await asyncio.wait([nxt])
+        segments.close()
     await resp.write_eof()
     return resp
+
+
+SEGMENT = 4 * 1024 * 1024
+
+
+def _segments(svc: Services, rows: list[dict[str, Any]], boundary: str) -> Iterator[bytes]:
+    parts: list[bytes] = []
+    size = 0
+    for i, row in enumerate(rows):
+        ctype = f"application/dicom; transfer-syntax={row['transfer_syntax']}"
+        parts.append(wado.part_header(boundary, ctype, i == 0))
+        with svc.store.open(row["object_key"]) as fh:
+            while chunk := fh.read(CHUNK):
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= SEGMENT:
+                    yield b"".join(parts)
+                    parts, size = [], 0
+    parts.append(wado.closing(boundary))
+    yield b"".join(parts)
 
 
 def _read_object(svc: Services, key: str, header_only: bool) -> bytes:
