@@ -29,6 +29,7 @@ def edge_config(tmp_path: Path, **edge: Any) -> dict[str, Any]:
         "data_dir": str(tmp_path / "edge"),
         "min_free_bytes": 0,
         "tls": {"port": 0},
+        "http_port": 0,  # tests that need the edge's HTTP side ask for a free port
     }
     e.update(edge)
     if nodes is None:
