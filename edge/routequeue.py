@@ -216,11 +216,11 @@ def prune_sent(conn: sqlite3.Connection, before: float) -> int:
 
 def routes_report(routes: list[RouteConfig], conn: sqlite3.Connection) -> str:
     """`hpacs-edge routes list`: the rules, queue counts per route and destination, dead letter."""
-    keys = ("calling_ae", "modality", "sop_class_uid", "body_part")
-    keys += ("study_description", "series_description", "schedule")
+    keys = "calling_ae modality sop_class_uid body_part study_description series_description"
+    keys += " schedule"
     lines = [f"{'ROUTE':16} {'DESTINATIONS':24} {'STABLE_S':>8} {'MAX':>4} MATCH"]
     for r in routes:
-        match = " ".join(f"{k}={getattr(r, k)}" for k in keys if getattr(r, k))
+        match = " ".join(f"{k}={getattr(r, k)}" for k in keys.split() if getattr(r, k))
         lines.append(
             f"{r.name:16} {','.join(r.destinations):24} {r.stable_after_s:>8g} "
             f"{r.max_attempts:>4} {match or '(everything)'}"
