@@ -264,6 +264,8 @@ def run(args: argparse.Namespace, base: Path) -> int:
             for _ in range(2):  # alternate to share the machine's noise
                 q["hpacs"].append(qido_ms(hurl, token, "BENCH01", args.queries // 2))
                 q["orthanc"].append(qido_ms(ourl, "", "BENCH01", args.queries // 2))
+            for url, tok in ((hurl, token), (ourl, "")):  # warm up caches and thread pools
+                wado_raw_s(url, tok, study, total)
             w = {k: {"client": [], "raw": []} for k in ("hpacs", "orthanc")}
             for _ in range(args.reps):
                 for name, url, tok in (("hpacs", hurl, token), ("orthanc", ourl, "")):

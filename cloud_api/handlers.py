@@ -10,7 +10,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +168,9 @@ async def wado_retrieve(request: web.Request) -> web.StreamResponse:
 SEGMENT = 4 * 1024 * 1024
 
 
-def _segments(svc: Services, rows: list[dict[str, Any]], boundary: str) -> Iterator[bytes]:
+def _segments(
+    svc: Services, rows: list[dict[str, Any]], boundary: str
+) -> Generator[bytes, None, None]:
     parts: list[bytes] = []
     size = 0
     for i, row in enumerate(rows):

@@ -251,6 +251,8 @@ _INSTANCE_OUT = [
 def element(keyword: str, value: Any) -> dict[str, Any]:
     """One DICOM JSON attribute (PS3.18 F.2); empty values carry only the VR."""
     tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
     vr = dictionary_VR(tag)
     out: dict[str, Any] = {"vr": vr}
     if value is None or value == "":
