@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         db = Database(cfg.edge.index_path)
         try:
             if args.command == "nodes":
+                # [[nodes]] are the registry's base: `nodes list` shows them before any serve
+                with db.write() as conn:
+                    apply_config_nodes(conn, cfg.nodes)
                 return nodes_command(cfg, db, args)
             if args.command == "studies":
                 return studies_command(db)
@@ -193,6 +196,14 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
             )
         return 0
     if cmd == "remove":
+        existing = get_node(db.reader(), args.ae_title)
+        if existing is not None and existing.source == "config":
+            print(
+                f"hpacs-edge: {args.ae_title} comes from [[nodes]] in {cfg.source_path}: "
+                "remove it there (it would come back at the next start)",
+                file=sys.stderr,
+            )
+            return 1
         with db.write() as conn:
             removed = remove_node(conn, args.ae_title)
         if not removed:
