@@ -226,6 +226,7 @@ class CloudConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     dev_admin_token_file: str = ""  # dev only: mint an admin token at start and write it here
+    cors_origins: list[str] = checked(default_factory=list)  # web viewers (OHIF) on other origins
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
