@@ -100,6 +100,46 @@ def problem(err: BaseException) -> web.Response:
     return resp
 
 
+CORS_ALLOW_HEADERS = "Authorization, Accept, Content-Type"
+CORS_EXPOSE_HEADERS = "Content-Type, Content-Length, Warning, Location"
+
+
+def _cors_origin(request: web.Request) -> str:
+    origin = request.headers.get("Origin", "")
+    allowed = request.app[SERVICES].cfg.cors_origins
+    return origin if origin and (origin in allowed or "*" in allowed) else ""
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Preflights from browser viewers (OHIF) on the origins in `cloud.cors_origins`. A
+    preflight carries no credentials and gets no data, only which methods and headers the real
+    request may use; the real request still passes the guard."""
+    if (
+        request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+        and _cors_origin(request)
+    ):
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+            },
+        )
+    return await handler(request)
+
+
+async def _on_prepare(request: web.Request, resp: web.StreamResponse) -> None:
+    """CORS headers on every response to an allowed origin, streamed ones included."""
+    origin = _cors_origin(request)
+    if origin:
+        resp.headers["Access-Control-Allow-Origin"] = origin
+        resp.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+        resp.headers["Vary"] = "Origin"
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, check the route's declared need, run, map errors, audit."""
@@ -234,7 +274,7 @@ def create_app(
         audit=AuditLog(data),
     )
     app = web.Application(
-        middlewares=[metrics.http_metrics_middleware(), guard], client_max_size=1024**2
+        middlewares=[metrics.http_metrics_middleware(), cors, guard], client_max_size=1024**2
     )
     app[SERVICES] = svc
     needs: dict[Any, tuple[Need, str]] = {}
@@ -243,6 +283,7 @@ def create_app(
         needs[route] = (need, action)
     ops.mount(app, SERVICES, needs)  # /healthz, /readyz, /metrics
     app[NEEDS] = needs
+    app.on_response_prepare.append(_on_prepare)
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app

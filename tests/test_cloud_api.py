@@ -32,6 +32,8 @@ from tests.support.cloud import (
     seed_site,
 )
 
+VIEWER = "https://viewer.example"
+
 
 @dataclass
 class World:
@@ -45,7 +47,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("cloud")
-    cfg = cloud_config(tmp, query_max_results=50, max_body_bytes=2_000_000)
+    cfg = cloud_config(tmp, query_max_results=50, max_body_bytes=2_000_000, cors_origins=[VIEWER])
     store = open_store(cfg.store_url)
     s1 = StudySpec(
         patient_id="PA1",
@@ -420,3 +422,25 @@ def test_restore_request_and_status(world: World) -> None:
 
 def test_unknown_path_with_token_is_404(world: World, tmp_path: Path) -> None:
     assert get(world, "/dicomweb/nothing", "admin").status_code == 404
+
+
+def test_cors_for_a_configured_viewer_origin(world: World) -> None:
+    url = world.server.dicomweb + "/studies"
+    pre = {
+        "Origin": VIEWER,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    r = requests.options(url, headers=pre, timeout=30)
+    assert r.status_code == 204 and "Authorization" in r.headers["Access-Control-Allow-Headers"]
+    assert r.headers["Access-Control-Allow-Origin"] == VIEWER and not r.content
+    r = get(world, "/dicomweb/studies", "reader_a", headers={"Origin": VIEWER})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == VIEWER
+    study = world.studies["s1"]
+    r = get(world, f"/dicomweb/studies/{study}", "reader_a", headers={"Origin": VIEWER})
+    assert r.headers["Access-Control-Allow-Origin"] == VIEWER  # streamed responses too
+    r = get(world, "/dicomweb/studies", None, headers={"Origin": VIEWER})
+    assert r.status_code == 401 and r.headers["Access-Control-Allow-Origin"] == VIEWER
+    evil = dict(pre, Origin="https://evil.example")
+    r = requests.options(url, headers=evil, timeout=30)
+    assert r.status_code == 401 and "Access-Control-Allow-Origin" not in r.headers
