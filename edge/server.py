@@ -16,6 +16,7 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 
+from edge import reactor
 from edge.access import decide
 from edge.assoc import AssocInfo, assoc_info
 from edge.cache import Cache
@@ -61,11 +62,11 @@ class EdgeServer:
         self._addr_cache: dict[str, tuple[float, frozenset[str]]] = {}
         self.store = StoreHandlers(self)
         self.find = FindHandlers(self)
-        self.extra_handlers: list[tuple[Any, Any]] = []
         # Read-through recall of evicted instances; the sync side plugs it in (edge/locate.py).
         self.recaller: Recaller | None = None
         self.retrieve = RetrieveHandlers(self)
         self.commitment = CommitmentHandlers(self)
+        self.extra_handlers: list[tuple[Any, Any]] = []
 
     # ---- set-up ------------------------------------------------------------------------
     def _make_ae(self) -> AE:
@@ -158,6 +159,7 @@ class EdgeServer:
             except OSError:
                 pass
         event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
+        reactor.install(event.assoc)  # event-driven loops instead of pynetdicom's polling
 
     def _addresses(self, host: str) -> frozenset[str]:
         now = time.monotonic()

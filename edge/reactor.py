@@ -1,0 +1,192 @@
+"""Event-driven replacements for pynetdicom 3.0's two polling loops, installed per association.
+
+Why: pynetdicom's DUL thread polls its socket and queues with `time.sleep(_run_loop_delay)` and
+the association thread polls for decoded DIMSE messages with `time.sleep(0.001)`. The first
+burns CPU (and the GIL) while idle, the second adds up to 1 ms to every C-STORE; profiling with
+py-spy showed both on the ingest path (docs/ARCHITECTURE.md, "Ingest performance").
+
+The loops below are the library's own loops (pynetdicom 3.0.4, `dul.py` `run_reactor`,
+`association.py` `_run_reactor`) with each sleep replaced by a blocking wait that wakes when
+work arrives: the DUL thread blocks in `select()` on the socket plus a wake-up pipe written by
+`to_provider_queue.put()`; the association thread waits on the DIMSE message queue's
+condition. Every other step, and its order, is unchanged. `install()` is called from
+EVT_CONN_OPEN, before pynetdicom starts either thread; a pynetdicom upgrade must re-check
+this module against the library's loops (`PYNETDICOM_VERSION` guards it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import ssl
+from typing import Any
+
+import pynetdicom
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.utils import make_target
+
+log = logging.getLogger("hpacs.edge.reactor")
+
+PYNETDICOM_VERSION = "3.0.4"
+# Longest the DUL thread blocks without any event: bounds how late it notices a kill or an
+# expired ARTIM timer (both only matter while an association closes).
+DUL_IDLE_WAIT_S = 0.005
+# Longest the association thread waits for a DIMSE message before its other checks
+# (release/abort requested, DUL alive, network timeout).
+ASSOC_IDLE_WAIT_S = 0.005
+
+ENABLED = pynetdicom.__version__ == PYNETDICOM_VERSION
+if not ENABLED:  # pragma: no cover - guarded upgrade path
+    log.warning(
+        "pynetdicom %s is not %s: keeping its polling reactors",
+        pynetdicom.__version__,
+        PYNETDICOM_VERSION,
+    )
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """The DUL's to_provider_queue: a put also wakes the DUL thread out of select()."""
+
+    def __init__(self, wake_fd: int) -> None:
+        super().__init__()
+        self._wake_fd = wake_fd
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        try:
+            os.write(self._wake_fd, b"x")
+        except OSError:  # pipe full (already awake) or closed (association ended)
+            pass
+
+
+def install(assoc: Association) -> None:
+    """Swap both loops of one acceptor association; call before the association starts."""
+    if not ENABLED:
+        return
+    dul = assoc.dul
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    dul.to_provider_queue = _WakingQueue(wfd)
+    dul._target = make_target(lambda: _dul_loop(dul, rfd, wfd))  # type: ignore[attr-defined]
+    assoc._run_reactor = lambda: _assoc_loop(assoc)  # type: ignore[method-assign]
+
+
+def _wait_for_work(dul: DULServiceProvider, rfd: int) -> None:
+    """Block until the socket is readable, a primitive is queued, or the idle wait ends."""
+    if dul.to_provider_queue.qsize():
+        return
+    sock = dul.socket.socket if dul.socket is not None else None
+    if sock is None or not dul.socket._is_connected:  # type: ignore[union-attr]
+        select.select([rfd], [], [], DUL_IDLE_WAIT_S)
+    elif isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return
+    else:
+        try:
+            select.select([sock, rfd], [], [], DUL_IDLE_WAIT_S)
+        except (OSError, ValueError):  # closed under us: the next loop reports Evt17
+            return
+    try:
+        while os.read(rfd, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _dul_loop(dul: DULServiceProvider, rfd: int, wfd: int) -> None:
+    """pynetdicom's DULServiceProvider.run_reactor, blocking instead of sleeping."""
+    try:
+        dul._idle_timer.start()
+        while True:
+            if not dul.assoc._dul_ready.is_set():
+                dul.assoc._dul_ready.set()
+            if dul._kill_thread:
+                break
+            if dul.artim_timer.expired:
+                dul.event_queue.put("Evt18")
+            try:
+                if dul._process_recv_primitive():
+                    pass
+                elif dul._is_transport_event():
+                    dul._idle_timer.restart()
+            except Exception as exc:
+                log.error("exception in the DUL reactor, aborting the association: %s", exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                if dul.socket is not None:
+                    dul.socket.send(abort_pdu.encode())
+                dul.assoc.is_aborted = True
+                dul.assoc.is_established = False
+                dul.assoc._kill = True
+                dul._kill_thread = True
+                return
+            try:
+                event = dul.event_queue.get(block=False)
+            except queue.Empty:
+                _wait_for_work(dul, rfd)
+                continue
+            dul.state_machine.do_action(event)
+    finally:
+        for fd in (rfd, wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _wait_for_msg(assoc: Association) -> None:
+    q = assoc.dimse.msg_queue
+    with q.not_empty:
+        if not q._qsize():  # type: ignore[attr-defined]
+            q.not_empty.wait(ASSOC_IDLE_WAIT_S)
+
+
+def _assoc_loop(assoc: Association) -> None:
+    """pynetdicom's Association._run_reactor, waiting on the message queue instead of 1 ms."""
+    assoc._is_paused = False
+    while not assoc._kill:
+        _wait_for_msg(assoc)
+        assoc._is_paused = True
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        context_id, msg = assoc.dimse.get_msg(block=False)
+        if msg:
+            assoc._serve_request(msg, context_id)  # type: ignore[arg-type]
+        if assoc.is_established and assoc.acse.is_release_requested():
+            assoc.acse.send_release(is_response=True)
+            assoc.is_released = True
+            assoc.is_established = False
+            pynetdicom.evt.trigger(assoc, pynetdicom.evt.EVT_RELEASED, {})
+            assoc.kill()
+            return
+        if assoc.acse.is_aborted():
+            assoc.dul.receive_pdu(wait=False)
+            assoc.is_aborted = True
+            assoc.is_established = False
+            pynetdicom.evt.trigger(assoc, pynetdicom.evt.EVT_ABORTED, {})
+            assoc.kill()
+            return
+        if not assoc.dul.is_alive():
+            assoc.kill()
+            return
+        if assoc.dul.idle_timer_expired():
+            log.error("network timeout reached calling_ae=%s", _calling(assoc))
+            if assoc.network_timeout_response == "A-RELEASE":
+                assoc._is_paused = True
+                assoc._reactor_checkpoint.wait()
+                assoc.release()
+                assoc._is_paused = False
+            else:
+                assoc.abort()
+            assoc.kill()
+            return
+
+
+def _calling(assoc: Association) -> str:
+    prim = assoc.requestor.primitive
+    return str(prim.calling_ae_title).strip() if prim is not None else ""
