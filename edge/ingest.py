@@ -139,6 +139,13 @@ class Ingestor:
                 index_instance(conn, header, relpath, size, crc, origin, time.time())
                 for hook in self.on_indexed:
                     hook(conn, header, origin)
+        except sqlite3.IntegrityError as exc:
+            _unlink_quietly(final)
+            if not self._has_row(header.sop_instance_uid):
+                raise IndexUnavailable(f"index write failed: {exc}") from exc
+            # The row exists but its file did not: the instance was evicted and is being
+            # sent again (modalities resend). Same bytes: the verified cloud copy stands.
+            return self._existing(temp, header, origin, size, crc, relpath, final)
         except (sqlite3.Error, OSError) as exc:
             _unlink_quietly(final)
             raise IndexUnavailable(f"index write failed: {exc}") from exc
@@ -146,6 +153,14 @@ class Ingestor:
             _unlink_quietly(final)
             raise
         return IngestResult(Outcome.STORED, header, size, crc, relpath)
+
+    def _has_row(self, sop_instance_uid: str) -> bool:
+        return (
+            self.db.reader()
+            .execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+            .fetchone()
+            is not None
+        )
 
     def _existing(
         self,

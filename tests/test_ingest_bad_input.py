@@ -300,3 +300,46 @@ def test_different_bytes_policy_replace(
         "policy=replace" in r.getMessage() and sop_uid in r.getMessage() for r in caplog.records
     )
     _assert_only_cache_and_index(tmp_path, server, 1)
+
+
+def _evict(server: EdgeServer, sop_uid: str) -> None:
+    """What the sync agent does to a verified instance: the row stays, the file goes."""
+    from shared.lifecycle import State, transition
+
+    row = (
+        server.db.reader()
+        .execute("SELECT id, path FROM instances WHERE sop_instance_uid = ?", (sop_uid,))
+        .fetchone()
+    )
+    with server.db.write() as conn:
+        for src, dst in [
+            (State.CACHED, State.UPLOADING),
+            (State.UPLOADING, State.SYNCED),
+            (State.SYNCED, State.EVICTING),
+            (State.EVICTING, State.EVICTED),
+        ]:
+            assert transition(conn, row["id"], src, dst)
+    server.cache.path(row["path"]).unlink()
+
+
+@pytest.mark.parametrize("policy", ["keep", "replace"])
+def test_resending_an_evicted_instance(make_edge: Any, tmp_path: Path, policy: str) -> None:
+    """Modalities resend: an evicted instance (row, no file) must not fail the C-STORE."""
+    server = make_edge(duplicates=policy)
+    path, sop_uid = _store_one(server, tmp_path)
+    _evict(server, sop_uid)
+    assert _send(server, path) == SUCCESS  # identical bytes: the verified cloud copy stands
+    (row,) = _rows(server)
+    assert row["state"] == "evicted"
+    _assert_only_cache_and_index(tmp_path, server, 0)
+    status = _send(server, _changed_copy(path, tmp_path))
+    (row,) = _rows(server)
+    if policy == "keep":
+        assert status == DUPLICATE_SOP_INSTANCE
+        assert row["state"] == "evicted"
+        _assert_only_cache_and_index(tmp_path, server, 0)
+    else:
+        assert status == SUCCESS
+        assert row["state"] == "cached"
+        assert row["crc32c"] == crc32c_file(server.cache.path(row["path"]))
+        _assert_only_cache_and_index(tmp_path, server, 1)
