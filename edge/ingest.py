@@ -28,7 +28,7 @@ from shared.errors import (
 )
 from shared.fsutil import durable_link, durable_rename, fsync_file
 from shared.index import Database
-from shared.lifecycle import State, transition
+from shared.lifecycle import LOCAL_STATES, State, transition
 from shared.rows import Origin, index_instance
 
 log = logging.getLogger("hpacs.edge.ingest")
@@ -140,11 +140,15 @@ class Ingestor:
                 for hook in self.on_indexed:
                     hook(conn, header, origin)
         except sqlite3.IntegrityError as exc:
-            _unlink_quietly(final)
-            if not self._has_row(header.sop_instance_uid):
+            # A row appeared although no file was at the path: a concurrent store of the same
+            # bytes adopted our file (keep it), or the instance was evicted and is sent again
+            # (the verified cloud copy stands: drop our link), or its file was lost.
+            row = self._row(header.sop_instance_uid)
+            same = row is not None and (row["size"], row["crc32c"]) == (size, crc)
+            if not (same and row is not None and State(row["state"]) in LOCAL_STATES):
+                _unlink_quietly(final)
+            if row is None:
                 raise IndexUnavailable(f"index write failed: {exc}") from exc
-            # The row exists but its file did not: the instance was evicted and is being
-            # sent again (modalities resend). Same bytes: the verified cloud copy stands.
             return self._existing(temp, header, origin, size, crc, relpath, final)
         except (sqlite3.Error, OSError) as exc:
             _unlink_quietly(final)
@@ -154,12 +158,14 @@ class Ingestor:
             raise
         return IngestResult(Outcome.STORED, header, size, crc, relpath)
 
-    def _has_row(self, sop_instance_uid: str) -> bool:
+    def _row(self, sop_instance_uid: str) -> sqlite3.Row | None:
         return (
             self.db.reader()
-            .execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+            .execute(
+                "SELECT size, crc32c, state FROM instances WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
+            )
             .fetchone()
-            is not None
         )
 
     def _existing(
