@@ -245,7 +245,11 @@ def studies_command(db: Database) -> int:
 def import_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
     cache = Cache(cfg.edge.cache_dir)
     ingestor = Ingestor(
-        db, cache, duplicates=cfg.edge.duplicates, min_free_bytes=cfg.edge.min_free_bytes
+        db,
+        cache,
+        duplicates=cfg.edge.duplicates,
+        min_free_bytes=cfg.edge.min_free_bytes,
+        max_object_bytes=cfg.edge.max_object_bytes,
     )
     attach_routing(ingestor, cfg.routes)  # a running `serve` forwards what this queues
     result = run_import(args.paths, ingestor, dry_run=args.dry_run)

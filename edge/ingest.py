@@ -57,11 +57,13 @@ class Ingestor:
         *,
         duplicates: str = "keep",
         min_free_bytes: int = 0,
+        max_object_bytes: int = 0,
     ) -> None:
         self.db = db
         self.cache = cache
         self.duplicates = duplicates
         self.min_free_bytes = min_free_bytes
+        self.max_object_bytes = max_object_bytes  # 0: no limit
         # Called inside the index transaction of a newly stored instance (routing enqueues
         # its forward jobs there: atomic with the row, and ingest never waits for a send).
         self.on_indexed: list[Callable[[sqlite3.Connection, Header, Origin], None]] = []
@@ -111,6 +113,11 @@ class Ingestor:
         expected_sop_class: str | None,
         expected_sop_instance: str | None,
     ) -> IngestResult:
+        if self.max_object_bytes and temp.stat().st_size > self.max_object_bytes:
+            raise OutOfResources(
+                f"object of {temp.stat().st_size} bytes exceeds edge.max_object_bytes="
+                f"{self.max_object_bytes}"
+            )
         header = read_header(temp)
         if expected_sop_class is not None and expected_sop_class != header.sop_class_uid:
             raise UIDMismatch(

@@ -53,6 +53,7 @@ class EdgeServer:
             self.cache,
             duplicates=cfg.edge.duplicates,
             min_free_bytes=cfg.edge.min_free_bytes,
+            max_object_bytes=cfg.edge.max_object_bytes,
         )
         self.ae = self._make_ae()
         self._servers: list[Any] = []

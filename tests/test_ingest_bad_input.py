@@ -343,3 +343,14 @@ def test_resending_an_evicted_instance(make_edge: Any, tmp_path: Path, policy: s
         assert row["state"] == "cached"
         assert row["crc32c"] == crc32c_file(server.cache.path(row["path"]))
         _assert_only_cache_and_index(tmp_path, server, 1)
+
+
+def test_object_over_max_object_bytes_is_refused(make_edge: Any, tmp_path: Path) -> None:
+    server = make_edge(max_object_bytes=4096)
+    path = tmp_path / "in" / "big.dcm"
+    path.parent.mkdir(parents=True)
+    _dataset().save_as(path, enforce_file_format=True)
+    assert path.stat().st_size > 4096
+    assert _send(server, path) == OUT_OF_RESOURCES
+    assert _rows(server) == []
+    _assert_only_cache_and_index(tmp_path, server, 0)
