@@ -141,10 +141,16 @@ def test_nodes_page_lists_nodes_and_tests_the_connection(page: Any, site: Site) 
 
 
 def test_studies_page_shows_state_after_ingest_and_pins(page: Any, site: Site) -> None:
-    site.store(StudySpec(instances_per_series=2, accession_number="ACC-PIN", modality="MR"))
+    markup = "<b>MR</b> <img src=x onerror=alert(1)>"  # header text is shown, never parsed
+    spec = StudySpec(
+        instances_per_series=2, accession_number="ACC-PIN", modality="MR", study_description=markup
+    )
+    site.store(spec)
     sign_in(page, site, "studies")
     row = page.get_by_role("row").filter(has_text="ACC-PIN")
     row.wait_for()
+    assert markup in row.inner_text()
+    assert row.locator("img, b").count() == 0
     assert row.locator(".cache-state").inner_text() == "local"
     assert row.locator(".sync-state").inner_text() == "pending"
     assert "1 / 2" in row.inner_text()
