@@ -238,3 +238,24 @@ def test_host_matches() -> None:
     assert host_matches("ct.example", "10.0.0.5", frozenset({"10.0.0.5"}))
     assert not host_matches("ct.example", "10.0.0.6", frozenset({"10.0.0.5"}))
     assert not host_matches("10.0.0.5", "not-an-ip", frozenset())
+
+
+def test_dev_config_admits_dcmtk_default_titles(tmp_path: Path) -> None:
+    """`make up`'s registry: DCMTK tools work without -aet/-aec."""
+    import tomllib
+
+    from tests.support.dcmtk import run
+
+    root = Path(__file__).resolve().parent.parent
+    data = tomllib.loads((root / "deploy" / "hpacs.dev.toml").read_text())
+    dev = edge_config(
+        tmp_path, nodes=data["nodes"], check_called_ae=data["edge"]["check_called_ae"]
+    )
+    with running_edge(dev) as srv:
+        r = run("echoscu", "127.0.0.1", srv.ports[0])  # calling ECHOSCU, called ANY-SCP
+        assert r.returncode == 0, r.stderr
+        r = run("echoscu", "-aec", "HPACS", "127.0.0.1", srv.ports[0])
+        assert r.returncode == 0, r.stderr
+        r = run("echoscu", "-aet", "INTRUDER", "127.0.0.1", srv.ports[0])
+        assert r.returncode != 0
+        assert "Association Rejected" in r.stderr and "Calling AE Title Not Recognized" in r.stderr
