@@ -8,10 +8,17 @@ from typing import TYPE_CHECKING
 
 from pynetdicom import evt
 
+from edge import spool
 from edge.assoc import assoc_info
 from edge.ingest import Origin, Outcome
 from shared import metrics
-from shared.errors import REFUSED_NOT_AUTHORIZED, SUCCESS, PacsError, dimse_status
+from shared.errors import (
+    REFUSED_NOT_AUTHORIZED,
+    SUCCESS,
+    OutOfResources,
+    PacsError,
+    dimse_status,
+)
 
 if TYPE_CHECKING:
     from edge.server import EdgeServer
@@ -51,6 +58,9 @@ class StoreHandlers:
             return REFUSED_NOT_AUTHORIZED
         origin = Origin("dimse", calling_ae=info.calling_ae, peer=info.peer)
         try:
+            spool_error = spool.error_for(event.dataset_path)
+            if spool_error is not None:  # the disk filled while the dataset arrived
+                raise OutOfResources(f"cannot spool the dataset to the cache: {spool_error}")
             result = self.server.ingestor.ingest_temp(
                 Path(event.dataset_path),
                 origin,
@@ -80,7 +90,6 @@ class StoreHandlers:
             metrics.store_failed(dimse_status(exc))
             return dimse_status(exc)
         info.stored += 1
-        metrics.store_outcome(result.outcome.value, result.size)
         if result.outcome is not Outcome.STORED:
             info.stats[result.outcome.value] = info.stats.get(result.outcome.value, 0) + 1
         return SUCCESS

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edge.cache import Cache
+from shared import metrics
 from shared.checksum import crc32c_file
 from shared.dicom import Header, read_header
 from shared.errors import (
@@ -78,7 +79,9 @@ class Ingestor:
     ) -> IngestResult:
         """Ingest a complete Part-10 temp file in the cache's filesystem; takes ownership of it."""
         try:
-            return self._ingest(temp, origin, expected_sop_class, expected_sop_instance)
+            result = self._ingest(temp, origin, expected_sop_class, expected_sop_instance)
+            metrics.store_outcome(result.outcome.value, result.size, origin.source)
+            return result
         finally:
             try:
                 os.unlink(temp)

@@ -41,8 +41,9 @@ ASSOCIATIONS_REJECTED = Counter(
 )
 INSTANCES_STORED = Counter(
     "hpacs_instances_stored",
-    "Instances answered with success, by outcome (stored, duplicate, replaced)",
-    ["outcome"],
+    "Instances accepted by the ingest path, by outcome (stored, duplicate, replaced) and door "
+    "(dimse, stow, hotfolder, import)",
+    ["outcome", "source"],
     registry=None,
 )
 INSTANCES_FAILED = Counter(
@@ -52,7 +53,10 @@ INSTANCES_FAILED = Counter(
     registry=None,
 )
 INGEST_BYTES = Counter(
-    "hpacs_ingest_bytes", "Bytes of new instances written to the cache", registry=None
+    "hpacs_ingest_bytes",
+    "Bytes of new instances written to the cache, by door",
+    ["source"],
+    registry=None,
 )
 QUERY_SECONDS = Histogram(
     "hpacs_query_duration_seconds",
@@ -117,11 +121,11 @@ def rejection_code(reason: str) -> str:
     return "other"
 
 
-def store_outcome(outcome: str, size: int) -> None:
-    """A C-STORE answered with success; only new bytes count as ingested."""
-    INSTANCES_STORED.labels(outcome).inc()
+def store_outcome(outcome: str, size: int, source: str = "dimse") -> None:
+    """The one ingest path accepted an instance; only new bytes count as ingested."""
+    INSTANCES_STORED.labels(outcome, source).inc()
     if outcome != "duplicate":
-        INGEST_BYTES.inc(size)
+        INGEST_BYTES.labels(source).inc(size)
 
 
 def store_failed(status: int) -> None:

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics
 from shared.lifecycle import State, transition
+from shared.rows import Origin
 from shared.synthetic import StudySpec, write_study
 from tests.support.console import call, running_http
 from tests.support.dcmtk import run
@@ -61,10 +62,10 @@ def test_metrics_show_every_family_with_live_values_after_an_ingest(tmp_path: Pa
     assert delta("hpacs_associations_total") == 3  # storescu, NOSTORE, findscu
     assert ("hpacs_associations_active", ()) in after
     assert delta("hpacs_associations_rejected_total", reason="unknown_calling_ae") == 1
-    assert delta("hpacs_instances_stored_total", outcome="stored") == 3
+    assert delta("hpacs_instances_stored_total", outcome="stored", source="dimse") == 3
     assert delta("hpacs_instances_failed_total", status="0x0124") == 1
     # the stored files hold the bytes sent (file meta rewritten by the receiver: within 1 KB)
-    assert abs(delta("hpacs_ingest_bytes_total") - sizes) < 1024 * len(files)
+    assert abs(delta("hpacs_ingest_bytes_total", source="dimse") - sizes) < 1024 * len(files)
     assert delta("hpacs_query_duration_seconds_count", level="STUDY") == 1
     assert delta("hpacs_query_duration_seconds_bucket", level="STUDY", le="+Inf") == 1
 
@@ -176,3 +177,23 @@ async def test_http_middleware_counts_by_route_template_and_status() -> None:
         'hpacs_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/studies/{uid}"}'
     )
     assert bucket in text
+
+
+def test_every_ingest_door_is_counted(tmp_path: Path) -> None:
+    """Hot folder, import and STOW go through the same ingest path as C-STORE: same counters."""
+    data = edge_config(tmp_path, http_port=free_port())
+    files = write_study(StudySpec(instances_per_series=2), tmp_path / "in")
+    with running_edge(data) as edge, running_http(edge) as http:
+        before = scrape(http)
+        for f in files:
+            edge.ingestor.ingest_path(f, Origin("import"))
+        edge.ingestor.ingest_path(files[0], Origin("hotfolder"))  # same bytes again
+        after = scrape(http)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("hpacs_instances_stored_total", outcome="stored", source="import") == 2
+    assert delta("hpacs_instances_stored_total", outcome="duplicate", source="hotfolder") == 1
+    assert delta("hpacs_ingest_bytes_total", source="import") == value(after, "hpacs_cache_bytes")
+    assert delta("hpacs_ingest_bytes_total", source="hotfolder") == 0
