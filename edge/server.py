@@ -16,7 +16,7 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 
-from edge import reactor
+from edge import reactor, spool
 from edge.access import decide
 from edge.assoc import AssocInfo, assoc_info
 from edge.cache import Cache
@@ -38,6 +38,8 @@ log = logging.getLogger("hpacs.edge.server")
 _config.STORE_RECV_CHUNKED_DATASET = True
 # Private and future storage SOP classes are stored like the standard ones.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+# A full disk while a dataset arrives answers 0xA700 instead of killing the DUL thread.
+spool.install()
 # pynetdicom's reactor sleeps this long between polls; 1 ms caps throughput (NOTES.md).
 DUL_LOOP_DELAY_S = 0.0001
 
