@@ -444,3 +444,19 @@ def test_cors_for_a_configured_viewer_origin(world: World) -> None:
     evil = dict(pre, Origin="https://evil.example")
     r = requests.options(url, headers=evil, timeout=30)
     assert r.status_code == 401 and "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_wado_streams_large_objects_in_chunks(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects over SMALL_OBJECT are streamed chunk by chunk instead of read whole."""
+    from cloud_api import handlers
+
+    monkeypatch.setattr(handlers, "SMALL_OBJECT", 0)
+    monkeypatch.setattr(handlers, "CHUNK", 1000)
+    monkeypatch.setattr(handlers, "SEGMENT", 3000)
+    study = world.studies["s1"]
+    r = get(world, f"/dicomweb/studies/{study}", "reader_a")
+    parts = split_multipart(r)
+    assert len(parts) == 6 and int(r.headers["Content-Length"]) == len(r.content)
+    assert all(world.data["a"][pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID] == p for p in parts)
