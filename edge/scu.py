@@ -43,7 +43,8 @@ def associate(
     ae.acse_timeout = timeout_s
     ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
-    tls_args = (ssl_context, "") if node.tls and ssl_context is not None else None
+    # server_hostname "" makes ssl refuse to connect; the node's host is the right SNI/check name
+    tls_args = (ssl_context, node.host) if node.tls and ssl_context is not None else None
     assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args)
     sock = assoc.dul.socket.socket if assoc.dul.socket else None
     if sock is not None:
