@@ -216,7 +216,9 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
         if node is None:
             print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
             return 1
-        res = echo(cfg.edge.ae_title, node, timeout_s=args.timeout)
+        t = cfg.edge.tls
+        ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if node.tls else None
+        res = echo(cfg.edge.ae_title, node, ssl_context=ctx, timeout_s=args.timeout)
         status = f"0x{res.status:04X}" if res.status is not None else "-"
         print(
             f"{node.ae_title} {node.host}:{node.port} {res.detail} status={status} "
