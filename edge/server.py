@@ -38,6 +38,10 @@ log = logging.getLogger("hpacs.edge.server")
 _config.STORE_RECV_CHUNKED_DATASET = True
 # Private and future storage SOP classes are stored like the standard ones.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+# pynetdicom logs every C-FIND/MOVE/GET request and response identifier (patient names and IDs)
+# at INFO/DEBUG, formatting each one even when the level is off: no PHI in logs, no wasted CPU.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 # A full disk while a dataset arrives answers 0xA700 instead of killing the DUL thread.
 spool.install()
 # pynetdicom's reactor sleeps this long between polls; 1 ms caps throughput (NOTES.md).
