@@ -351,3 +351,17 @@ def test_result_cap_truncates_and_logs(tmp_path: Path, caplog: pytest.LogCapture
     assert statuses == [0xFF00] * 3 + [SUCCESS]
     (warn,) = [r for r in caplog.records if "truncated" in r.getMessage()]
     assert "max_results=3" in warn.getMessage() and "P901" not in caplog.text
+
+
+def test_no_phi_in_info_logs(edge, caplog: pytest.LogCaptureFixture) -> None:
+    server, _ = edge
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = "JONES*"
+    ds.PatientID = ""
+    with caplog.at_level(logging.INFO), scu(server) as assoc:
+        statuses = [s.Status for s, _ in assoc.send_c_find(ds, StudyRootFind)]
+    assert statuses == [0xFF00, SUCCESS]
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("find calling_ae=PYSCU" in m for m in info)
+    assert not [m for m in info if "JONES" in m or "P2" in m.split()]
