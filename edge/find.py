@@ -21,10 +21,6 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelFind,
-)
 
 from edge import query
 from edge.assoc import assoc_info
@@ -45,10 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hpacs.edge.find")
 
-FIND_MODELS = {
-    str(PatientRootQueryRetrieveInformationModelFind): query.PATIENT_ROOT,
-    str(StudyRootQueryRetrieveInformationModelFind): query.STUDY_ROOT,
-}
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+FIND_MODELS = {PATIENT_ROOT_FIND: query.PATIENT_ROOT, STUDY_ROOT_FIND: query.STUDY_ROOT}
 FIND_SOP_CLASSES = list(FIND_MODELS)
 _NOT_QUERIED = ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle")
 
