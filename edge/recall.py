@@ -61,7 +61,7 @@ class StoreRecaller:
         self.store = store
         self.settle_timeout_s = settle_timeout_s
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="recall")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a done callback may run inside _submit
         self._inflight: dict[int, Future[Path]] = {}
         self._studies: dict[int, float] = {}  # study id -> when its prefetch started
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -86,13 +86,25 @@ class Uploader:
 
     # ---- one batch ----------------------------------------------------------------------
     def run_batch(self, limit: int | None = None) -> BatchStats:
-        """Claim up to `limit` due rows, upload them in parallel, commit every outcome."""
+        """Claim up to `limit` due rows, upload them in parallel, commit outcomes as they come.
+
+        Outcomes are committed in small groups (a concurrency's worth, or every 0.2 s) so one
+        slow upload does not hold back the others' `synced`, and a crash loses little work.
+        """
         claimed = self.claim(limit or self.cfg.upload_concurrency * 8)
         stats = BatchStats(claimed=len(claimed))
         if not claimed:
             return stats
-        outcomes = list(self.pool.map(self.upload_one, claimed))
-        self.record(claimed, outcomes, stats)
+        futures = {self.pool.submit(self.upload_one, inst): inst for inst in claimed}
+        done: list[tuple[rows.Instance, Outcome]] = []
+        last_commit = time.monotonic()
+        for fut in as_completed(futures):
+            done.append((futures[fut], fut.result()))
+            if len(done) >= self.cfg.upload_concurrency or time.monotonic() - last_commit > 0.2:
+                self.record([d[0] for d in done], [d[1] for d in done], stats)
+                done, last_commit = [], time.monotonic()
+        if done:
+            self.record([d[0] for d in done], [d[1] for d in done], stats)
         return stats
 
     def claim(self, limit: int) -> list[rows.Instance]:
