@@ -166,14 +166,6 @@ def test_eviction_racing_recalls_never_serves_half_a_file(tmp_path: Path) -> Non
             agent.close()
         assert partial == 0 and served > 0
         assert sum(r.instances_evicted for r in reports) > 0  # the race did happen
-        print(
-            "served",
-            served,
-            "evicted",
-            sum(r.instances_evicted for r in reports),
-            "abandoned",
-            sum(r.abandoned for r in reports),
-        )
         for r in s.rows():
             local = r["state"] in ("synced", "cached")
             assert (s.cache.root / r["path"]).exists() == local, r["state"]
