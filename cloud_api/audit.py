@@ -141,17 +141,28 @@ class AuditLog:
             self._fh.close()
 
     def ship(self, store: ObjectStore) -> int:
-        """Upload records not yet shipped as one create-only object; returns how many."""
+        """Upload records not yet shipped as one create-only object; returns how many.
+
+        `audit.shipped` holds "<last seq> <byte offset>", so each shipment reads only the new
+        tail of the log, however long the log has grown."""
         self.sync()
-        shipped = int(self.shipped_path.read_text()) if self.shipped_path.exists() else 0
-        lines = []
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
+        shipped, offset = 0, 0
+        if self.shipped_path.exists():
+            fields = self.shipped_path.read_text().split()
+            shipped = int(fields[0])
+            offset = int(fields[1]) if len(fields) > 1 else 0
+        lines, last = [], shipped
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # a record being written: ship it next time
+                offset += len(raw)
+                if not raw.strip():
                     continue
-                rec = json.loads(line)
+                rec = json.loads(raw)
                 if rec.get("seq", 0) > shipped:
-                    lines.append(line if line.endswith("\n") else line + "\n")
+                    lines.append(raw)
                     last = rec["seq"]
         if not lines:
             return 0
@@ -159,11 +170,11 @@ class AuditLog:
         date = time.strftime("%Y%m%d", time.gmtime(first["time"]))
         key = audit_key(SERVICE, date, f"{self.replica}-{first['seq']:012d}.jsonl")
         try:
-            store.put(key, "".join(lines).encode(), content_type="application/x-ndjson")
+            store.put(key, b"".join(lines), content_type="application/x-ndjson")
         except ObjectExists:
             log.warning("audit object already shipped key=%s", key)
         tmp = self.shipped_path.with_suffix(".tmp")
-        tmp.write_text(str(last))
+        tmp.write_text(f"{last} {offset}")
         os.replace(tmp, self.shipped_path)
         return len(lines)
 
