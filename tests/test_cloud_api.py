@@ -418,6 +418,26 @@ def test_restore_request_and_status(world: World) -> None:
     assert requests.post(url, headers=reader, timeout=30).status_code == 403
     assert requests.get(f"{url}/{rid}", headers=reader, timeout=30).status_code == 403
     assert requests.get(f"{url}/nope", headers=auth, timeout=30).status_code == 404
+    recs = [json.loads(line) for line in world.server.services.audit.path.read_text().splitlines()]
+    created = [r for r in recs if r["action"] == "restore" and r["status"] == 201]
+    assert created and created[-1]["token"] == "root" and rid in created[-1]["detail"]
+
+
+def test_patient_data_access_is_audited(world: World) -> None:
+    audit = world.server.services.audit
+    before = audit._seq
+    study = world.studies["s2"]
+    client(world, "reader_a").search_for_studies(search_filters={"PatientID": "PA2"})
+    client(world, "reader_a").retrieve_study_metadata(study)
+    client(world, "reader_a").retrieve_study(study)
+    recs = [json.loads(line) for line in audit.path.read_text().splitlines()][before:]
+    assert [(r["action"], r["token"], r["role"], r["outcome"]) for r in recs] == [
+        ("qido", "rad-a", "reader", "ok"),
+        ("wado-metadata", "rad-a", "reader", "ok"),
+        ("wado", "rad-a", "reader", "ok"),
+    ]
+    assert [r["study_uid"] for r in recs[1:]] == [study, study]
+    assert all(r["time"] > 0 and r["client"] == "127.0.0.1" for r in recs)
 
 
 def test_unknown_path_with_token_is_404(world: World, tmp_path: Path) -> None:
