@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -51,19 +52,30 @@ class StoreRecaller:
         self,
         db: Database,
         cache: Cache,
-        store: ObjectStore,
+        store: ObjectStore | Callable[[], ObjectStore],
         *,
         concurrency: int = 8,
         settle_timeout_s: float = 60.0,
     ) -> None:
         self.db = db
         self.cache = cache
-        self.store = store
+        # A factory defers opening the store (credentials, clients) to the first recall.
+        self._store = store if not callable(store) else None
+        self._store_factory = store if callable(store) else None
         self.settle_timeout_s = settle_timeout_s
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="recall")
         self._lock = threading.RLock()  # a done callback may run inside _submit
         self._inflight: dict[int, Future[Path]] = {}
         self._studies: dict[int, float] = {}  # study id -> when its prefetch started
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            assert self._store_factory is not None
+            with self._lock:
+                if self._store is None:
+                    self._store = self._store_factory()
+        return self._store
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

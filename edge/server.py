@@ -26,11 +26,13 @@ from edge.find import FIND_SOP_CLASSES, FindHandlers
 from edge.handlers import StoreHandlers
 from edge.ingest import Ingestor
 from edge.locate import Recaller
+from edge.recall import StoreRecaller
 from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveHandlers
 from shared import metrics
 from shared.config import Config
 from shared.index import Database
 from shared.registry import get_node
+from shared.store import open_store
 
 log = logging.getLogger("hpacs.edge.server")
 
@@ -69,8 +71,16 @@ class EdgeServer:
         self._addr_cache: dict[str, tuple[float, frozenset[str]]] = {}
         self.store = StoreHandlers(self)
         self.find = FindHandlers(self)
-        # Read-through recall of evicted instances; the sync side plugs it in (edge/locate.py).
-        self.recaller: Recaller | None = None
+        # Read-through recall of evicted instances (edge/recall.py; the store opens on first use).
+        sc = cfg.sync
+        self.recaller: Recaller | None = StoreRecaller(
+            db,
+            self.cache,
+            lambda: open_store(
+                sc.store_url, emulator_host=sc.emulator_host, timeout_s=sc.upload_timeout_s
+            ),
+            concurrency=sc.recall_concurrency,
+        )
         self.retrieve = RetrieveHandlers(self)
         self.commitment = CommitmentHandlers(self)
         self.extra_handlers: list[tuple[Any, Any]] = []
@@ -156,6 +166,8 @@ class EdgeServer:
         self._servers.clear()
         self.ae.shutdown()
         self.find.close()
+        if isinstance(self.recaller, StoreRecaller):
+            self.recaller.close()
 
     # ---- association events ------------------------------------------------------------
     def _on_conn_open(self, event: evt.Event) -> None:
