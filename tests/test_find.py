@@ -208,6 +208,38 @@ def test_findscu_patient_root_levels(edge, tmp_path) -> None:
     assert [str(d.StudyInstanceUID) for d in studies] == [study_uid(stored, "jones")]
 
 
+def test_findscu_patient_root_series_and_image(edge, tmp_path) -> None:
+    server, stored = edge
+    uid = study_uid(stored, "jones")
+    (s_dir := tmp_path / "s").mkdir()
+    series = findscu(
+        server,
+        s_dir,
+        "QueryRetrieveLevel=SERIES",
+        "PatientID=P2",
+        f"StudyInstanceUID={uid}",
+        "SeriesInstanceUID",
+        "Modality=CT",
+        root="-P",
+    )
+    (one,) = series
+    images = findscu(
+        server,
+        tmp_path,
+        "QueryRetrieveLevel=IMAGE",
+        "PatientID=P2",
+        f"StudyInstanceUID={uid}",
+        f"SeriesInstanceUID={one.SeriesInstanceUID}",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        root="-P",
+    )
+    assert {str(d.SOPInstanceUID) for d in images} == {
+        str(d.SOPInstanceUID) for d in stored["jones"]
+    }
+    assert {d.QueryRetrieveLevel for d in images} == {"IMAGE"}
+
+
 def test_study_root_rejects_patient_level(edge, tmp_path) -> None:
     server, _ = edge
     with scu(server) as assoc:
