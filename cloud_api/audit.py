@@ -51,6 +51,9 @@ def verify_records(records: Iterable[dict[str, Any]]) -> list[Problem]:
     problems: list[Problem] = []
     prev, expected_seq = GENESIS, 1
     for n, rec in enumerate(records, start=1):
+        if "corrupt" in rec:  # unparseable: a torn write at a crash, or tampering; the
+            problems.append(Problem(n, None, "unreadable record"))  # next link tells which
+            continue
         seq = rec.get("seq")
         if rec.get("hash") != record_hash(rec):
             problems.append(Problem(n, seq, "record content does not match its hash (edited)"))
@@ -90,11 +93,15 @@ class AuditLog:
         self.replica = replica or _replica_id(self.dir)
         self._lock = threading.Lock()
         self._seq, self._prev = 0, GENESIS
-        if self.path.exists():
-            for rec in read_records(self.path):  # resume the chain after a restart
-                if isinstance(rec.get("seq"), int):
-                    self._seq, self._prev = rec["seq"], str(rec.get("hash", ""))
+        last = _last_record(self.path)  # resume the chain after a restart
+        if last is not None:
+            self._seq, self._prev = int(last["seq"]), str(last.get("hash", ""))
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the process)
+        if self._fh.tell() > 0:
+            with open(self.path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":  # a torn last write: never glue a record onto it
+                    self._fh.write("\n")
 
     def record(
         self,
@@ -195,6 +202,30 @@ def verify_store(store: ObjectStore, replica: str) -> list[Problem]:
                         yield json.loads(line)
 
     return verify_records(records())
+
+
+def _last_record(path: Path, tail_bytes: int = 65536) -> dict[str, Any] | None:
+    """The last complete record, read from the end of the file (the log only grows)."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        while True:
+            start = max(0, size - tail_bytes)
+            fh.seek(start)
+            lines = fh.read().split(b"\n")
+            if start > 0:
+                lines = lines[1:]  # the first one may be cut
+            for raw in reversed(lines):
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue  # empty, or a torn last write
+                if isinstance(rec, dict) and isinstance(rec.get("seq"), int):
+                    return rec
+            if start == 0:
+                return None
+            tail_bytes *= 4
 
 
 def _replica_id(data_dir: Path) -> str:

@@ -119,3 +119,15 @@ def test_shipped_copies_verify_in_the_bucket(
     # a shipped object removed from the bucket breaks the chain there too
     store.delete(sorted(keys)[0])
     assert verify_store(store, log.replica)
+
+
+def test_torn_last_write_is_reported_not_glued(tmp_path: Path) -> None:
+    log = _log(tmp_path, 2)
+    with open(log.path, "a") as fh:
+        fh.write('{"seq": 3, "time": 1')  # a crash mid-write
+    again = AuditLog(tmp_path / "cloud")
+    rec = again.record(action="qido", outcome="ok")
+    again.close()
+    assert rec["seq"] == 3  # the chain resumes after the last complete record
+    problems = verify_records(read_records(log.path))
+    assert [p.line for p in problems] == [3]  # the torn line is flagged, nothing else breaks
