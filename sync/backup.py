@@ -45,7 +45,8 @@ def backup_if_changed(db: Database, store: ObjectStore, site: str, config_path: 
     digest = hashlib.sha256(config + b"\0" + nodes).hexdigest()
     if db.get_setting(DIGEST_SETTING) == digest:
         return False
-    ts = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    now = time.time()
+    ts = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     if config:
         store.put(
             config_key(site, ts, "hpacs.toml"),
