@@ -9,6 +9,7 @@ reason instead of crashing the move.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from edge.cache import Cache
 from shared.errors import NotFound
 from shared.lifecycle import LOCAL_STATES, State
 
+_RELPATH = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")
 INSTANCE_COLUMNS = (
     "i.id, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, i.path, i.state, "
     "i.study_id, i.size, i.crc32c"
@@ -69,7 +71,8 @@ def ensure_local(cache: Cache, ref: InstanceRef, recaller: Recaller | None) -> P
     """A readable cache path for `ref`, recalling it when evicted and a recaller is plugged in."""
     state = State(ref.state)
     if state in LOCAL_STATES:
-        path = cache.path(ref.path)
+        # Index paths are ours (keys.cache_relpath); the shape check replaces a resolve() per file.
+        path = cache.root / ref.path if _RELPATH.fullmatch(ref.path) else cache.path(ref.path)
         if not path.is_file():
             raise NotFound(
                 f"{ref.sop_instance_uid}: state {state} but the cache file is missing",

@@ -37,10 +37,11 @@ from edge.locate import INSTANCE_COLUMNS, InstanceRef, ensure_local
 from edge.sender import (
     accepted_syntaxes,
     failure_stub,
+    install_file_send,
     log_failure,
     prepare,
     requested_contexts,
-    tune_association,
+    tune,
 )
 from shared.errors import (
     CANCEL,
@@ -171,7 +172,8 @@ class RetrieveHandlers:
             # pynetdicom's C-MOVE flow cannot answer 0x0124 before a destination is chosen;
             # an error here becomes a failure response (0xC514) with no connection made.
             raise NotAuthorized(f"{info.calling_ae} may not C-MOVE")
-        dest = str(event.move_destination or b"", "ascii", "replace").strip()
+        raw = event.move_destination or ""
+        dest = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip()
         node = self._destination(dest)
         if node is None:
             log.warning(
@@ -185,7 +187,7 @@ class RetrieveHandlers:
         captured: list[Association] = []
 
         def on_open(e: evt.Event) -> None:
-            tune_association(e.assoc)
+            tune(e)
             captured.append(e.assoc)
 
         kwargs = {
@@ -232,6 +234,7 @@ class RetrieveHandlers:
             yield IDENTIFIER_DOES_NOT_MATCH, None
             return
         yield len(refs)
+        install_file_send(event.assoc)
         accepted = accepted_syntaxes(event.assoc)
         for n, ref in enumerate(refs):
             if event.is_cancelled:

@@ -106,7 +106,7 @@ def choose(stored_ts: str, accepted: Iterable[str]) -> Plan:
         for target in (*UNCOMPRESSED_TARGETS, *LOSSLESS_ENCODE_TARGETS):
             if target in acc and can_encode(target):
                 return Plan(stored_ts, target)
-    offered = ", ".join(ts_name(a) for a in acc) or "nothing for this SOP class"
+    offered = ", ".join(ts_name(a) for a in acc) or "no presentation context for this SOP class"
     raise NoConversion(
         f"stored as {ts_name(stored_ts)}; the peer accepts {offered}; "
         f"no conversion available (decoder for the stored syntax: "
