@@ -28,6 +28,7 @@ from edge.ingest import Ingestor
 from edge.locate import Recaller
 from edge.recall import StoreRecaller
 from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveHandlers
+from edge.tls import server_context
 from shared import metrics
 from shared.config import Config
 from shared.index import Database
@@ -151,14 +152,7 @@ class EdgeServer:
         return [srv.server_address[1] for srv in self._servers]
 
     def _server_ssl_context(self) -> ssl.SSLContext:
-        t = self.cfg.edge.tls
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(t.cert_file, t.key_file)
-        if t.ca_file:
-            ctx.load_verify_locations(t.ca_file)
-            ctx.verify_mode = ssl.CERT_REQUIRED if t.require_client_cert else ssl.CERT_OPTIONAL
-        return ctx
+        return server_context(self.cfg.edge.tls)
 
     def stop(self) -> None:
         for srv in self._servers:

@@ -139,3 +139,24 @@ def test_tls_listener_can_be_disabled(tmp_path: Path, pki: Pki, how: str) -> Non
         assert srv.ports == [srv.cfg.edge.port]
         assert not port_open(tls_port)
         _echo_and_store(srv.ports[0], None)
+
+
+def test_a_silent_connection_does_not_stall_the_tls_listener(
+    mutual_edge: EdgeServer, pki: Pki
+) -> None:
+    """The TLS handshake must not run in the accept loop: a peer that connects and says
+    nothing (a port scanner, a half-open modality) would block every other TLS client."""
+    import socket
+
+    silent = socket.create_connection(("127.0.0.1", mutual_edge.ports[1]))
+    try:
+        _echo_and_store(mutual_edge.ports[1], (_client_ctx(pki, with_cert=True), "127.0.0.1"))
+    finally:
+        silent.close()
+
+
+def test_client_certificates_are_checked_against_ca_file_only(mutual_edge: EdgeServer) -> None:
+    """Not the system's public CAs: mutual TLS trusts the configured CA and nothing else."""
+    ctx = mutual_edge._server_ssl_context()
+    assert len(ctx.get_ca_certs()) == 1
+    assert ctx.verify_mode == ssl.CERT_REQUIRED

@@ -78,7 +78,7 @@ def association(
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 10
     if contexts is None:
         # One syntax per context, so a file sent unparsed always finds its exact syntax.
         ae.add_requested_context(Verification)
