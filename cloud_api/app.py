@@ -57,6 +57,8 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("GET", IN + "/frames/{frames}/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
     ("GET", IN + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
     ("GET", IN + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
+    ("GET", S + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
+    ("GET", SE + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
     ("GET", IN + "/bulkdata/{tag}", h.wado_bulkdata, Need.READ, "wado-bulkdata"),
     ("POST", "/dicomweb/studies", h.stow, Need.WRITE, "stow"),
     ("POST", S, h.stow, Need.WRITE, "stow"),

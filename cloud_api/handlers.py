@@ -278,7 +278,10 @@ async def wado_metadata(request: web.Request) -> web.Response:
 async def _dataset(request: web.Request) -> Any:
     svc = _svc(request)
     rows = await asyncio.to_thread(_instances, request)
-    data = await asyncio.to_thread(_read_object, svc, rows[0]["object_key"], False)
+    # one instance, or for a study/series thumbnail the middle image of its first series
+    first = [r for r in rows if r["series_uid"] == rows[0]["series_uid"]]
+    row = first[len(first) // 2]
+    data = await asyncio.to_thread(_read_object, svc, row["object_key"], False)
     return await asyncio.to_thread(wado.parse_dataset, data)
 
 

@@ -258,6 +258,9 @@ def test_wado_metadata_frames_rendered(world: World) -> None:
         params={"viewport": "16,16"},
     )
     assert Image.open(io.BytesIO(thumb.content)).size == (16, 16)
+    for path in (f"/dicomweb/studies/{study}", f"/dicomweb/studies/{study}/series/{se}"):
+        thumb = get(world, path + "/thumbnail", "reader_a", headers={"Accept": "image/png"})
+        assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).format == "PNG"
 
 
 # ---- STOW-RS -------------------------------------------------------------------------------------
