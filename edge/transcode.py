@@ -124,11 +124,12 @@ def convert(ds: Dataset, plan: Plan) -> Dataset:
         return ds
     try:
         if UID(plan.source).is_compressed and "PixelData" in ds:
-            ds.decompress()  # -> Explicit VR Little Endian, native pixel data
+            # -> Explicit VR Little Endian, native pixel data; same object, so the same UID
+            ds.decompress(generate_instance_uid=False)
         elif UID(plan.source).is_compressed:
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         if UID(plan.target).is_compressed:
-            ds.compress(UID(plan.target))
+            ds.compress(UID(plan.target), generate_instance_uid=False)
         # Uncompressed targets: pynetdicom re-encodes an uncompressed dataset into the
         # accepted context's syntax (Implicit VR, deflate) when it sends.
     except NoConversion:
