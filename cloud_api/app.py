@@ -28,7 +28,14 @@ from cloud_api.auth import Need, Principal, TokenStore
 from cloud_api.catalog_index import CatalogIndex
 from shared import metrics
 from shared.config import CloudConfig, RestoreConfig
-from shared.errors import NotAuthorized, PacsError, Unauthenticated, http_status, problem_json
+from shared.errors import (
+    NotAuthorized,
+    ObjectStoreError,
+    PacsError,
+    Unauthenticated,
+    http_status,
+    problem_json,
+)
 from shared.store.base import ObjectStore
 
 log = logging.getLogger("hpacs.cloud.app")
@@ -237,11 +244,28 @@ async def _poll_loop(app: web.Application) -> None:
 async def _on_startup(app: web.Application) -> None:
     """Build the index before the port opens, so no replica answers from a partial index."""
     svc = app[SERVICES]
-    res = await asyncio.to_thread(svc.index.poll, svc.store)
+    delay = STARTUP_RETRY_INITIAL_S
+    while True:  # the bucket (or its emulator, under `make up`) may come up after us
+        try:
+            res = await asyncio.to_thread(svc.index.poll, svc.store)
+            break
+        except ObjectStoreError as exc:
+            log.warning(
+                "object store not answering; index not built yet, retry in %.1fs error=%s hint=%s",
+                delay,
+                exc,
+                exc.hint,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STARTUP_RETRY_MAX_S)
     log.info(
         "catalog index ready objects=%d rows=%d seconds=%.2f", res.objects, res.rows, res.seconds
     )
     app[POLLER] = asyncio.create_task(_poll_loop(app))
+
+
+STARTUP_RETRY_INITIAL_S = 0.2
+STARTUP_RETRY_MAX_S = 10.0
 
 
 async def _on_cleanup(app: web.Application) -> None:
