@@ -56,7 +56,7 @@ SPECS = {
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeServer, dict]]:
+def loaded_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeServer, dict]]:
     """One edge with the studies of SPECS ingested; yields it and {label: [datasets]}."""
     tmp = tmp_path_factory.mktemp("find")
     with running_edge(edge_config(tmp, nodes=NODES)) as server:
@@ -86,8 +86,8 @@ def study_uid(stored: dict, label: str) -> str:
     return str(stored[label][0].StudyInstanceUID)
 
 
-def test_findscu_study_root_study_level_name_wildcard(edge, tmp_path) -> None:
-    server, stored = edge
+def test_findscu_study_root_study_level_name_wildcard(loaded_edge, tmp_path) -> None:
+    server, stored = loaded_edge
     rsp = findscu(
         server,
         tmp_path,
@@ -139,15 +139,15 @@ def test_findscu_study_root_study_level_name_wildcard(edge, tmp_path) -> None:
         "modalities",
     ],
 )
-def test_findscu_matching(edge, tmp_path, keys: list[str], expected: set[str]) -> None:
-    server, stored = edge
+def test_findscu_matching(loaded_edge, tmp_path, keys: list[str], expected: set[str]) -> None:
+    server, stored = loaded_edge
     rsp = findscu(server, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", *keys)
     labels = {k for k in stored if study_uid(stored, k) in {str(d.StudyInstanceUID) for d in rsp}}
     assert labels == expected
 
 
-def test_findscu_uid_list(edge, tmp_path) -> None:
-    server, stored = edge
+def test_findscu_uid_list(loaded_edge, tmp_path) -> None:
+    server, stored = loaded_edge
     uids = [study_uid(stored, "jones"), study_uid(stored, "utf8")]
     rsp = findscu(
         server, tmp_path, "QueryRetrieveLevel=STUDY", "StudyInstanceUID=" + "\\".join(uids)
@@ -155,8 +155,8 @@ def test_findscu_uid_list(edge, tmp_path) -> None:
     assert sorted(str(d.StudyInstanceUID) for d in rsp) == sorted(uids)
 
 
-def test_findscu_series_and_image_levels(edge, tmp_path) -> None:
-    server, stored = edge
+def test_findscu_series_and_image_levels(loaded_edge, tmp_path) -> None:
+    server, stored = loaded_edge
     uid = study_uid(stored, "smith2")
     series = findscu(
         server,
@@ -185,8 +185,8 @@ def test_findscu_series_and_image_levels(edge, tmp_path) -> None:
     assert {int(d.InstanceNumber) for d in images} == {1, 2}
 
 
-def test_findscu_patient_root_levels(edge, tmp_path) -> None:
-    server, stored = edge
+def test_findscu_patient_root_levels(loaded_edge, tmp_path) -> None:
+    server, stored = loaded_edge
     (p_dir := tmp_path / "p").mkdir()
     patients = findscu(
         server,
@@ -208,8 +208,8 @@ def test_findscu_patient_root_levels(edge, tmp_path) -> None:
     assert [str(d.StudyInstanceUID) for d in studies] == [study_uid(stored, "jones")]
 
 
-def test_findscu_patient_root_series_and_image(edge, tmp_path) -> None:
-    server, stored = edge
+def test_findscu_patient_root_series_and_image(loaded_edge, tmp_path) -> None:
+    server, stored = loaded_edge
     uid = study_uid(stored, "jones")
     (s_dir := tmp_path / "s").mkdir()
     series = findscu(
@@ -240,8 +240,8 @@ def test_findscu_patient_root_series_and_image(edge, tmp_path) -> None:
     assert {d.QueryRetrieveLevel for d in images} == {"IMAGE"}
 
 
-def test_study_root_rejects_patient_level(edge, tmp_path) -> None:
-    server, _ = edge
+def test_study_root_rejects_patient_level(loaded_edge, tmp_path) -> None:
+    server, _ = loaded_edge
     with scu(server) as assoc:
         ds = Dataset()
         ds.QueryRetrieveLevel = "PATIENT"
@@ -250,8 +250,8 @@ def test_study_root_rejects_patient_level(edge, tmp_path) -> None:
     assert statuses == [0xA900]
 
 
-def test_invariant_3_evicted_instances_still_found(edge, tmp_path) -> None:
-    server, stored = edge
+def test_invariant_3_evicted_instances_still_found(loaded_edge, tmp_path) -> None:
+    server, stored = loaded_edge
     uid = study_uid(stored, "jones")
     with server.db.write() as conn:
         conn.execute(
@@ -298,8 +298,8 @@ class scu:
         ("ISO_IR 192", "山田*", "utf8"),
     ],
 )
-def test_non_ascii_patient_name_round_trip(edge, query_charset, name, label) -> None:
-    server, stored = edge
+def test_non_ascii_patient_name_round_trip(loaded_edge, query_charset, name, label) -> None:
+    server, stored = loaded_edge
     ds = Dataset()
     ds.SpecificCharacterSet = query_charset
     ds.QueryRetrieveLevel = "STUDY"
@@ -315,8 +315,8 @@ def test_non_ascii_patient_name_round_trip(edge, query_charset, name, label) -> 
     assert found.StudyInstanceUID == stored[label][0].StudyInstanceUID
 
 
-def test_findscu_non_ascii_name(edge, tmp_path) -> None:
-    server, _ = edge
+def test_findscu_non_ascii_name(loaded_edge, tmp_path) -> None:
+    server, _ = loaded_edge
     rsp = findscu(
         server,
         tmp_path,
@@ -329,8 +329,8 @@ def test_findscu_non_ascii_name(edge, tmp_path) -> None:
     assert str(d.PatientName) == "Müller^Jürgen"
 
 
-def test_node_without_find_permission_is_refused(edge) -> None:
-    server, _ = edge
+def test_node_without_find_permission_is_refused(loaded_edge) -> None:
+    server, _ = loaded_edge
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     ds.StudyInstanceUID = ""
@@ -385,8 +385,8 @@ def test_result_cap_truncates_and_logs(tmp_path: Path, caplog: pytest.LogCapture
     assert "max_results=3" in warn.getMessage() and "P901" not in caplog.text
 
 
-def test_no_phi_in_info_logs(edge, caplog: pytest.LogCaptureFixture) -> None:
-    server, _ = edge
+def test_no_phi_in_info_logs(loaded_edge, caplog: pytest.LogCaptureFixture) -> None:
+    server, _ = loaded_edge
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     ds.PatientName = "JONES*"
