@@ -26,6 +26,7 @@ from sync.backup import backup_if_changed
 from sync.catalog import CatalogWriter
 from sync.evictor import Evictor
 from sync.recovery import recover
+from sync.restore_jobs import poll_restores
 from sync.status import Status, collect
 from sync.uploader import BatchStats, Uploader
 
@@ -95,7 +96,7 @@ class Agent:
             self.store.url,
             s.upload_concurrency,
         )
-        next_evict = next_status = next_backup = 0.0
+        next_evict = next_status = next_backup = next_restore = 0.0
         idle_wait = s.poll_interval_s
         outage_batches = 0
         while not self.stop_event.is_set():
@@ -111,6 +112,11 @@ class Agent:
                     lambda: backup_if_changed(self.db, self.store, s.site, self.cfg.source_path),
                 )
                 next_backup = now + BACKUP_INTERVAL_S
+            if now >= next_restore:
+                self._guarded(
+                    "restore requests", lambda: poll_restores(self.cfg, self.db, self.store)
+                )
+                next_restore = now + self.cfg.restore.poll_interval_s
             if now >= next_status:
                 log.info("status %s", self.status().log_fields())
                 next_status = now + s.status_log_interval_s

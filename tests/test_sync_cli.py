@@ -12,11 +12,13 @@ import pytest
 from edge.cache import Cache
 from edge.recall import StoreRecaller
 from shared.index import Database
-from shared.keys import config_prefix
-from shared.registry import Node, upsert_node
+from shared.keys import config_prefix, restore_key, restore_status_key
+from shared.registry import Node, list_nodes, upsert_node
+from shared.restore import RestorePhase, RestoreRequest, RestoreStatus, new_restore_id
 from shared.store import open_store
 from sync.backup import DIGEST_SETTING, backup_if_changed
 from sync.cli import main
+from sync.restore_jobs import poll_restores
 from tests.support.net import wait_for
 from tests.support.sync import Site, site, sync_config, write_config
 
@@ -131,3 +133,36 @@ def test_idle_agent_uses_little_cpu(tmp_path: Path) -> None:
         runner.join(10)
         agent.close()
         assert cpu / wall < 0.10, f"{cpu / wall:.1%} of a core while idle"
+
+
+def test_restore_request_from_the_cloud_api_is_done_with_progress(tmp_path: Path) -> None:
+    """A request object under control/<site>/restores/ (what the cloud API writes) is picked up
+    by the agent's poll: index rebuilt, node registry restored, recent studies prefetched."""
+    bucket = f"file://{tmp_path / 'bucket'}"
+    with site(tmp_path / "old", bucket) as old:
+        old.add_study(3)
+        with old.db.write() as conn:
+            upsert_node(conn, Node("CT01", "10.0.0.5", 104, permissions=frozenset({"store"})))
+        a = old.agent()
+        a.drain()
+        backup_if_changed(old.db, a.store, "test", "")
+        a.close()
+        originals = {
+            r["sop_instance_uid"]: (old.cache.root / r["path"]).read_bytes() for r in old.rows()
+        }
+    store = open_store(bucket)
+    req = RestoreRequest(
+        id=new_restore_id(), site="test", requested_at=time.time(), prefetch_days=7
+    )
+    store.put(restore_key("test", req.id), req.to_bytes())
+    with site(tmp_path / "new", bucket) as new:
+        assert poll_restores(new.cfg, new.db, store) == 1
+        status = RestoreStatus.from_bytes(store.open(restore_status_key("test", req.id)).read())
+        assert status.phase is RestorePhase.DONE, status.error
+        assert (status.instances_indexed, status.studies_to_prefetch) == (3, 1)
+        assert (status.studies_prefetched, status.instances_prefetched) == (1, 3)
+        assert new.states() == {"synced": 3}
+        for r in new.rows():
+            assert (new.cache.root / r["path"]).read_bytes() == originals[r["sop_instance_uid"]]
+        assert [n.ae_title for n in list_nodes(new.db.reader())] == ["CT01"]
+        assert poll_restores(new.cfg, new.db, store) == 0  # done requests are not redone
