@@ -31,6 +31,7 @@ from tests.support.cloud import (
     running_cloud,
     seed_site,
 )
+from tests.support.net import wait_for
 
 VIEWER = "https://viewer.example"
 
@@ -433,6 +434,9 @@ def test_patient_data_access_is_audited(world: World) -> None:
     client(world, "reader_a").search_for_studies(search_filters={"PatientID": "PA2"})
     client(world, "reader_a").retrieve_study_metadata(study)
     client(world, "reader_a").retrieve_study(study)
+    # a streamed response is audited when the handler returns, which may be just after the
+    # client has read the last byte
+    wait_for(lambda: audit._seq >= before + 3, what="the WADO audit record")
     recs = [json.loads(line) for line in audit.path.read_text().splitlines()][before:]
     assert [(r["action"], r["token"], r["role"], r["outcome"]) for r in recs] == [
         ("qido", "rad-a", "reader", "ok"),
