@@ -7,8 +7,8 @@ strings, so a slow password hash buys nothing). The tokens file is re-read when 
 Roles:
 - `admin`: every site, every route, restores and tokens.
 - `reader`: QIDO/WADO on its sites only (a teleradiologist).
-- `agent`: a machine on a site: STOW-RS into its sites (site `cloud` for STOW here), QIDO/WADO
-  on its sites, and reading its sites' restore jobs. Readers never write.
+- `agent`: a machine, least privilege: STOW-RS (into site `cloud`, which must be in its scope)
+  and reading its sites' restore jobs; no patient data is read with it. Readers never write.
 
 A route declares what it needs (`Need`); a route without a declaration is refused (403) even
 with an admin token, so a forgotten declaration fails closed.
@@ -44,7 +44,7 @@ class Need(StrEnum):
 ALLOWED: dict[str, frozenset[Need]] = {
     "admin": frozenset(Need),
     "reader": frozenset({Need.READ}),
-    "agent": frozenset({Need.READ, Need.WRITE, Need.RESTORE_READ}),
+    "agent": frozenset({Need.WRITE, Need.RESTORE_READ}),
 }
 
 

@@ -329,6 +329,11 @@ def test_stow_body_limit_is_413(world: World) -> None:
     assert r.status_code == 413 and r.json()["title"] == "PayloadTooLarge"
 
 
+def test_agents_may_not_read_patient_data(world: World) -> None:
+    r = get(world, "/dicomweb/studies", "agent_cloud")
+    assert r.status_code == 403
+
+
 def test_readers_may_not_store(world: World) -> None:
     body, ctype = _multipart([dataset_bytes(next(iter_study(StudySpec())))])
     r = requests.post(
