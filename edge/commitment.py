@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from edge.assoc import assoc_info
@@ -184,13 +185,9 @@ class CommitmentHandlers:
             )
 
     def _report(self, assoc: Association, calling_ae: str, event_type: int, ds: Dataset) -> str:
-        # Same association while the requester keeps it open (checked just before sending;
-        # pynetdicom pauses the reactor, so the N-ACTION response is out first).
-        if assoc.is_established and assoc.is_alive():
+        if _waits_on_same_association(assoc):
             try:
-                rsp = assoc.send_n_event_report(
-                    ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE
-                )[0]
+                rsp = _send_on(assoc, event_type, ds)
                 if rsp is not None and "Status" in rsp:
                     return "same association"
             except Exception as exc:
@@ -200,6 +197,34 @@ class CommitmentHandlers:
             raise RuntimeError(f"node {calling_ae} has no registered address for the report")
         status = send_report(self.server.cfg.edge.ae_title, node, event_type, ds)
         return f"new association status=0x{status:04X}"
+
+
+def _waits_on_same_association(assoc: Association) -> bool:
+    """The requester asked for reports on this association (it proposed the SCP role for
+    Storage Commitment, PS3.4 J.3.3) and has not started to release it."""
+    if not (assoc.is_established and assoc.is_alive()):
+        return False
+    if isinstance(assoc.dul.peek_next_pdu(), A_RELEASE):  # peek: acse's check would consume it
+        return False
+    return any(
+        str(cx.abstract_syntax) == COMMITMENT_SOP_CLASS and cx.as_scu
+        for cx in assoc.accepted_contexts
+    )
+
+
+SAME_ASSOCIATION_TIMEOUT_S = 5.0
+
+
+def _send_on(assoc: Association, event_type: int, ds: Dataset) -> Dataset | None:
+    # A requester that releases while we send never answers: bound the wait, then call back.
+    saved = assoc.dimse_timeout
+    assoc.dimse_timeout = min(saved or SAME_ASSOCIATION_TIMEOUT_S, SAME_ASSOCIATION_TIMEOUT_S)
+    try:
+        return assoc.send_n_event_report(ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE)[
+            0
+        ]
+    finally:
+        assoc.dimse_timeout = saved
 
 
 def send_report(
