@@ -181,3 +181,33 @@ def test_recall_rejects_corrupt_object_and_keeps_row_evicted(
     assert s.states() == {"evicted": 1}
     assert not (s.cache.root / row["path"]).exists()
     assert list(s.cache.tmp.iterdir()) == []
+
+
+def test_recall_interrupted_by_a_crash_is_reset_at_edge_start_invariant_4(
+    edge_site: tuple[EdgeServer, Site],
+) -> None:
+    from edge.reconcile import reconcile
+    from shared.lifecycle import State, transition
+
+    _, s = edge_site
+    uid = s.add_study(2)
+    agent = s.agent()
+    agent.drain()
+    s.age_study(uid, 2 * HOUR)
+    assert agent.evictor.run().instances_evicted == 2
+    row = s.rows()[0]
+    with s.db.write() as conn:  # a recall claimed the row, then the process died
+        assert transition(conn, row["id"], State.EVICTED, State.RECALLING)
+    (s.cache.tmp / "tmpdead.recall").write_bytes(b"half a file")
+    assert recover(s.db, agent.cache_dir).uploads_reset == 0  # the agent leaves it alone
+    assert s.states() == {"evicted": 1, "recalling": 1}
+    rep = reconcile(s.db, s.cache)
+    assert rep.recalls_reset == 1 and rep.temp_removed == 1
+    assert s.states() == {"evicted": 2}
+    recaller = StoreRecaller(s.db, s.cache, agent.store)
+    try:
+        assert len(recaller.recall_many([r["id"] for r in s.rows()])) == 2
+    finally:
+        recaller.close()
+        agent.close()
+    assert s.states() == {"synced": 2}

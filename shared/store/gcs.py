@@ -114,16 +114,22 @@ class GcsStore:
         self._attempts = attempts
         self._max_wait_s = max_wait_s
         emulator = emulator_host or os.environ.get("STORAGE_EMULATOR_HOST", "")
-        if emulator:
-            if "://" not in emulator:
-                emulator = f"http://{emulator}"
-            self.client = storage.Client(
-                project=project or "hpacs",
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                client_options={"api_endpoint": emulator},
-            )
-        else:
-            self.client = storage.Client(project=project or None)
+        try:
+            if emulator:
+                if "://" not in emulator:
+                    emulator = f"http://{emulator}"
+                self.client = storage.Client(
+                    project=project or "hpacs",
+                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                    client_options={"api_endpoint": emulator},
+                )
+            else:
+                self.client = storage.Client(project=project or None)
+        except Exception as exc:  # google.auth: no default credentials, bad key file, ...
+            raise PermanentStoreError(
+                f"cannot create the GCS client for {url}: {exc}",
+                hint="set GOOGLE_APPLICATION_CREDENTIALS, or sync.emulator_host for an emulator",
+            ) from exc
         self.bucket = self.client.bucket(bucket)
 
     # ---- plumbing -----------------------------------------------------------------------
