@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= deploy/hpacs.dev.toml
 
-.PHONY: up test venv deps lint unit clean bench
+.PHONY: up test venv deps lint unit clean bench bench-sync
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ up: venv
 
 bench: venv deps
 	$(BIN)/python bench/ingest.py
+
+# Sync agent: backlog drain (file:// and the GCS emulator), recall of an evicted study, idle CPU.
+bench-sync: venv deps
+	$(BIN)/python bench/sync.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -34,7 +34,7 @@ def test_kill_9_mid_upload_loses_nothing_invariant_4(tmp_path: Path) -> None:
     a restarted agent recovers the stuck rows and finishes: every instance synced and verified,
     one object per instance, no conflict (nothing uploaded twice with different content)."""
     with running_emulator() as emu, fault_proxy(emu.port) as proxy:
-        proxy.rules.append(lambda m, p: 0.15 if m == "POST" else None)
+        proxy.rules.append(lambda m, p: 0.25 if m == "POST" else None)
         data = sync_config(
             tmp_path, f"gs://{BUCKET}/kill", emulator_host=proxy.url, upload_concurrency=4
         )
