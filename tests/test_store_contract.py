@@ -146,3 +146,16 @@ def test_gcs_http_errors_classified(emulator: str, status: int, expected: type) 
             store.put("x", b"x")
         uploads = [s for s in proxy.seen if s[0] == "POST"]
         assert len(uploads) == (3 if expected is TransientStoreError else 1), proxy.seen
+
+
+@pytest.mark.parametrize("size", [0, 999, 1000, 2000, 2500])
+def test_gcs_large_objects_stream_by_ranges(emulator: str, size: int) -> None:
+    """Objects bigger than one range chunk are read chunk by chunk (tiny chunks here)."""
+    store = gcs_store(emulator, prefix=f"ranges{size}")
+    store.range_chunk = 1000
+    data = bytes(i % 251 for i in range(size))
+    store.put("big", data)
+    assert store.open("big").read() == data
+    assert store.open("big", 500, 2100).read() == data[500:2100]
+    with store.open("big") as fh:
+        assert b"".join(iter(lambda: fh.read(300), b"")) == data
