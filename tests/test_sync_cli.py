@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,11 +17,12 @@ from shared.keys import config_prefix, restore_key, restore_status_key
 from shared.registry import Node, list_nodes, upsert_node
 from shared.restore import RestorePhase, RestoreRequest, RestoreStatus, new_restore_id
 from shared.store import open_store
+from sync.agent import AlreadyRunning
 from sync.backup import DIGEST_SETTING, backup_if_changed
 from sync.cli import main
 from sync.restore_jobs import poll_restores
 from tests.support.net import wait_for
-from tests.support.sync import Site, site, sync_config, write_config
+from tests.support.sync import Site, site, start_agent_process, sync_config, write_config
 
 
 def test_status_pin_unpin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,3 +168,34 @@ def test_restore_request_from_the_cloud_api_is_done_with_progress(tmp_path: Path
             assert (new.cache.root / r["path"]).read_bytes() == originals[r["sop_instance_uid"]]
         assert [n.ae_title for n in list_nodes(new.db.reader())] == ["CT01"]
         assert poll_restores(new.cfg, new.db, store) == 0  # done requests are not redone
+
+
+def test_run_drains_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    data = sync_config(tmp_path, f"file://{tmp_path / 'bucket'}")
+    s = Site(tmp_path, data)
+    try:
+        s.add_study(3)
+        proc = start_agent_process(write_config(tmp_path, data))
+        try:
+            wait_for(lambda: s.states() == {"synced": 3}, 30, "backlog drained")
+            wait_for(lambda: s.rows("catalog_seq = 0") == [], 30, "catalog written")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "sync agent stopped" in out
+        assert "Patient" not in out and "DOE" not in out  # no PHI in the INFO log
+    finally:
+        s.close()
+
+
+def test_second_agent_on_one_index_is_refused(tmp_path: Path) -> None:
+    with site(tmp_path, f"file://{tmp_path / 'bucket'}") as s:
+        first, second = s.agent(), s.agent()
+        try:
+            first.acquire_lock()
+            with pytest.raises(AlreadyRunning):
+                second.acquire_lock()
+        finally:
+            first.close()
+            second.close()
