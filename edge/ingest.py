@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edge.cache import Cache
+from edge.commit import GroupCommit
 from shared import metrics
 from shared.checksum import crc32c_file
 from shared.dicom import Header, read_header
@@ -68,6 +69,7 @@ class Ingestor:
         # Called inside the index transaction of a newly stored instance (routing enqueues
         # its forward jobs there: atomic with the row, and ingest never waits for a send).
         self.on_indexed: list[Callable[[sqlite3.Connection, Header, Origin], None]] = []
+        self.commits = GroupCommit(db)
 
     # ---- entry doors -------------------------------------------------------------------
     def ingest_temp(
@@ -145,10 +147,14 @@ class Ingestor:
         if not linked:
             return self._existing(temp, header, origin, size, crc, relpath, final)
         try:
-            with self.db.write() as conn:
+
+            def index(conn: sqlite3.Connection) -> None:
                 index_instance(conn, header, relpath, size, crc, origin, time.time())
                 for hook in self.on_indexed:
                     hook(conn, header, origin)
+
+            # Concurrent stores share one transaction and its fsync (edge/commit.py).
+            self.commits.run(index)
         except sqlite3.IntegrityError as exc:
             # A row appeared although no file was at the path: a concurrent store of the same
             # bytes adopted our file (keep it), or the instance was evicted and is sent again
