@@ -88,7 +88,7 @@ class Uploader:
     def run_batch(self, limit: int | None = None) -> BatchStats:
         """Claim up to `limit` due rows, upload them in parallel, commit outcomes as they come.
 
-        Outcomes are committed in small groups (a concurrency's worth, or every 0.2 s) so one
+        Outcomes are committed in small groups (twice the concurrency, or every 0.2 s) so one
         slow upload does not hold back the others' `synced`, and a crash loses little work.
         """
         claimed = self.claim(limit or self.cfg.upload_concurrency * 8)
@@ -100,7 +100,7 @@ class Uploader:
         last_commit = time.monotonic()
         for fut in as_completed(futures):
             done.append((futures[fut], fut.result()))
-            if len(done) >= self.cfg.upload_concurrency or time.monotonic() - last_commit > 0.2:
+            if len(done) >= 2 * self.cfg.upload_concurrency or time.monotonic() - last_commit > 0.2:
                 self.record([d[0] for d in done], [d[1] for d in done], stats)
                 done, last_commit = [], time.monotonic()
         if done:
