@@ -147,8 +147,9 @@ class Evictor:
         """One pass: plan from the current usage, then evict the victims in order."""
         now = time.time() if now is None else now
         use = self.usage()
+        cands = self.candidates()
         plan = plan_eviction(
-            self.candidates(),
+            cands,
             use.usage,
             use.high_bytes,
             use.low_bytes,
@@ -166,7 +167,7 @@ class Evictor:
                     plan.skipped,
                 )
             return report
-        access = {s.study_id: s.last_access for s in self.candidates()}
+        access = {s.study_id: s.last_access for s in cands}
         for study_id in plan.victims:
             try:
                 self.evict_study(study_id, access.get(study_id, 0.0), report)
