@@ -86,8 +86,8 @@ ATTRS: dict[str, Attr] = {
         Attr("ReferringPhysicianName", "STUDY", "st.referring_physician", "str"),
         Attr("NumberOfStudyRelatedSeries", "STUDY", "st.num_series", "int"),
         Attr("NumberOfStudyRelatedInstances", "STUDY", "st.num_instances", "int"),
-        Attr("ModalitiesInStudy", "STUDY", _SUBQUERY_MODALITIES, "list", match="modality"),
-        Attr("SOPClassesInStudy", "STUDY", _SUBQUERY_SOP_CLASSES, "list", match="sop_class_uid"),
+        Attr("ModalitiesInStudy", "STUDY", _SUBQUERY_MODALITIES, "list"),
+        Attr("SOPClassesInStudy", "STUDY", _SUBQUERY_SOP_CLASSES, "list"),
         Attr("SeriesInstanceUID", "SERIES", "se.series_uid", "uid"),
         Attr("Modality", "SERIES", "se.modality", "str"),
         Attr("SeriesNumber", "SERIES", "se.series_number", "int"),
@@ -109,6 +109,11 @@ ATTRS: dict[str, Attr] = {
             "const",
         ),
     )
+}
+# Multi-valued study keys computed from lower levels: matched with EXISTS on that table.
+_LIST_MATCH = {
+    "ModalitiesInStudy": ("series", "x.modality"),
+    "SOPClassesInStudy": ("instances", "x.sop_class_uid"),
 }
 UNIQUE_KEY = {
     "PATIENT": "PatientID",
@@ -186,6 +191,15 @@ def _select_expr(attr: Attr, level: str) -> str:
 
 
 def _condition(attr: Attr, raw: Any, params: list[Any]) -> str:
+    """The WHERE term for one key; its parameters are appended only when a term results."""
+    local: list[Any] = []
+    cond = _term(attr, raw, local)
+    if cond:
+        params.extend(local)
+    return cond
+
+
+def _term(attr: Attr, raw: Any, params: list[Any]) -> str:
     values = _values(raw)
     if not values or values == [""]:
         return ""  # universal matching
@@ -199,8 +213,8 @@ def _condition(attr: Attr, raw: Any, params: list[Any]) -> str:
     if attr.kind in ("da", "tm"):
         return _or([_range(attr, col, v, params) for v in values])
     if attr.kind == "list":
-        table = "series" if attr.match == "modality" else "instances"
-        inner = _or([_string(col, v, params) for v in values if v])
+        table, col = _LIST_MATCH[attr.keyword]
+        inner = _or([_string(col, v, params) for v in values])
         if not inner:
             return ""
         return f"EXISTS (SELECT 1 FROM {table} x WHERE x.study_id = st.id AND {inner})"
@@ -217,10 +231,10 @@ def _in(col: str, values: Sequence[Any], params: list[Any]) -> str:
 
 
 def _or(conds: list[str]) -> str:
-    conds = [c for c in conds if c]
-    if len(conds) <= 1:
-        return conds[0] if conds else ""
-    return "(" + " OR ".join(conds) + ")"
+    """Any of the values matches; a universal value (empty condition) makes the whole universal."""
+    if not conds or not all(conds):
+        return ""
+    return conds[0] if len(conds) == 1 else "(" + " OR ".join(conds) + ")"
 
 
 def _string(col: str, value: str, params: list[Any]) -> str:

@@ -67,6 +67,9 @@ CASES = [
     ("modalities in study", {"ModalitiesInStudy": "US"}, {"D"}),
     ("modalities list", {"ModalitiesInStudy": ["MR", "SR"]}, {"B", "E"}),
     ("combined", {"PatientID": "P1", "StudyDate": "20240201-"}, {"D"}),
+    ("multi-value with a universal part", {"PatientName": ["JONES*", "*"]}, set("ABCDE")),
+    ("multi-value names", {"PatientName": ["O'B*", "smith^john"]}, {"A", "C", "D"}),
+    ("modalities wildcard", {"ModalitiesInStudy": "S?"}, {"E"}),
     ("evicted still found (invariant 3)", {"AccessionNumber": "AX1"}, {"C"}),
 ]
 
