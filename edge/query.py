@@ -281,7 +281,7 @@ def _range(attr: Attr, col: str, value: str, params: list[Any]) -> str:
         lower = upper = value
     for part in (lower, upper):
         if part and not all(ch.isdigit() or ch in ".:" for ch in part):
-            raise BadRequest(f"{attr.keyword}: not a valid date/time or range: {value!r}")
+            raise BadRequest(f"{attr.keyword}: not a valid date/time or range")  # no value: PHI
     lower, upper = lower.replace(":", ""), upper.replace(":", "")
     if attr.kind == "da":
         lower, upper = lower.replace(".", ""), upper.replace(".", "")
