@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from edge.cache import Cache
@@ -96,7 +97,11 @@ class Forwarder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._workers: set[threading.Thread] = set()
+        # Reused worker threads (each keeps one index reader): at most the sum of the limits.
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, sum(self.limits.values())), thread_name_prefix="forward"
+        )
+        self._futures: set[Future[None]] = set()
         self._last_prune = 0.0
 
     # ---- life cycle --------------------------------------------------------------------
@@ -116,9 +121,10 @@ class Forwarder:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        deadline = time.monotonic() + timeout_s
-        for t in list(self._workers):
-            t.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            running = list(self._futures)
+        _, stuck = wait(running, timeout=timeout_s)
+        self._pool.shutdown(wait=not stuck, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -149,13 +155,16 @@ class Forwarder:
                     break
                 with self._lock:
                     self._active[dest] = self._active.get(dest, 0) + 1
-                t = threading.Thread(
-                    target=self._work, args=(dest, jobs), name=f"forward-{dest}", daemon=True
-                )
-                self._workers.add(t)
-                t.start()
+                fut = self._pool.submit(self._work, dest, jobs)
+                with self._lock:
+                    self._futures.add(fut)
+                fut.add_done_callback(self._forget)
                 started += 1
         return started
+
+    def _forget(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(fut)
 
     def _work(self, dest: str, jobs: list[Job]) -> None:
         try:
@@ -163,7 +172,6 @@ class Forwarder:
         finally:
             with self._lock:
                 self._active[dest] -= 1
-            self._workers.discard(threading.current_thread())
             self._wake.set()  # the slot is free: more of this destination may be due
 
     def _deliver(self, dest: str, jobs: list[Job]) -> None:
