@@ -216,7 +216,9 @@ class Database:
         migrate(self._writer)
         self._lock = threading.RLock()
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        # (owning thread, its reader): pynetdicom runs every association in a new thread, so
+        # readers of finished threads are closed as new ones open (else one fd leak each).
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._readers_lock = threading.Lock()
 
     @contextmanager
@@ -233,12 +235,23 @@ class Database:
             conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
             with self._readers_lock:
-                self._readers.append(conn)
+                self._reap_readers()
+                self._readers.append((threading.current_thread(), conn))
         return conn
+
+    def _reap_readers(self) -> None:
+        """Close the readers of threads that have ended (caller holds _readers_lock)."""
+        alive = []
+        for thread, conn in self._readers:
+            if thread.is_alive():
+                alive.append((thread, conn))
+            else:
+                conn.close()
+        self._readers = alive
 
     def close(self) -> None:
         with self._readers_lock:
-            for conn in self._readers:
+            for _thread, conn in self._readers:
                 conn.close()
             self._readers.clear()
         with self._lock:

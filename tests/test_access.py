@@ -259,3 +259,23 @@ def test_dev_config_admits_dcmtk_default_titles(tmp_path: Path) -> None:
         r = run("echoscu", "-aet", "INTRUDER", "127.0.0.1", srv.ports[0])
         assert r.returncode != 0
         assert "Association Rejected" in r.stderr and "Calling AE Title Not Recognized" in r.stderr
+
+
+def test_associations_do_not_leak_index_connections(server: EdgeServer) -> None:
+    """Each association runs in a new thread with its own index reader; ended threads' readers
+    must be closed, or every association leaks file descriptors until the node stops."""
+    import os
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    echo_only = [("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])]
+    for _ in range(3):  # warm up
+        with association(server.ports[0], "CT01", contexts=echo_only) as assoc:
+            assoc.send_c_echo()
+    before = fds()
+    for _ in range(20):
+        with association(server.ports[0], "CT01", contexts=echo_only) as assoc:
+            assert int(assoc.send_c_echo().Status) == SUCCESS
+    wait_for(lambda: server.active_associations() == 0, what="associations counted out")
+    assert fds() - before < 8
