@@ -23,7 +23,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from edge.ingest import Ingestor
-from shared.errors import InvalidDataset, PacsError
+from shared.errors import IndexUnavailable, InvalidDataset, OutOfResources, PacsError
 from shared.rows import Origin
 
 log = logging.getLogger("hpacs.edge.hotfolder")
@@ -70,13 +70,16 @@ class HotFolder:
         settle_s: float = 2.0,
         rescan_s: float = 30.0,
         watch: bool = True,
+        retry_s: float = 30.0,
     ) -> None:
         self.root = Path(root).resolve()
         self.ingestor = ingestor
         self.settle_s = settle_s
         self.rescan_s = rescan_s
         self.watch = watch
+        self.retry_s = retry_s  # after a full disk or a busy index, before trying a file again
         self.counts = {"stored": 0, "duplicate": 0, "failed": 0}
+        self.deferred = 0
         self._seen: dict[Path, _Seen] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -184,6 +187,15 @@ class HotFolder:
         except PacsError as exc:
             if isinstance(exc, InvalidDataset) and self._changed(path, seen):
                 return  # still being written after all: look again later
+            if isinstance(exc, OutOfResources | IndexUnavailable):
+                # Our problem, not the file's: keep it and try again later.
+                self.deferred += 1
+                log.warning("hot folder ingest deferred path=%s error=%s", rel, exc)
+                with self._lock:
+                    self._seen[path] = _Seen(
+                        seen.size, seen.mtime_ns, time.monotonic() + self.retry_s
+                    )
+                return
             self.counts["failed"] += 1
             log.warning("hot folder file failed path=%s error=%s hint=%s", rel, exc, exc.hint)
             self._move(path, FAILED, f"{type(exc).__name__}: {exc}\n{exc.hint}\n")

@@ -121,6 +121,19 @@ def test_same_file_dropped_twice_is_one_instance(tmp_path: Path, parts: EdgePart
     assert len(stored(parts)) == 1
 
 
+def test_full_cache_defers_the_file_instead_of_failing_it(tmp_path: Path, parts: EdgeParts) -> None:
+    root = tmp_path / "import"
+    parts.ingestor.min_free_bytes = 1 << 62  # the cache "is full"
+    src = write_study(StudySpec(instances_per_series=1), tmp_path / "s")[0]
+    with hot_folder(root, parts, retry_s=0.2) as hf:
+        shutil.copy(src, root / "a.dcm")
+        wait_for(lambda: hf.deferred >= 2, 15, "deferred twice")
+        assert (root / "a.dcm").exists() and files_under(root / "failed") == []
+        parts.ingestor.min_free_bytes = 0  # space freed
+        wait_for(lambda: (root / "done" / "a.dcm").exists(), 15, "done")
+    assert len(stored(parts)) == 1
+
+
 @pytest.mark.parametrize(
     ("rel", "expected"),
     [
