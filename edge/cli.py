@@ -256,7 +256,7 @@ def import_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
     attach_routing(ingestor, cfg.routes)  # a running `serve` forwards what this queues
     result = run_import(args.paths, ingestor, dry_run=args.dry_run)
     print(result.render(args.dry_run))
-    return 1 if result.rejected else 0
+    return 0 if result.ok else 1
 
 
 def routes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:

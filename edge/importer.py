@@ -20,7 +20,7 @@ from typing import TextIO
 from edge.ingest import Ingestor, Outcome
 from shared.checksum import crc32c_file
 from shared.dicom import read_header
-from shared.errors import DuplicateConflict, PacsError
+from shared.errors import DuplicateConflict, IndexUnavailable, OutOfResources, PacsError
 from shared.rows import Origin
 
 
@@ -33,6 +33,11 @@ class ImportSummary:
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    stopped: str = ""  # why the import stopped early (cache full, index unwritable)
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected and not self.stopped
 
     def render(self, dry_run: bool) -> str:
         verb = "would store" if dry_run else "stored"
@@ -46,6 +51,8 @@ class ImportSummary:
         if self.rejected:
             lines.append("rejected:")
             lines += [f"  {path}: {reason}" for path, reason in self.rejected]
+        if self.stopped:
+            lines.append(self.stopped)
         return "\n".join(lines)
 
 
@@ -115,6 +122,7 @@ def run_import(
     summary = ImportSummary(files=len(files))
     seen: dict[str, tuple[int, str]] = {}
     t0 = time.monotonic()
+    done = 0
     for n, (path, size) in enumerate(zip(files, sizes, strict=True), start=1):
         try:
             if not path.is_file():
@@ -123,6 +131,10 @@ def run_import(
                 outcome = _dry_run_one(ingestor, path, seen)
             else:
                 outcome = ingestor.ingest_path(path, Origin("import")).outcome
+        except (OutOfResources, IndexUnavailable) as exc:
+            # The edge's problem, not the files': every further file would fail the same way.
+            summary.stopped = f"stopped at {path}: {type(exc).__name__}: {exc}; {exc.hint}"
+            break
         except PacsError as exc:
             summary.rejected.append((path, f"{type(exc).__name__}: {exc}"))
         except OSError as exc:
@@ -135,8 +147,9 @@ def run_import(
             else:
                 summary.duplicate += 1
         summary.bytes += size
+        done = n
         bar.update(n, summary.bytes)
-    bar.update(len(files), summary.bytes, final=True)
+    bar.update(done, summary.bytes, final=True)
     summary.seconds = time.monotonic() - t0
     return summary
 

@@ -80,6 +80,15 @@ def test_missing_path_is_rejected_and_reimport_is_all_duplicates(tmp_path: Path)
         assert out.getvalue().count("[3/3] 100%") == 1
 
 
+def test_full_cache_stops_the_import_with_the_reason(tmp_path: Path) -> None:
+    with edge_parts(routing_config(tmp_path, [], [])) as parts:
+        write_study(StudySpec(instances_per_series=3), tmp_path / "in")
+        parts.ingestor.min_free_bytes = 1 << 62
+        s = run_import([tmp_path / "in"], parts.ingestor, progress=io.StringIO())
+        assert (s.stored, s.rejected, s.ok) == (0, [], False)
+        assert "OutOfResources" in s.stopped and s.render(False).endswith(s.stopped)
+
+
 def test_iter_files_is_recursive_sorted_and_skips_dicomdir(tmp_path: Path) -> None:
     for rel in ["b/2", "b/1", "a/DICOMDIR", "a/x", "top"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
