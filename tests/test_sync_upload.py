@@ -189,7 +189,13 @@ def test_corrupted_upload_is_detected_removed_and_retried(
         corrupt = iter(["corrupt", "corrupt"])
         proxy.rules.append(lambda m, p: next(corrupt, None) if m == "POST" else None)
         store = gcs_store(proxy.url, prefix="corrupt")
-        with site(tmp_path, f"gs://{BUCKET}/corrupt", upload_concurrency=1) as s:
+        with site(
+            tmp_path,
+            f"gs://{BUCKET}/corrupt",
+            upload_concurrency=1,
+            cache_high_watermark="1B",
+            cache_low_watermark="1B",
+        ) as s:
             s.add_study(2, rows=128, columns=128)
             a = s.agent(store=store)
             a.uploader.run_batch()
@@ -197,6 +203,7 @@ def test_corrupted_upload_is_detected_removed_and_retried(
             assert [r["state"] for r in rows] == ["cached", "cached"]
             assert all("checksum mismatch" in r["last_error"] for r in rows)
             assert all(store.head(_key(s, r)) is None for r in rows)  # bad copies removed
+            assert a.evictor.run().instances_evicted == 0  # none evicted on the way
             with s.db.write() as conn:
                 conn.execute("UPDATE instances SET next_attempt_at = 0")
             a.drain()
