@@ -148,7 +148,8 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
 
 def _sender(cfg: Config, db: Database, server: EdgeServer) -> Sender:
     t = cfg.edge.tls
-    ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if t.cert_file else None
+    # Destinations with tls = true are reached over TLS even when we present no certificate.
+    ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file)
     return dimse_sender(
         cfg.edge.ae_title,
         db,
