@@ -25,12 +25,13 @@ from shared.dicom import Header, read_header
 from shared.errors import (
     DuplicateConflict,
     IndexUnavailable,
+    InstanceBusy,
     OutOfResources,
     UIDMismatch,
 )
 from shared.fsutil import durable_link, durable_rename, fsync_file
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.lifecycle import LOCAL_STATES, TRANSITIONS, State, transition
 from shared.rows import Origin, index_instance
 
 log = logging.getLogger("hpacs.edge.ingest")
@@ -223,6 +224,11 @@ class Ingestor:
             )
             raise DuplicateConflict(
                 f"{header.sop_instance_uid} already stored with different bytes (policy keep)"
+            )
+        if State.CACHED not in TRANSITIONS[State(row["state"])]:
+            # evicting or recalling: replacing the file under that work would corrupt it
+            raise InstanceBusy(
+                f"{header.sop_instance_uid} is {row['state']}; replace it once that finishes"
             )
         return self._replace(temp, header, origin, size, crc, relpath, final)
 

@@ -45,6 +45,10 @@ class IndexUnavailable(PacsError):
     hint = "the SQLite index could not be written; check disk space and file permissions"
 
 
+class InstanceBusy(PacsError):
+    hint = "the instance is being evicted or recalled; the sender may send it again shortly"
+
+
 class NotAuthorized(PacsError):
     hint = "grant the permission with `hpacs-edge nodes add ... --permissions`"
 
@@ -119,6 +123,7 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     DuplicateConflict: DUPLICATE_SOP_INSTANCE,
     OutOfResources: OUT_OF_RESOURCES,
     IndexUnavailable: OUT_OF_RESOURCES,
+    InstanceBusy: OUT_OF_RESOURCES,
     NotAuthorized: REFUSED_NOT_AUTHORIZED,
     UnknownDestination: MOVE_DESTINATION_UNKNOWN,
     NotFound: UNABLE_TO_PROCESS,
@@ -140,6 +145,7 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     DuplicateConflict: 409,
     OutOfResources: 507,
     IndexUnavailable: 503,
+    InstanceBusy: 503,
     NotAuthorized: 403,
     UnknownDestination: 404,
     NotFound: 404,

@@ -77,3 +77,40 @@ def test_concurrent_different_stores_keep_exactly_one(
     assert first.outcome is Outcome.STORED
     (row,) = ingestor.db.reader().execute("SELECT path, crc32c FROM instances").fetchall()
     assert crc32c_file(ingestor.cache.path(row["path"])) == row["crc32c"] == first.crc32c
+
+
+@pytest.mark.parametrize("state", ["evicting", "recalling"])
+def test_replace_waits_for_eviction_or_recall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str
+) -> None:
+    from shared.errors import InstanceBusy
+    from shared.lifecycle import State, transition
+
+    db = Database(tmp_path / "index.sqlite")
+    try:
+        ingestor = Ingestor(db, Cache(tmp_path / "cache"), duplicates="replace")
+        (f,) = write_study(StudySpec(instances_per_series=1), tmp_path / "in")
+        first = ingestor.ingest_path(f, Origin("import"))
+        path = ingestor.cache.path(first.relpath)
+        row_id = db.reader().execute("SELECT id FROM instances").fetchone()[0]
+        steps = [State.UPLOADING, State.SYNCED, State.EVICTING]
+        if state == "recalling":
+            steps += [State.EVICTED, State.RECALLING]
+        with db.write() as conn:
+            src = State.CACHED
+            for dst in steps:
+                assert transition(conn, row_id, src, dst)
+                src = dst
+        if state == "recalling":  # the recall is writing the file back
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f.read_bytes())
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription = "new bytes"
+        g = tmp_path / "in" / "new.dcm"
+        ds.save_as(g, enforce_file_format=True)
+        with pytest.raises(InstanceBusy):
+            ingestor.ingest_path(g, Origin("import"))
+        assert crc32c_file(path) == first.crc32c
+        assert db.reader().execute("SELECT state FROM instances").fetchone()[0] == state
+    finally:
+        db.close()
