@@ -160,3 +160,34 @@ def test_client_certificates_are_checked_against_ca_file_only(mutual_edge: EdgeS
     ctx = mutual_edge._server_ssl_context()
     assert len(ctx.get_ca_certs()) == 1
     assert ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_cli_echo_of_a_tls_node_uses_the_edge_identity(
+    mutual_edge: EdgeServer,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`nodes echo` to a node marked --tls presents edge.tls's certificate, trusts ca_file."""
+    import edge.cli
+    from tests.support.edge import write_toml
+
+    monkeypatch.setattr(edge.cli, "setup_logging", lambda *_a, **_k: None)
+    tls = {
+        "port": 0,
+        "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key),
+        "ca_file": str(pki.ca_file),
+    }
+    data = edge_config(tmp_path / "other", ae_title="ECHOSCU", tls=tls)
+    config = write_toml(tmp_path / "other.toml", data)
+    port = str(mutual_edge.ports[1])
+    assert (
+        edge.cli.main(
+            ["--config", str(config), "nodes", "add", "HPACS", "127.0.0.1", port, "--tls"]
+        )
+        == 0
+    )
+    assert edge.cli.main(["--config", str(config), "nodes", "echo", "HPACS"]) == 0
+    assert "success status=0x0000" in capsys.readouterr().out
