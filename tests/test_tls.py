@@ -191,3 +191,22 @@ def test_cli_echo_of_a_tls_node_uses_the_edge_identity(
     )
     assert edge.cli.main(["--config", str(config), "nodes", "echo", "HPACS"]) == 0
     assert "success status=0x0000" in capsys.readouterr().out
+
+
+def test_dcmtk_storescu_over_mutual_tls(mutual_edge: EdgeServer, pki: Pki, tmp_path: Path) -> None:
+    """A real modality-style peer: DCMTK with its own certificate, trusting our CA."""
+    from shared.synthetic import write_study
+    from tests.support.dcmtk import run
+
+    files = write_study(StudySpec(instances_per_series=2), tmp_path / "in")
+    port = mutual_edge.ports[1]
+    tls = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca_file)]
+    r = run("echoscu", *tls, "-aet", "ECHOSCU", "-aec", "HPACS", "127.0.0.1", port)
+    assert r.returncode == 0, r.stderr
+    r = run("storescu", *tls, "-aet", "STORESCU", "-aec", "HPACS", "127.0.0.1", port, *files)
+    assert r.returncode == 0, r.stderr
+    n = mutual_edge.db.reader().execute("SELECT count(*) FROM instances").fetchone()[0]
+    assert n == 2
+    # anonymous TLS (no client certificate) is refused by mutual TLS
+    r = run("echoscu", "+tla", "+cf", str(pki.ca_file), "-aec", "HPACS", "127.0.0.1", port)
+    assert r.returncode != 0
