@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import trustme
 
 from edge.forwarder import Forwarder, dimse_sender
 from edge.routequeue import queue_depth
+from edge.scu import client_ssl_context
 from shared.rows import Origin
 from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import storescp
@@ -84,3 +86,43 @@ def test_destination_down_then_back_nothing_lost_nothing_sent_twice(
         assert sorted(str(ds.SOPInstanceUID) for ds in got) == sent_uids  # each exactly once
         if syntax:
             assert {str(ds.file_meta.TransferSyntaxUID) for ds in got} == {syntax}
+
+
+@pytest.mark.xfail(
+    reason="edge/sender.py and edge/scu.py open TLS with tls_args=(ctx, ''): ssl refuses an "
+    "empty server_hostname (ValueError in pynetdicom's thread); None is the working value"
+)
+def test_forward_to_a_tls_destination(tmp_path: Path, peers: list[subprocess.Popen[str]]) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    key, cert, ca_file = tmp_path / "scp.key", tmp_path / "scp.crt", tmp_path / "ca.crt"
+    server.private_key_pem.write_to_path(str(key))
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    nodes = [{"ae_title": "TLSSCP", "host": "127.0.0.1", "port": port, "tls": True}]
+    route = {"name": "tls", "destinations": ["TLSSCP"], "max_attempts": 1}
+    cfg = routing_config(tmp_path, [route], nodes)
+    # +tls: DICOM TLS with this key and certificate; -ic: no client certificate required
+    peers.append(storescp(port, tmp_path / "tls-out", "TLSSCP", "+tls", str(key), str(cert), "-ic"))
+    wait_for(lambda: port_open(port), 10, "storescp TLS up")
+    with edge_parts(cfg) as parts:
+        files = write_study(StudySpec(instances_per_series=2), tmp_path / "in")
+        for f in files:
+            parts.ingestor.ingest_path(f, Origin("import"))
+        sender = dimse_sender(
+            cfg.edge.ae_title,
+            parts.db,
+            parts.cache,
+            ssl_context=client_ssl_context(str(ca_file)),
+            timeout_s=5,
+        )
+        fwd = Forwarder(parts.db, cfg, sender, poll_interval_s=0.02)
+        fwd.start()
+        try:
+            done = lambda: queue_depth(parts.db.reader())  # noqa: E731
+            wait_for(lambda: done()["sent"] + done()["dead"] == 2, 30, "sent or dead")
+        finally:
+            fwd.stop()
+        assert done()["sent"] == 2, [j["last_error"] for j in jobs(parts.db)]
+    assert len(received(tmp_path / "tls-out")) == 2
