@@ -172,6 +172,7 @@ class Edge(Receiver):
             f'data_dir = "{self.workdir / "data"}"\nmin_free_bytes = 0\n'
             f"acceptors = {self.acceptors}\n"
             'log_level = "WARNING"\n'
+            "http_port = 0\n"
             "[edge.tls]\nport = 0\n"
             f'[[nodes]]\nae_title = "{CALLING_AE}"\nhost = "127.0.0.1"\nport = 104\n'
             'permissions = ["echo", "store"]\n'
@@ -298,7 +299,7 @@ def median(values: Sequence[float]) -> float:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     fmt: Callable[[Sequence[str]], str] = lambda cells: (  # noqa: E731
         "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
     )

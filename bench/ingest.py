@@ -94,11 +94,14 @@ def run_rows(args: argparse.Namespace, work: Path) -> None:
         header.append("edge/orthanc")
     if "edge" in targets and "storescp" in targets:
         header.append("edge/storescp")
+    if not rows:
+        return
     print(f"\nmedians of {args.reps} interleaved repetitions, storescu, TCP_NODELAY=1")
     print(table(header, rows))
 
 
 def run_rss(args: argparse.Namespace, work: Path) -> None:
+    (work / "in").mkdir(parents=True, exist_ok=True)
     big = write_big_object(work / "in" / "big.dcm", args.big_mb * 1024 * 1024)
     size = big.stat().st_size
     with running(Edge(work / "srv" / "edge-big", acceptors=1)) as r:
