@@ -41,10 +41,9 @@ def status(db: Database, cache_dir: str, high: str, low: str, active: int) -> di
     """The dashboard: cache against watermarks, backlog, associations, last errors."""
     conn = db.reader()
     by_state = {
-        r[0]: {"instances": r[1], "bytes": r[2]}
+        r[0]: {"instances": r[1], "bytes": int(r[2])}
         for r in conn.execute(
-            "SELECT state, count(*), coalesce(sum(size), 0) FROM instances NOT INDEXED "
-            "GROUP BY state"  # one table scan beats index walk + row fetch (bench/)
+            "SELECT state, count(*), total(size) FROM instances GROUP BY state"  # index-only
         )
     }
     cache_bytes = sum(
@@ -65,7 +64,8 @@ def status(db: Database, cache_dir: str, high: str, low: str, active: int) -> di
         {"at": r["state_changed_at"], "kind": f"upload_{r['state']}", "detail": r["last_error"]}
         for r in conn.execute(
             "SELECT state, state_changed_at, last_error FROM instances "
-            "WHERE state IN ('cached','uploading','failed','conflict') AND last_error != '' "
+            "WHERE (state IN ('failed','conflict') OR (state IN ('cached','uploading') "
+            "AND next_attempt_at > 0)) AND last_error != '' "
             "ORDER BY state_changed_at DESC LIMIT 5"
         )
     ]

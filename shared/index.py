@@ -148,6 +148,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE instances ADD COLUMN catalog_seq INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX instances_catalog_seq ON instances(catalog_seq, state);
     """,
+    # 4: /metrics and the console read count and bytes per state at every scrape: a covering
+    # index makes that an index-only scan, and the backlog's oldest received_at an index-only
+    # search (bench/metrics_scrape.py, 500k instances: /metrics ~110 ms, was 0.8-2.3 s).
+    """
+    CREATE INDEX instances_state_size ON instances(state, size, received_at);
+    """,
 ]
 
 BUSY_TIMEOUT_S = 30.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,15 @@ def test_upload_errors_and_backlog_follow_the_rows_the_sync_agent_writes(tmp_pat
                 assert transition(conn, i, State.CACHED, State.UPLOADING)
             assert transition(conn, ids[0], State.UPLOADING, State.FAILED, last_error="403")
             assert transition(conn, ids[1], State.UPLOADING, State.CONFLICT, last_error="crc")
-            assert transition(conn, ids[2], State.UPLOADING, State.CACHED, last_error="timeout")
+            assert transition(
+                conn,
+                ids[2],
+                State.UPLOADING,
+                State.CACHED,
+                last_error="timeout",
+                attempts=1,
+                next_attempt_at=time.time() + 30,  # backing off, as the uploader does
+            )
         after = scrape(http)
     assert value(after, "hpacs_upload_errors", kind="permanent") == 1
     assert value(after, "hpacs_upload_errors", kind="conflict") == 1
