@@ -41,6 +41,9 @@ log = logging.getLogger("hpacs.edge.server")
 _config.STORE_RECV_CHUNKED_DATASET = True
 # Private and future storage SOP classes are stored like the standard ones.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+# pynetdicom's "standard" handlers format every DIMSE message for its debug log on every
+# C-STORE (CPU on the ingest path, and identifiers with PHI); we log one line per association.
+_config.LOG_HANDLER_LEVEL = "none"
 # pynetdicom logs every C-FIND/MOVE/GET request and response identifier (patient names and IDs)
 # at INFO/DEBUG, formatting each one even when the level is off: no PHI in logs, no wasted CPU.
 _config.LOG_REQUEST_IDENTIFIERS = False
