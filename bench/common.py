@@ -161,9 +161,10 @@ class Receiver:
 class Edge(Receiver):
     name = "hpacs-edge"
 
-    def __init__(self, workdir: Path, acceptors: int = 1) -> None:
+    def __init__(self, workdir: Path, acceptors: int = 1, index_synchronous: str = "full") -> None:
         super().__init__(workdir)
         self.acceptors = acceptors
+        self.index_synchronous = index_synchronous
 
     def prepare(self) -> None:
         (self.workdir / "hpacs.toml").write_text(
@@ -171,6 +172,7 @@ class Edge(Receiver):
             f'ae_title = "{CALLED_AE}"\nhost = "127.0.0.1"\nport = {self.port}\n'
             f'data_dir = "{self.workdir / "data"}"\nmin_free_bytes = 0\n'
             f"acceptors = {self.acceptors}\n"
+            f'index_synchronous = "{self.index_synchronous}"\n'
             'log_level = "WARNING"\n'
             "http_port = 0\n"
             "[edge.tls]\nport = 0\n"

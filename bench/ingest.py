@@ -39,16 +39,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", type=int, default=2000, help="~10 KB images (default 2000)")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     p.add_argument("--assocs", default="1,4", help="association counts (default 1,4)")
-    p.add_argument("--acceptors", type=int, default=0, help="edge.acceptors (0: = associations)")
+    p.add_argument("--acceptors", type=int, default=1, help="edge.acceptors (default 1)")
     p.add_argument("--big-mb", type=int, default=1024, help="size of the RSS object, 0 skips")
-    p.add_argument("--targets", default="edge,orthanc,storescp", help="receivers to run")
+    p.add_argument(
+        "--targets",
+        default="edge,edge-normal,orthanc,storescp",
+        help="receivers to run (edge-normal: edge.index_synchronous = normal)",
+    )
     p.add_argument("--workdir", default="", help="where data goes (default: a temp dir on disk)")
     return p.parse_args(argv)
 
 
+RATIOS = [("edge", "orthanc"), ("edge-normal", "orthanc"), ("edge", "storescp")]
+
+
 def receiver(name: str, work: Path, assocs: int, acceptors: int) -> Receiver:
     if name == "edge":
-        return Edge(work / "edge", acceptors=acceptors or assocs)
+        return Edge(work / "edge", acceptors=acceptors)
+    if name == "edge-normal":  # edge.index_synchronous = "normal", Orthanc's own setting
+        return Edge(work / "edge", acceptors=acceptors, index_synchronous="normal")
     if name == "orthanc":
         return Orthanc(work / "orthanc")
     return StoreSCP(work / "storescp")
@@ -84,16 +93,12 @@ def run_rows(args: argparse.Namespace, work: Path) -> None:
             med = {t: median(v) for t, v in rates.items()}
             row = [f"{ds.name} x{len(ds.files)}", str(assocs)]
             row += [f"{med[t]:,.0f}" for t in targets]
-            if "edge" in med and "orthanc" in med:
-                row.append(f"{med['edge'] / med['orthanc']:.2f}")
-            if "edge" in med and "storescp" in med:
-                row.append(f"{med['edge'] / med['storescp']:.2f}")
+            for a, b in RATIOS:
+                if a in med and b in med:
+                    row.append(f"{med[a] / med[b]:.2f}")
             rows.append(row)
     header = ["dataset", "assocs", *(f"{t} inst/s" for t in targets)]
-    if "edge" in targets and "orthanc" in targets:
-        header.append("edge/orthanc")
-    if "edge" in targets and "storescp" in targets:
-        header.append("edge/storescp")
+    header += [f"{a}/{b}" for a, b in RATIOS if a in targets and b in targets]
     if not rows:
         return
     print(f"\nmedians of {args.reps} interleaved repetitions, storescu, TCP_NODELAY=1")

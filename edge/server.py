@@ -67,6 +67,8 @@ class EdgeServer:
             min_free_bytes=cfg.edge.min_free_bytes,
             max_object_bytes=cfg.edge.max_object_bytes,
         )
+        if cfg.edge.index_synchronous == "normal":
+            db.set_synchronous("NORMAL")  # edge.index_synchronous, docs/ARCHITECTURE.md
         self.ae = self._make_ae()
         self._servers: list[Any] = []
         self._lock = threading.Lock()

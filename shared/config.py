@@ -137,6 +137,10 @@ class EdgeConfig:
     min_free_bytes: int = checked(256 * 1024**2, non_negative)
     find_max_results: int = checked(5000, positive)
     acceptors: int = checked(1, positive)
+    # "full": each ingest COMMIT fsyncs the WAL. "normal" (Orthanc's setting): COMMIT is atomic
+    # and survives a process crash but reaches the disk at the next checkpoint; after a power
+    # loss the fsynced file is still there and start-up reconciliation re-indexes it.
+    index_synchronous: str = checked("full", one_of("full", "normal"))
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
     console_token_file: str = ""  # empty: <data_dir>/console_token, generated at first start

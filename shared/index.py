@@ -233,6 +233,13 @@ class Database:
         with self._lock, transaction(self._writer) as conn:
             yield conn
 
+    def set_synchronous(self, mode: str) -> None:
+        """PRAGMA synchronous of this process's writer ("FULL" or "NORMAL"); see edge config."""
+        if mode.upper() not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, got {mode!r}")
+        with self._lock:
+            self._writer.execute(f"PRAGMA synchronous={mode.upper()}")
+
     def reader(self) -> sqlite3.Connection:
         """A connection for reads, one per thread (WAL readers never block the writer)."""
         conn = getattr(self._local, "conn", None)

@@ -73,3 +73,14 @@ def test_a_failed_commit_fails_every_store_of_the_batch(tmp_path: Path) -> None:
     db.close()  # the writer is gone: BEGIN fails
     with pytest.raises(sqlite3.Error):
         gc.run(_insert("x"))
+
+
+def test_index_synchronous_normal_sets_only_the_writer(tmp_path: Path) -> None:
+    from tests.support.edge import edge_config, running_edge
+
+    with running_edge(edge_config(tmp_path, index_synchronous="normal")) as server:
+        with server.db._lock:
+            assert server.db._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert server.db.reader().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(ValueError):
+        Database(tmp_path / "x.sqlite").set_synchronous("OFF")
