@@ -11,6 +11,7 @@ association, and use `requested_contexts`, `accepted_syntaxes` and `prepare` fro
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -23,11 +24,9 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
 from edge.locate import InstanceRef
@@ -49,7 +48,9 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
-DUL_LOOP_DELAY_S = 0.0001  # same tuning as the server's accepted associations (NOTES.md)
+# Outbound DUL threads only read responses (stream_file writes the data itself); a 0.1 ms
+# poll made them hold the GIL ~10,000 times a second against the sending thread.
+DUL_LOOP_DELAY_S = float(os.environ.get("HPACS_OUT_DUL_DELAY", "0.0005"))
 
 Locate = Callable[[InstanceRef], Path]
 
@@ -119,6 +120,9 @@ def file_placeholder(ref: InstanceRef, path: Path) -> Dataset:
     ds.SOPClassUID = ref.sop_class_uid
     ds.SOPInstanceUID = ref.sop_instance_uid
     object.__setattr__(ds, "hpacs_path", path)
+    object.__setattr__(
+        ds, "hpacs_uids", (ref.sop_class_uid, ref.sop_instance_uid, ref.transfer_syntax)
+    )
     return ds
 
 
@@ -207,7 +211,8 @@ def install_file_send(assoc: Association) -> None:
         if path is None:
             return original(dataset, *args, **kwargs)
         if _can_stream(assoc):
-            return stream_file(assoc, path, *args, **kwargs)
+            uids = getattr(dataset, "hpacs_uids", None)
+            return stream_file(assoc, path, *args, uids=uids, **kwargs)
         return original(path, *args, **kwargs)
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
@@ -262,35 +267,39 @@ def stream_file(
     priority: int = 2,
     originator_aet: str | None = None,
     originator_id: int | None = None,
+    *,
+    uids: tuple[str, str, str] | None = None,
 ) -> Dataset:
     """C-STORE a Part-10 file's dataset bytes as they are, written straight to the socket.
 
     pynetdicom sends each P-DATA PDU through its DUL thread (a queue hop, a state-machine step
-    and an event per 16 KB PDU); for 0.5 MB objects that cost more than the network. Here the
-    command and the dataset are framed into P-DATA-TF PDUs of the peer's maximum length in
-    one buffer and written with one sendall; the response still arrives through the DUL.
-    P-DATA does not change the association's state (Sta6), so the state machine is unaffected.
+    and an event per 16 KB PDU) and encodes the command with pydicom; for 0.5 MB objects that
+    cost more than the network. Here the command (implicit VR, a handful of fixed elements)
+    and the dataset are framed into P-DATA-TF PDUs of the peer's maximum length in one buffer
+    and written with one sendall; the response still arrives through the DUL. P-DATA does not
+    change the association's state (Sta6), so the state machine is unaffected. `uids` are
+    (SOP class, SOP instance, transfer syntax) from the index; without them the file meta is
+    parsed.
     """
-    file_meta, offset = split_dataset(path)
-    sop_class = file_meta.MediaStorageSOPClassUID
-    sop_instance = file_meta.MediaStorageSOPInstanceUID
-    cx = assoc._get_valid_context(
-        sop_class, file_meta.TransferSyntaxUID, "scu", allow_conversion=False
-    )
-    req = C_STORE()
-    req.MessageID = msg_id
-    req.AffectedSOPClassUID = sop_class
-    req.AffectedSOPInstanceUID = sop_instance
-    req.Priority = priority
-    req.MoveOriginatorApplicationEntityTitle = originator_aet
-    req.MoveOriginatorMessageID = originator_id
-    req._dataset_path = (path, offset)  # marks "data set present" in the command
-    msg = C_STORE_RQ()
-    msg.primitive_to_message(req)
-    command = encode(msg.command_set, True, True)
-    with open(path, "rb") as fh:
+    with open(path, "rb") as fh:  # one open: where the dataset starts, then its bytes
+        offset = _dataset_offset(fh) if uids is not None else None
+        if offset is None or uids is None:
+            fh.seek(0)
+            read_preamble(fh, False)
+            meta = _read_file_meta_info(fh)
+            offset = fh.tell()
+            uids = (
+                str(meta.MediaStorageSOPClassUID),
+                str(meta.MediaStorageSOPInstanceUID),
+                str(meta.TransferSyntaxUID),
+            )
         fh.seek(offset)
         data = fh.read()
+    sop_class, sop_instance, ts = uids
+    cx = assoc._get_valid_context(sop_class, ts, "scu", allow_conversion=False)
+    command = store_command(
+        sop_class, sop_instance, msg_id, priority, originator_aet, originator_id
+    )
     cx_id = int(cx.context_id)  # type: ignore[arg-type]
     max_pdu = assoc.dimse.maximum_pdu_size
     frag = max_pdu - 6 if max_pdu else max(len(command), len(data), 1)
@@ -303,6 +312,51 @@ def stream_file(
         assoc._handle_no_response()
         return Dataset()
     return assoc._check_received_status(rsp)
+
+
+def _dataset_offset(fh: Any) -> int | None:
+    """Where the dataset starts: after the preamble, DICM and the (0002,0000) group length."""
+    head = fh.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM":
+        return None
+    group, elem, vr, length, value = struct.unpack("<HH2sHI", head[132:144])
+    if (group, elem, vr, length) != (2, 0, b"UL", 4):
+        return None
+    return 144 + int(value)
+
+
+def _element(group_elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0, group_elem, len(value)) + value
+
+
+def _text(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def store_command(
+    sop_class: str,
+    sop_instance: str,
+    msg_id: int,
+    priority: int = 2,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> bytes:
+    """A C-STORE-RQ command set, implicit VR little endian (PS3.7 9.3.1.1), in tag order."""
+    body = [
+        _element(0x0002, _text(sop_class, b"\0")),
+        _element(0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
+        _element(0x0110, struct.pack("<H", msg_id)),
+        _element(0x0700, struct.pack("<H", priority)),
+        _element(0x0800, struct.pack("<H", 0x0001)),  # a data set follows
+        _element(0x1000, _text(sop_instance, b"\0")),
+    ]
+    if originator_aet:
+        body.append(_element(0x1030, _text(originator_aet.strip(), b" ")))
+    if originator_id is not None:
+        body.append(_element(0x1031, struct.pack("<H", originator_id)))
+    payload = b"".join(body)
+    return _element(0x0000, struct.pack("<I", len(payload))) + payload
 
 
 def _frame(parts: list[bytes], cx_id: int, data: bytes, frag: int, more: int, last: int) -> None:
