@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -130,6 +133,76 @@ def touch(conn: sqlite3.Connection, refs: list[InstanceRef], now: float) -> None
     )
 
 
+_RSP_COMMAND_FIELD = {C_MOVE: 0x8021, C_GET: 0x8010}
+
+
+def pending_command(
+    command_field: int, message_id: int, sop_class: str, counts: tuple[int, ...]
+) -> bytes:
+    """A pending C-MOVE/C-GET-RSP command set without identifier, implicit VR little endian
+    (PS3.7 C.4.2.1.4 / C.4.3.1.4); `counts` = remaining, completed, failed, warning."""
+
+    def el(elem: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, elem, len(value)) + value
+
+    uid = sop_class.encode("ascii")
+    body = (
+        el(0x0002, uid + b"\0" if len(uid) % 2 else uid)
+        + el(0x0100, struct.pack("<H", command_field))
+        + el(0x0120, struct.pack("<H", message_id))
+        + el(0x0800, struct.pack("<H", 0x0101))  # no data set
+        + el(0x0900, struct.pack("<H", PENDING))
+        + b"".join(el(0x1020 + i, struct.pack("<H", n)) for i, n in enumerate(counts))
+    )
+    return el(0x0000, struct.pack("<I", len(body))) + body
+
+
+def install_fast_pending(assoc: Association) -> None:
+    """Send the per-sub-operation pending responses without pydicom's encoder.
+
+    pynetdicom encodes every pending C-MOVE/C-GET response with pydicom (about a millisecond
+    each, once per instance moved); these carry only fixed elements, so we frame them here
+    and hand the PDU to the DUL like pynetdicom does. Anything else takes pynetdicom's path.
+    """
+    if getattr(assoc, "hpacs_fast_pending", False):
+        return
+    slow = assoc.dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        field = _RSP_COMMAND_FIELD.get(type(primitive))
+        limit = assoc.dimse.maximum_pdu_size
+        if (
+            field is not None
+            and primitive.Status == PENDING
+            and primitive.Identifier is None
+            and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.AffectedSOPClassUID is not None
+            and (not limit or limit > 200)
+            and not assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        ):
+            counts = (
+                primitive.NumberOfRemainingSuboperations,
+                primitive.NumberOfCompletedSuboperations,
+                primitive.NumberOfFailedSuboperations,
+                primitive.NumberOfWarningSuboperations,
+            )
+            if all(isinstance(n, int) for n in counts):
+                command = pending_command(
+                    field,
+                    primitive.MessageIDBeingRespondedTo,
+                    str(primitive.AffectedSOPClassUID),
+                    counts,  # type: ignore[arg-type]
+                )
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+                assoc.dul.send_pdu(pdata)
+                return
+        slow(primitive, context_id)
+
+    assoc.dimse.send_msg = send_msg  # type: ignore[method-assign]
+    assoc.hpacs_fast_pending = True  # type: ignore[attr-defined]
+
+
 class RetrieveHandlers:
     def __init__(self, server: EdgeServer) -> None:
         self.server = server
@@ -196,6 +269,7 @@ class RetrieveHandlers:
             "evt_handlers": [(evt.EVT_CONN_OPEN, on_open)],
         }
         yield node.host, node.port, kwargs
+        install_fast_pending(event.assoc)
         yield len(refs)
         started = time.monotonic()
         accepted = accepted_syntaxes(captured[0]) if captured else {}
@@ -235,6 +309,7 @@ class RetrieveHandlers:
             return
         yield len(refs)
         install_file_send(event.assoc)
+        install_fast_pending(event.assoc)
         accepted = accepted_syntaxes(event.assoc)
         for n, ref in enumerate(refs):
             if event.is_cancelled:

@@ -427,7 +427,7 @@ def send_instances(
         ae.add_requested_context(cx.abstract_syntax, cx.transfer_syntax)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
-    tls_args = (ssl_context, "") if node.tls and ssl_context is not None else None
+    tls_args = (ssl_context, None) if node.tls and ssl_context is not None else None
     assoc = ae.associate(
         node.host,
         node.port,
