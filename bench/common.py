@@ -288,6 +288,13 @@ def running(receiver: Receiver) -> Iterator[Receiver]:
         receiver.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children (storescp --fork), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_peak_kb(pid: int) -> int:
     """VmHWM: the peak resident set size of a process, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

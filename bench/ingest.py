@@ -23,6 +23,7 @@ from common import (
     Orthanc,
     Receiver,
     StoreSCP,
+    cpu_seconds,
     make_dataset,
     median,
     rss_peak_kb,
@@ -77,10 +78,14 @@ def run_rows(args: argparse.Namespace, work: Path) -> None:
     for ds in datasets:
         for assocs in assoc_counts:
             rates: dict[str, list[float]] = {t: [] for t in targets}
+            cpu: dict[str, list[float]] = {t: [] for t in targets}
             for rep in range(args.reps):
                 for t in targets:  # interleaved: every receiver once per repetition
                     with running(receiver(t, work / "srv", assocs, args.acceptors)) as r:
+                        assert r.proc is not None
+                        cpu0 = cpu_seconds(r.proc.pid)
                         dt = send(r.port, ds.files, assocs)
+                        cpu[t].append((cpu_seconds(r.proc.pid) - cpu0) / len(ds.files) * 1000)
                         n = r.stored()
                     if n != len(ds.files):
                         raise RuntimeError(f"{t} stored {n} of {len(ds.files)}")
@@ -96,12 +101,17 @@ def run_rows(args: argparse.Namespace, work: Path) -> None:
             for a, b in RATIOS:
                 if a in med and b in med:
                     row.append(f"{med[a] / med[b]:.2f}")
+            row += [f"{median(cpu[t]):.2f}" for t in targets]
             rows.append(row)
     header = ["dataset", "assocs", *(f"{t} inst/s" for t in targets)]
     header += [f"{a}/{b}" for a, b in RATIOS if a in targets and b in targets]
+    header += [f"{t} cpu ms/inst" for t in targets]
     if not rows:
         return
-    print(f"\nmedians of {args.reps} interleaved repetitions, storescu, TCP_NODELAY=1")
+    print(
+        f"\nmedians of {args.reps} interleaved repetitions, storescu, TCP_NODELAY=1; "
+        "cpu ms/inst: receiver process CPU per instance (less sensitive to machine load)"
+    )
     print(table(header, rows))
 
 
