@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
 
 from edge import reactor, spool
@@ -44,6 +45,9 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 # pynetdicom's "standard" handlers format every DIMSE message for its debug log on every
 # C-STORE (CPU on the ingest path, and identifiers with PHI); we log one line per association.
 _config.LOG_HANDLER_LEVEL = "none"
+# pydicom re-validates every UID/value it reads with regular expressions only to warn (~10% of
+# the CPU per instance); ingest validates what it indexes itself (shared.uids.is_valid_uid).
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 # pynetdicom logs every C-FIND/MOVE/GET request and response identifier (patient names and IDs)
 # at INFO/DEBUG, formatting each one even when the level is off: no PHI in logs, no wasted CPU.
 _config.LOG_REQUEST_IDENTIFIERS = False
