@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -28,6 +29,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket
 
 from edge.locate import InstanceRef
 from edge.transcode import (
@@ -234,6 +236,8 @@ def tune(event: evt.Event) -> None:
     loop starts (the association is not yet negotiated)."""
     tune_association(event.assoc)
     a = event.assoc
+    if type(a.dul.socket) is AssociationSocket:
+        a.dul.socket.__class__ = QuietSocket
     a._reactor_checkpoint = ParkingGate(  # type: ignore[assignment]
         lambda: a._kill or a._sent_abort or not a.dul.is_alive()
     )
@@ -306,12 +310,94 @@ def stream_file(
     parts: list[bytes] = []
     _frame(parts, cx_id, command, frag, 0x01, 0x03)
     _frame(parts, cx_id, data, frag, 0x00, 0x02)
-    assoc.dul.socket.socket.sendall(b"".join(parts))  # type: ignore[union-attr]
+    wrapper = assoc.dul.socket
+    quiet = isinstance(wrapper, QuietSocket)
+    if quiet:
+        wrapper.hpacs_quiet = True  # type: ignore[union-attr]
+    try:
+        wrapper.socket.sendall(b"".join(parts))  # type: ignore[union-attr]
+        if quiet:
+            status = read_status(wrapper.socket, assoc.dimse_timeout)  # type: ignore[union-attr]
+            assoc.dul._idle_timer.restart()
+            out = Dataset()
+            if status is None:  # not a P-DATA response (abort, release) or timed out
+                assoc.abort()
+                return out
+            out.Status = status
+            return out
+    finally:
+        if quiet:
+            wrapper.hpacs_quiet = False  # type: ignore[union-attr]
     _, rsp = assoc.dimse.get_msg(block=True)
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()
     return assoc._check_received_status(rsp)
+
+
+class QuietSocket(AssociationSocket):
+    """pynetdicom's socket wrapper, silent towards the DUL while stream_file reads a response.
+
+    The DUL thread reads the socket when `ready`; while we wait for our own C-STORE response
+    it must not, so `ready` says no. Reading the response here saves the DUL's poll, its
+    PDU/DIMSE decoding with pydicom and a queue hop per instance.
+    """
+
+    hpacs_quiet = False
+
+    @property
+    def ready(self) -> bool:
+        if self.hpacs_quiet:
+            return False
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                return None
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def read_status(sock: socket.socket, timeout_s: float | None) -> int | None:
+    """Read one DIMSE response command from P-DATA-TF PDUs and return its Status (0000,0900);
+    None for any other PDU (A-ABORT, A-RELEASE) or a timeout."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    command = bytearray()
+    while True:
+        header = _recv_exact(sock, 6, deadline)
+        if header is None:
+            return None
+        pdu_type, _, length = struct.unpack(">BBI", header)
+        body = _recv_exact(sock, length, deadline)
+        if body is None or pdu_type != 0x04:
+            return None
+        i = 0
+        while i + 6 <= len(body):
+            (item_len,) = struct.unpack(">I", body[i : i + 4])
+            control = body[i + 5]
+            if control & 0x01:
+                command += body[i + 6 : i + 4 + item_len]
+                if control & 0x02:
+                    return _command_status(bytes(command))
+            i += 4 + item_len
+
+
+def _command_status(command: bytes) -> int | None:
+    i = 0
+    while i + 8 <= len(command):
+        group, elem, length = struct.unpack("<HHI", command[i : i + 8])
+        if (group, elem) == (0x0000, 0x0900) and length == 2:
+            return int(struct.unpack("<H", command[i + 8 : i + 10])[0])
+        i += 8 + length
+    return None
 
 
 def _dataset_offset(fh: Any) -> int | None:
