@@ -22,6 +22,7 @@ import queue
 import select
 import ssl
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -59,11 +60,21 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
     def __init__(self, wake_fd: int) -> None:
         super().__init__()
         self._wake_fd = wake_fd
+        self._fd_lock = threading.Lock()
+
+    def close_fd(self) -> None:
+        """Close the pipe's write end; later puts must not write to a reused descriptor."""
+        with self._fd_lock:
+            fd, self._wake_fd = self._wake_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         try:
-            os.write(self._wake_fd, b"x")
+            with self._fd_lock:
+                if self._wake_fd >= 0:
+                    os.write(self._wake_fd, b"x")
         except OSError:  # pipe full (already awake) or closed (association ended)
             pass
 
@@ -225,11 +236,13 @@ def _dul_loop(dul: DULServiceProvider, rfd: int, wfd: int) -> None:
                 continue
             dul.state_machine.do_action(event)
     finally:
-        for fd in (rfd, wfd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        q = dul.to_provider_queue
+        if isinstance(q, _WakingQueue):
+            q.close_fd()
+        try:
+            os.close(rfd)
+        except OSError:
+            pass
 
 
 def _wait_for_msg(assoc: Association) -> None:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
@@ -50,10 +49,6 @@ def _serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
     return proc, port, data / "index.sqlite"
 
 
-@pytest.mark.xfail(
-    reason="edge/reactor.py writes to a closed (reused) wake-pipe descriptor; see docstring",
-    strict=False,
-)
 def test_index_intact_after_find_associations_and_stop(tmp_path: Path) -> None:
     proc, port, index = _serve(tmp_path)
     try:
