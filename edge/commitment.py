@@ -22,12 +22,12 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_RELEASE
-from pynetdicom.sop_class import StorageCommitmentPushModel
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from edge.assoc import assoc_info
 from edge.cache import Cache
 from edge.handlers import permitted
-from edge.sender import tune
+from edge.sender import reactor_held, tune
 from shared.checksum import crc32c_file
 from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
 from shared.lifecycle import State
@@ -137,7 +137,7 @@ class CommitmentHandlers:
 
     def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
         info = assoc_info(event.assoc)
-        if str(event.request.RequestedSOPClassUID) != COMMITMENT_SOP_CLASS:
+        if str(getattr(event.request, "RequestedSOPClassUID", "")) != COMMITMENT_SOP_CLASS:
             return PROCESSING_FAILURE, None
         if not permitted(event, "commit"):
             return REFUSED_NOT_AUTHORIZED, None
@@ -220,9 +220,11 @@ def _send_on(assoc: Association, event_type: int, ds: Dataset) -> Dataset | None
     saved = assoc.dimse_timeout
     assoc.dimse_timeout = min(saved or SAME_ASSOCIATION_TIMEOUT_S, SAME_ASSOCIATION_TIMEOUT_S)
     try:
-        return assoc.send_n_event_report(ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE)[
-            0
-        ]
+        with reactor_held(assoc):  # the reactor must not take the N-EVENT-REPORT response
+            rsp = assoc.send_n_event_report(
+                ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE
+            )
+        return rsp[0]
     finally:
         assoc.dimse_timeout = saved
 

@@ -18,7 +18,8 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,13 @@ class ParkingGate:
                     self._parked = False
             return True
 
+    def release(self) -> None:
+        """End a hold: the reactor runs again."""
+        with self._cond:
+            self._held = False
+            self._open = True
+            self._cond.notify_all()
+
     def hold(self, alive: Callable[[], bool], timeout_s: float = 5.0) -> None:
         with self._cond:
             if self._held:
@@ -192,6 +200,21 @@ class ParkingGate:
                     break
                 self._cond.wait(min(left, 0.05))
             self._held = True
+
+
+@contextmanager
+def reactor_held(assoc: Association) -> Iterator[None]:
+    """Park an association's reactor for a few requests sent from another thread (e.g. a
+    Storage Commitment report on an inbound association), so it cannot take their responses."""
+    old = assoc._reactor_checkpoint
+    gate = ParkingGate(lambda: assoc._kill or assoc._sent_abort or not assoc.dul.is_alive())
+    assoc._reactor_checkpoint = gate  # type: ignore[assignment]
+    try:
+        gate.hold(lambda: assoc.is_alive() and not assoc._kill)
+        yield
+    finally:
+        assoc._reactor_checkpoint = old
+        gate.release()
 
 
 def install_file_send(assoc: Association) -> None:
@@ -317,7 +340,7 @@ def stream_file(
     try:
         wrapper.socket.sendall(b"".join(parts))  # type: ignore[union-attr]
         if quiet:
-            status = read_status(wrapper.socket, assoc.dimse_timeout)  # type: ignore[union-attr]
+            status = read_status(wrapper.socket, assoc.dimse_timeout)  # type: ignore[union-attr, arg-type]
             assoc.dul._idle_timer.restart()
             out = Dataset()
             if status is None:  # not a P-DATA response (abort, release) or timed out
@@ -445,7 +468,7 @@ def store_command(
     return _element(0x0000, struct.pack("<I", len(payload))) + payload
 
 
-def _frame(parts: list[bytes], cx_id: int, data: bytes, frag: int, more: int, last: int) -> None:
+def _frame(parts: list[Any], cx_id: int, data: bytes, frag: int, more: int, last: int) -> None:
     """P-DATA-TF PDUs, one PDV each (PS3.8 9.3.5): type 04, length, item length, context ID,
     message control header (bit 0 command, bit 1 last fragment)."""
     view = memoryview(data)
@@ -453,7 +476,7 @@ def _frame(parts: list[bytes], cx_id: int, data: bytes, frag: int, more: int, la
         chunk = view[start : start + frag]
         header = last if start + frag >= len(data) else more
         parts.append(struct.pack(">BBIIBB", 0x04, 0, len(chunk) + 6, len(chunk) + 2, cx_id, header))
-        parts.append(bytes(chunk))
+        parts.append(chunk)  # type: ignore[arg-type]  # join takes any buffer
 
 
 # ---- sending on an association we own (routing) -----------------------------------------
@@ -510,10 +533,10 @@ def send_instances(
         return report
     ae = AE(ae_title=our_ae_title)
     for cx in requested_contexts(refs):
-        ae.add_requested_context(cx.abstract_syntax, cx.transfer_syntax)
+        ae.add_requested_context(str(cx.abstract_syntax), cx.transfer_syntax)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
-    tls_args = (ssl_context, None) if node.tls and ssl_context is not None else None
+    tls_args: Any = (ssl_context, None) if node.tls and ssl_context is not None else None
     assoc = ae.associate(
         node.host,
         node.port,

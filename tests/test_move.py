@@ -174,3 +174,18 @@ def test_series_and_image_level_select_by_uid_lists(edge: EdgeServer, tmp_path: 
         rsps = move(edge, ident, "PYSCP")
     assert rsps[-1][0] == SUCCESS
     assert set(rec.received) == {str(dss[0].SOPInstanceUID), str(dss[2].SOPInstanceUID)}
+
+
+def test_patient_root_move_by_patient_id(edge: EdgeServer, tmp_path: Path) -> None:
+    _, files = _study(edge, tmp_path, n=2, patient_id="PMOVE1")
+    _study(edge, tmp_path / "other", n=1, patient_id="POTHER")
+    out = tmp_path / "out"
+    with dcmtk_destination(edge, out):
+        r = run(
+            "movescu", "-P", "-aet", "MOVESCU", "-aec", "HPACS", "-aem", "STORESCP",
+            "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PMOVE1",
+            "127.0.0.1", edge.ports[0],
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = {str(pydicom.dcmread(p).SOPInstanceUID) for p in out.iterdir()}
+    assert got == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
