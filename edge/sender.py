@@ -278,13 +278,16 @@ def tune_association(assoc: Association) -> None:
 
 
 def _can_stream(assoc: Association) -> bool:
-    """Direct socket writes need a plain socket and a reactor that cannot take our response:
-    held by a ParkingGate (outbound), or the caller *is* the reactor (C-GET in its handler)."""
+    """Direct socket writes need a plain socket that nothing else writes to and a reactor that
+    cannot take our response: our outbound associations (ParkingGate, QuietSocket). Not an
+    inbound association (C-GET): its DUL thread sends the queued pending responses, which a
+    direct write could interleave with."""
     sock = assoc.dul.socket.socket if assoc.dul.socket else None
     if sock is None or isinstance(sock, ssl.SSLSocket) or not assoc.is_established:
         return False
-    gate = assoc._reactor_checkpoint
-    return isinstance(gate, ParkingGate) or threading.current_thread() is assoc
+    return isinstance(assoc._reactor_checkpoint, ParkingGate) and isinstance(
+        assoc.dul.socket, QuietSocket
+    )
 
 
 def stream_file(
