@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import ssl
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from edge.assoc import assoc_info
 from edge.cache import Cache
 from edge.handlers import permitted
+from edge.scu import client_ssl_context
 from edge.sender import reactor_held, tune
 from shared.checksum import crc32c_file
 from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
@@ -195,7 +197,9 @@ class CommitmentHandlers:
         node = get_node(self.server.db.reader(), calling_ae)
         if node is None or node.host == "*":
             raise RuntimeError(f"node {calling_ae} has no registered address for the report")
-        status = send_report(self.server.cfg.edge.ae_title, node, event_type, ds)
+        t = self.server.cfg.edge.tls
+        ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if node.tls else None
+        status = send_report(self.server.cfg.edge.ae_title, node, event_type, ds, ssl_context=ctx)
         return f"new association status=0x{status:04X}"
 
 
@@ -230,7 +234,12 @@ def _send_on(assoc: Association, event_type: int, ds: Dataset) -> Dataset | None
 
 
 def send_report(
-    our_ae: str, node: Node, event_type: int, ds: Dataset, timeout_s: float = 30.0
+    our_ae: str,
+    node: Node,
+    event_type: int,
+    ds: Dataset,
+    timeout_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """N-EVENT-REPORT on a new association where we take the SCP role (PS3.4 J.3.3)."""
     ae = AE(ae_title=our_ae)
@@ -244,6 +253,7 @@ def send_report(
         ae_title=node.ae_title,
         ext_neg=[role],
         evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
+        tls_args=(ssl_context, None) if ssl_context is not None else None,  # type: ignore[arg-type]
     )
     if not assoc.is_established:
         ae.shutdown()

@@ -37,6 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from edge.assoc import assoc_info
 from edge.handlers import permitted
 from edge.locate import INSTANCE_COLUMNS, InstanceRef, ensure_local
+from edge.scu import client_ssl_context
 from edge.sender import (
     accepted_syntaxes,
     failure_stub,
@@ -263,11 +264,14 @@ class RetrieveHandlers:
             tune(e)
             captured.append(e.assoc)
 
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "contexts": requested_contexts(refs),
             "max_pdu": self.server.cfg.edge.max_pdu_bytes,
             "evt_handlers": [(evt.EVT_CONN_OPEN, on_open)],
         }
+        if node.tls:
+            t = self.server.cfg.edge.tls
+            kwargs["tls_args"] = (client_ssl_context(t.ca_file, t.cert_file, t.key_file), None)
         yield node.host, node.port, kwargs
         install_fast_pending(event.assoc)
         yield len(refs)
