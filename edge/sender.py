@@ -118,10 +118,25 @@ def prepare(ref: InstanceRef, path: Path, accepted: dict[str, list[str]]) -> tup
     return convert(ds, plan), plan
 
 
+class FilePlaceholder(Dataset):
+    """Stands for a cache file in pynetdicom's retrieve loop (which accepts only Datasets);
+    the UIDs are plain attributes, read as properties, so no element is built or validated.
+    It is truthy although it holds no element: pynetdicom tests `if dataset`."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    @property
+    def SOPClassUID(self) -> str:  # type: ignore[override]
+        return str(self.hpacs_uids[0])
+
+    @property
+    def SOPInstanceUID(self) -> str:  # type: ignore[override]
+        return str(self.hpacs_uids[1])
+
+
 def file_placeholder(ref: InstanceRef, path: Path) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = ref.sop_class_uid
-    ds.SOPInstanceUID = ref.sop_instance_uid
+    ds = FilePlaceholder()
     object.__setattr__(ds, "hpacs_path", path)
     object.__setattr__(
         ds, "hpacs_uids", (ref.sop_class_uid, ref.sop_instance_uid, ref.transfer_syntax)
@@ -345,12 +360,10 @@ def stream_file(
         if quiet:
             status = read_status(wrapper.socket, assoc.dimse_timeout)  # type: ignore[union-attr, arg-type]
             assoc.dul._idle_timer.restart()
-            out = Dataset()
             if status is None:  # not a P-DATA response (abort, release) or timed out
                 assoc.abort()
-                return out
-            out.Status = status
-            return out
+                return Dataset()
+            return _status_dataset(status)
     finally:
         if quiet:
             wrapper.hpacs_quiet = False  # type: ignore[union-attr]
@@ -424,6 +437,19 @@ def _command_status(command: bytes) -> int | None:
             return int(struct.unpack("<H", command[i + 8 : i + 10])[0])
         i += 8 + length
     return None
+
+
+_STATUS_DATASETS: dict[int, Dataset] = {}
+
+
+def _status_dataset(status: int) -> Dataset:
+    """A (shared, read-only) status dataset per value: callers only read `.Status`."""
+    ds = _STATUS_DATASETS.get(status)
+    if ds is None:
+        ds = Dataset()
+        ds.Status = status
+        _STATUS_DATASETS[status] = ds
+    return ds
 
 
 def _dataset_offset(fh: Any) -> int | None:
