@@ -39,6 +39,7 @@ from edge.handlers import permitted
 from edge.locate import INSTANCE_COLUMNS, InstanceRef, ensure_local
 from edge.scu import client_ssl_context
 from edge.sender import (
+    FilePlaceholder,
     accepted_syntaxes,
     failure_stub,
     install_file_send,
@@ -239,6 +240,22 @@ class RetrieveHandlers:
             )
         return ds
 
+    def _lookahead(
+        self, refs: list[InstanceRef], accepted: dict[str, list[str]], peer: str
+    ) -> Iterator[Dataset]:
+        """Datasets one step ahead, each placeholder linked to the next (`hpacs_next`) so the
+        sender can read the next file while the peer stores the current one."""
+        current: Dataset | None = None
+        for ref in refs:
+            nxt = self._dataset(ref, accepted, peer)
+            if current is not None:
+                if isinstance(current, FilePlaceholder) and isinstance(nxt, FilePlaceholder):
+                    object.__setattr__(current, "hpacs_next", nxt)
+                yield current
+            current = nxt
+        if current is not None:
+            yield current
+
     # ---- C-MOVE ------------------------------------------------------------------------
     def handle_move(self, event: evt.Event) -> Iterator[Any]:
         info = assoc_info(event.assoc)
@@ -277,12 +294,12 @@ class RetrieveHandlers:
         yield len(refs)
         started = time.monotonic()
         accepted = accepted_syntaxes(captured[0]) if captured else {}
-        for n, ref in enumerate(refs):
+        for n, ds in enumerate(self._lookahead(refs, accepted, dest)):
             if event.is_cancelled:
                 log.info("move cancelled calling_ae=%s sent=%d", info.calling_ae, n)
                 yield CANCEL, None
                 return
-            yield PENDING, self._dataset(ref, accepted, dest)
+            yield PENDING, ds
         log.info(
             "move done calling_ae=%s destination=%s instances=%d duration_s=%.3f",
             info.calling_ae,

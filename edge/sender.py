@@ -252,7 +252,7 @@ def install_file_send(assoc: Association) -> None:
             return original(dataset, *args, **kwargs)
         if _can_stream(assoc):
             uids = getattr(dataset, "hpacs_uids", None)
-            return stream_file(assoc, path, *args, uids=uids, **kwargs)
+            return stream_file(assoc, path, *args, uids=uids, placeholder=dataset, **kwargs)
         return original(path, *args, **kwargs)
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
@@ -314,6 +314,7 @@ def stream_file(
     originator_id: int | None = None,
     *,
     uids: tuple[str, str, str] | None = None,
+    placeholder: Dataset | None = None,
 ) -> Dataset:
     """C-STORE a Part-10 file's dataset bytes as they are, written straight to the socket.
 
@@ -321,42 +322,28 @@ def stream_file(
     and an event per 16 KB PDU) and encodes the command with pydicom; for 0.5 MB objects that
     cost more than the network. Here the command (implicit VR, a handful of fixed elements)
     and the dataset are framed into P-DATA-TF PDUs of the peer's maximum length in one buffer
-    and written with one sendall; the response still arrives through the DUL. P-DATA does not
-    change the association's state (Sta6), so the state machine is unaffected. `uids` are
-    (SOP class, SOP instance, transfer syntax) from the index; without them the file meta is
-    parsed.
+    and written with one sendall. P-DATA does not change the association's state (Sta6), so
+    the state machine is unaffected. `uids` are (SOP class, SOP instance, transfer syntax)
+    from the index; without them the file meta is parsed. While the peer works on this
+    object, the next placeholder's file (`hpacs_next`) is read and framed.
     """
-    with open(path, "rb") as fh:  # one open: where the dataset starts, then its bytes
-        offset = _dataset_offset(fh) if uids is not None else None
-        if offset is None or uids is None:
-            fh.seek(0)
-            read_preamble(fh, False)
-            meta = _read_file_meta_info(fh)
-            offset = fh.tell()
-            uids = (
-                str(meta.MediaStorageSOPClassUID),
-                str(meta.MediaStorageSOPInstanceUID),
-                str(meta.TransferSyntaxUID),
-            )
-        fh.seek(offset)
-        data = fh.read()
-    sop_class, sop_instance, ts = uids
-    cx = assoc._get_valid_context(sop_class, ts, "scu", allow_conversion=False)
+    framed = getattr(placeholder, "hpacs_framed", None)
+    if framed is None:
+        framed = _frame_dataset(assoc, path, uids)
+    cx_id, frag, (sop_class, sop_instance, _), data_parts = framed
     command = store_command(
         sop_class, sop_instance, msg_id, priority, originator_aet, originator_id
     )
-    cx_id = int(cx.context_id)  # type: ignore[arg-type]
-    max_pdu = assoc.dimse.maximum_pdu_size
-    frag = max_pdu - 6 if max_pdu else max(len(command), len(data), 1)
-    parts: list[bytes] = []
+    parts: list[Any] = []
     _frame(parts, cx_id, command, frag, 0x01, 0x03)
-    _frame(parts, cx_id, data, frag, 0x00, 0x02)
+    parts += data_parts
     wrapper = assoc.dul.socket
     quiet = isinstance(wrapper, QuietSocket)
     if quiet:
         wrapper.hpacs_quiet = True  # type: ignore[union-attr]
     try:
         wrapper.socket.sendall(b"".join(parts))  # type: ignore[union-attr]
+        _prefetch(assoc, getattr(placeholder, "hpacs_next", None))
         if quiet:
             status = read_status(wrapper.socket, assoc.dimse_timeout)  # type: ignore[union-attr, arg-type]
             assoc.dul._idle_timer.restart()
@@ -372,6 +359,47 @@ def stream_file(
         assoc._handle_no_response()
         return Dataset()
     return assoc._check_received_status(rsp)
+
+
+Framed = tuple[int, int, tuple[str, str, str], list[Any]]
+
+
+def _frame_dataset(assoc: Association, path: Path, uids: tuple[str, str, str] | None) -> Framed:
+    """The dataset bytes of a cache file as P-DATA-TF PDUs for `assoc`'s context."""
+    with open(path, "rb") as fh:  # one open: where the dataset starts, then its bytes
+        offset = _dataset_offset(fh) if uids is not None else None
+        if offset is None or uids is None:
+            fh.seek(0)
+            read_preamble(fh, False)
+            meta = _read_file_meta_info(fh)
+            offset = fh.tell()
+            uids = (
+                str(meta.MediaStorageSOPClassUID),
+                str(meta.MediaStorageSOPInstanceUID),
+                str(meta.TransferSyntaxUID),
+            )
+        fh.seek(offset)
+        data = fh.read()
+    cx = assoc._get_valid_context(uids[0], uids[2], "scu", allow_conversion=False)
+    cx_id = int(cx.context_id)  # type: ignore[arg-type]
+    max_pdu = assoc.dimse.maximum_pdu_size
+    frag = max_pdu - 6 if max_pdu else max(len(data), 1024)
+    parts: list[Any] = []
+    _frame(parts, cx_id, data, frag, 0x00, 0x02)
+    return cx_id, frag, uids, parts
+
+
+def _prefetch(assoc: Association, nxt: Dataset | None) -> None:
+    """Read and frame the next file while the peer stores the current one; any problem is
+    left for the real send to report."""
+    path = getattr(nxt, "hpacs_path", None)
+    if nxt is None or path is None:
+        return
+    try:
+        framed = _frame_dataset(assoc, path, getattr(nxt, "hpacs_uids", None))
+    except Exception:
+        return
+    object.__setattr__(nxt, "hpacs_framed", framed)
 
 
 class QuietSocket(AssociationSocket):
