@@ -276,6 +276,7 @@ def tune(event: evt.Event) -> None:
     a = event.assoc
     if type(a.dul.socket) is AssociationSocket:
         a.dul.socket.__class__ = QuietSocket
+        a.dul.socket.hpacs_lock = threading.Lock()  # type: ignore[attr-defined]
     a._reactor_checkpoint = ParkingGate(  # type: ignore[assignment]
         lambda: a._kill or a._sent_abort or not a.dul.is_alive()
     )
@@ -340,7 +341,8 @@ def stream_file(
     wrapper = assoc.dul.socket
     quiet = isinstance(wrapper, QuietSocket)
     if quiet:
-        wrapper.hpacs_quiet = True  # type: ignore[union-attr]
+        with wrapper.hpacs_lock:  # type: ignore[union-attr]
+            wrapper.hpacs_quiet = True  # type: ignore[union-attr]
     try:
         wrapper.socket.sendall(b"".join(parts))  # type: ignore[union-attr]
         _prefetch(assoc, getattr(placeholder, "hpacs_next", None))
@@ -411,12 +413,17 @@ class QuietSocket(AssociationSocket):
     """
 
     hpacs_quiet = False
+    # Check and select under one lock: a DUL thread that saw "not quiet" must not select
+    # after our request went out, or it could take the response (seen under load: a 60 s
+    # DIMSE timeout, then an abort).
+    hpacs_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
-        if self.hpacs_quiet:
-            return False
-        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        with self.hpacs_lock:
+            if self.hpacs_quiet:
+                return False
+            return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
 
 def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes | None:
