@@ -60,3 +60,33 @@ def test_reactors_serve_several_associations_and_release(
     assert n == 20
     assert len(encoded) == 20  # every success response took the direct encoding
     wait_for(lambda: edge.active_associations() == 0, 5.0, "associations released")
+
+
+@pytest.mark.parametrize(
+    "sop_class,sop_instance,ts",
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1"),
+        ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4", "1.2.840.10008.1.2.4.50"),
+        (
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.826.0.1.3680043.10.1255." + "9" * 35,
+            "1.2.840.10008.1.2",
+        ),
+    ],
+)
+def test_file_meta_encoding_equals_pydicom(sop_class: str, sop_instance: str, ts: str) -> None:
+    import io
+
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta
+
+    expected = io.BytesIO()
+    kw = {"sop_class_uid": UID(sop_class), "sop_instance_uid": UID(sop_instance)}
+    kw["transfer_syntax"] = UID(ts)
+    write_file_meta_info(expected, create_file_meta(**kw))
+    got = io.BytesIO()
+    meta = reactor._create_file_meta(**kw)
+    assert isinstance(meta, reactor._MetaBytes)  # the fast path was taken
+    reactor._write_file_meta_info(got, meta)
+    assert got.getvalue() == expected.getvalue()
