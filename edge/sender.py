@@ -11,7 +11,6 @@ association, and use `requested_contexts`, `accepted_syntaxes` and `prepare` fro
 from __future__ import annotations
 
 import logging
-import os
 import select
 import socket
 import ssl
@@ -53,7 +52,7 @@ MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
 # Outbound DUL threads only read responses (stream_file writes the data itself); a 0.1 ms
 # poll made them hold the GIL ~10,000 times a second against the sending thread.
-DUL_LOOP_DELAY_S = float(os.environ.get("HPACS_OUT_DUL_DELAY", "0.0005"))
+DUL_LOOP_DELAY_S = 0.0005
 
 Locate = Callable[[InstanceRef], Path]
 
