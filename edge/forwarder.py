@@ -117,14 +117,23 @@ class Forwarder:
         self._wake.set()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop dispatching and join every thread, so none outlives the index it writes to.
+
+        A thread left running logged and wrote after its caller had closed the database and
+        the log stream. A send still in flight after `timeout_s` is waited for anyway: it ends
+        at the sender's own network timeout; jobs queued but not started are cancelled and
+        stay `sending`, which `recover` requeues at the next start.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            self._thread.join()
         with self._lock:
             running = list(self._futures)
         _, stuck = wait(running, timeout=timeout_s)
-        self._pool.shutdown(wait=not stuck, cancel_futures=True)
+        if stuck:
+            log.warning("forward sends still running at stop count=%d", len(stuck))
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -231,3 +231,28 @@ def _no_leftover_threads() -> Any:
         t for t in threading.enumerate() if t.name.startswith("forward") and t.name not in before
     ]
     assert not [t for t in left if t.is_alive()], left
+
+
+def test_stop_joins_every_forwarder_thread_even_past_its_timeout(tmp_path: Path) -> None:
+    """No forwarder thread may outlive stop(): one left sending logged and wrote after its
+    caller had closed the index and the log stream."""
+    cfg = routing_config(tmp_path, [route()], NODES)
+    peer = RecordingPeer()
+    peer.hold = threading.Event()
+    with edge_parts(cfg) as parts:
+        ingest_study(parts, tmp_path, n=1)
+        fwd = Forwarder(parts.db, cfg, peer, poll_interval_s=0.01)
+        fwd.start()
+        try:
+            wait_for(lambda: peer.in_flight.get("DEST1") == 1, 10, "a send in flight")
+            stopper = threading.Thread(target=fwd.stop, kwargs={"timeout_s": 0.01})
+            stopper.start()
+            stopper.join(0.3)
+            assert stopper.is_alive()  # still waiting for the send, past its timeout
+        finally:
+            peer.hold.set()
+        stopper.join(10)
+        assert not stopper.is_alive()
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("forward")]
+        assert alive == []
+        assert states(parts.db) == {"sent": 1}
