@@ -88,10 +88,6 @@ def test_destination_down_then_back_nothing_lost_nothing_sent_twice(
             assert {str(ds.file_meta.TransferSyntaxUID) for ds in got} == {syntax}
 
 
-@pytest.mark.xfail(
-    reason="edge/sender.py and edge/scu.py open TLS with tls_args=(ctx, ''): ssl refuses an "
-    "empty server_hostname (ValueError in pynetdicom's thread); None is the working value"
-)
 def test_forward_to_a_tls_destination(tmp_path: Path, peers: list[subprocess.Popen[str]]) -> None:
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
