@@ -28,7 +28,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from edge.assoc import assoc_info
 from edge.cache import Cache
 from edge.handlers import permitted
-from edge.scu import client_ssl_context
+from edge.scu import client_ssl_context, tls_args
 from edge.sender import reactor_held, tune
 from shared.checksum import crc32c_file
 from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
@@ -253,7 +253,7 @@ def send_report(
         ae_title=node.ae_title,
         ext_neg=[role],
         evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
-        tls_args=(ssl_context, None) if ssl_context is not None else None,  # type: ignore[arg-type]
+        tls_args=tls_args(node, ssl_context),
     )
     if not assoc.is_established:
         ae.shutdown()

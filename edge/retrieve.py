@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from edge.assoc import assoc_info
 from edge.handlers import permitted
 from edge.locate import INSTANCE_COLUMNS, InstanceRef, ensure_local
-from edge.scu import client_ssl_context
+from edge.scu import client_ssl_context, tls_args
 from edge.sender import (
     FilePlaceholder,
     accepted_syntaxes,
@@ -288,7 +288,8 @@ class RetrieveHandlers:
         }
         if node.tls:
             t = self.server.cfg.edge.tls
-            kwargs["tls_args"] = (client_ssl_context(t.ca_file, t.cert_file, t.key_file), None)
+            ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file)
+            kwargs["tls_args"] = tls_args(node, ctx)
         yield node.host, node.port, kwargs
         install_fast_pending(event.assoc)
         yield len(refs)

@@ -43,16 +43,34 @@ def associate(
     ae.acse_timeout = timeout_s
     ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
-    # server_hostname "" makes ssl refuse to connect; the node's host is the right SNI/check name
-    tls_args = (ssl_context, node.host) if node.tls and ssl_context is not None else None
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args)
+    assoc = ae.associate(
+        node.host, node.port, ae_title=node.ae_title, tls_args=tls_args(node, ssl_context)
+    )
+    set_nodelay(assoc)
+    return assoc
+
+
+def tls_args(node: Node, ssl_context: ssl.SSLContext | None) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's `tls_args` for an outbound association to `node`, decided in this one place.
+
+    TLS only when the node asks for it and we have a context. The server name is the node's
+    host (SNI for a name; ssl sends none for an IP address): an empty string makes ssl refuse
+    to connect, and hostname checking is off in `client_ssl_context` anyway.
+    """
+    if not node.tls or ssl_context is None:
+        return None
+    return (ssl_context, node.host)
+
+
+def set_nodelay(assoc: Association) -> None:
+    """TCP_NODELAY on an association's socket, like our accepted sockets: a DIMSE response is
+    small and must not wait for Nagle's delayed ACK."""
     sock = assoc.dul.socket.socket if assoc.dul.socket else None
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-    return assoc
 
 
 def echo(

@@ -32,6 +32,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
 from edge.locate import InstanceRef
+from edge.scu import set_nodelay, tls_args
 from edge.transcode import (
     LOSSLESS_ENCODE_TARGETS,
     Plan,
@@ -283,12 +284,7 @@ def tune(event: evt.Event) -> None:
 
 
 def tune_association(assoc: Association) -> None:
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+    set_nodelay(assoc)
     assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
 
 
@@ -599,13 +595,12 @@ def send_instances(
         ae.add_requested_context(str(cx.abstract_syntax), cx.transfer_syntax)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
-    tls_args: Any = (ssl_context, None) if node.tls and ssl_context is not None else None
     assoc = ae.associate(
         node.host,
         node.port,
         ae_title=node.ae_title,
         max_pdu=max_pdu,
-        tls_args=tls_args,
+        tls_args=tls_args(node, ssl_context),
         evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
     )
     if not assoc.is_established:
