@@ -2,7 +2,9 @@
 
 The handler is a thin adapter: matching rules live in the pure `edge.query`. Rows are fetched
 at once (capped at `edge.find_max_results` + 1) so the read snapshot is short, then streamed
-as pending responses, checking for C-CANCEL before each one.
+as pending responses, checking for C-CANCEL before each one. The pending responses are
+encoded and written by `edge.findwire` (pynetdicom's bytes without its per-message pydicom
+encodes and thread hand-off); the generator then yields only the final status.
 """
 
 from __future__ import annotations
@@ -11,18 +13,17 @@ import functools
 import logging
 import queue
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
-from edge import query
+from edge import findwire, query
 from edge.assoc import assoc_info
 from edge.handlers import permitted
 from shared import metrics
@@ -123,14 +124,23 @@ class FindHandlers:
             )
             rows = rows[:cap]
         extras = _extras(identifier, q, self.server.cfg.edge.ae_title)
+        assoc = event.assoc
+        cx_id, _, transfer_syntax = event.context
+        wire = findwire.Wire(assoc, cx_id)
+        findwire.install_fast_final(assoc, lambda cx: findwire.Wire(assoc, cx))
+        command = findwire.encode_find_rsp(
+            event.request.MessageID, str(event.request.AffectedSOPClassUID), PENDING, True
+        )
         sent = 0
         for row in rows:
             if event.is_cancelled:
+                wire.flush()
                 log.info("find cancelled calling_ae=%s sent=%d", info.calling_ae, sent)
                 yield CANCEL, None
                 return
-            yield PENDING, response(q, row, extras)
+            wire.message(command, identifier_bytes(q, row, extras, str(transfer_syntax)))
             sent += 1
+        wire.flush()
         log.info(
             "find calling_ae=%s level=%s results=%d duration_ms=%.1f",
             info.calling_ae,
@@ -157,32 +167,49 @@ def _extras(identifier: Dataset, q: query.Query, ae_title: str) -> list[tuple[An
     return out
 
 
-def response(q: query.Query, row: Any, extras: list[tuple[Any, str, Any]]) -> Dataset:
-    """One pending response identifier; declares UTF-8 only when a value needs it.
+def response_elements(
+    q: query.Query, row: Any, extras: list[tuple[Any, str, Any]]
+) -> tuple[list[findwire.Element], bool]:
+    """One pending response identifier as (tag, VR, value) triples, and whether it is UTF-8.
 
-    Elements are built with their dictionary tag and VR and without pydicom's value
-    validation: the values come from our own index, validated at ingest, and this runs once
-    per response (half the cost of keyword assignment).
+    Declares ISO_IR 192 only when a value needs it (legacy SCUs). Tags and VRs come from the
+    dictionary; values come from our own index, validated at ingest, so no re-validation.
     """
     values = query.row_values(q, row)
-    ds = Dataset()
-    if query.needs_unicode(values.values()):
-        _put(ds, _SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192")
-    _put(ds, _QUERY_RETRIEVE_LEVEL, "CS", q.level)
+    out: list[findwire.Element] = []
+    utf8 = query.needs_unicode(values.values())
+    if utf8:
+        out.append((_SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192"))
+    out.append((_QUERY_RETRIEVE_LEVEL, "CS", q.level))
     for keyword, value in values.items():
         tag, vr = _tag_vr(keyword)
-        _put(ds, tag, vr, value)
-    for tag, vr, value in extras:
-        _put(ds, tag, vr, value)
-    return ds
+        out.append((tag, vr, value))
+    out.extend((int(tag), vr, value) for tag, vr, value in extras)
+    return out, utf8
+
+
+def response(q: query.Query, row: Any, extras: list[tuple[Any, str, Any]]) -> Dataset:
+    """The same identifier as a pydicom Dataset (benchmarks, tests, the fallback encoder)."""
+    return findwire.as_dataset(response_elements(q, row, extras)[0])
+
+
+def identifier_bytes(
+    q: query.Query, row: Any, extras: list[tuple[Any, str, Any]], transfer_syntax: str
+) -> bytes:
+    """The encoded identifier: directly for implicit/explicit VR LE, else through pydicom."""
+    elements, utf8 = response_elements(q, row, extras)
+    if transfer_syntax in (findwire.IMPLICIT_LE, findwire.EXPLICIT_LE):
+        try:
+            return findwire.encode_identifier(
+                elements, transfer_syntax == findwire.EXPLICIT_LE, utf8
+            )
+        except (findwire.Unencodable, UnicodeEncodeError, struct.error, ValueError):
+            pass
+    return findwire.dataset_bytes(findwire.as_dataset(elements), transfer_syntax)
 
 
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _QUERY_RETRIEVE_LEVEL = 0x00080052
-
-
-def _put(ds: Dataset, tag: int, vr: str, value: Any) -> None:
-    ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
 
 
 @functools.cache

@@ -1,0 +1,128 @@
+"""edge.findwire: directly encoded C-FIND responses are the bytes pynetdicom would send."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_FIND_RSP
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as StudyRootFind
+
+from edge import findwire
+from edge.find import STUDY_ROOT_FIND
+from shared.errors import PENDING, SUCCESS
+from tests.support.edge import edge_config, running_edge
+from tests.test_find import NODES, _bulk_studies
+
+IMPLICIT, EXPLICIT = findwire.IMPLICIT_LE, findwire.EXPLICIT_LE
+
+ELEMENTS = {
+    "ascii": [
+        (0x00080052, "CS", "STUDY"),
+        (0x00100020, "LO", "P1"),
+        (0x00100010, "PN", "SMITH^JOHN"),
+        (0x0020000D, "UI", "1.2.3.45"),
+        (0x00080020, "DA", "20240101"),
+        (0x00080030, "TM", "101010.5"),
+        (0x00201206, "IS", 3),
+        (0x00201208, "IS", None),
+        (0x00080061, "CS", ["CT", "MR"]),
+        (0x00080062, "UI", ["1.2.840.10008.5.1.4.1.1.2", "1.2.3"]),
+        (0x00280010, "US", 512),
+        (0x00280011, "US", None),
+        (0x00080054, "AE", "HPACS"),
+        (0x00081032, "SQ", []),
+        (0x00090010, "UN", None),
+        (0x00081030, "LO", ""),
+    ],
+    "utf8": [
+        (0x00080005, "CS", "ISO_IR 192"),
+        (0x00080052, "CS", "PATIENT"),
+        (0x00100010, "PN", "山田^太郎"),
+        (0x00100020, "LO", "Müller1"),
+    ],
+}
+
+
+@pytest.mark.parametrize("ts", [IMPLICIT, EXPLICIT])
+@pytest.mark.parametrize("label", list(ELEMENTS))
+def test_identifier_equals_pydicom(label: str, ts: str) -> None:
+    elements = ELEMENTS[label]
+    ours = findwire.encode_identifier(elements, ts == EXPLICIT, label == "utf8")
+    assert ours == findwire.dataset_bytes(findwire.as_dataset(elements), ts)
+
+
+def test_unknown_vr_is_left_to_pydicom() -> None:
+    with pytest.raises(findwire.Unencodable):
+        findwire.encode_identifier([(0x00181000, "FD", 1.5)], True, False)
+
+
+def _pynetdicom_pdvs(identifier: bytes | None, status: int, max_pdu: int) -> list[bytes]:
+    rsp = C_FIND()
+    rsp.MessageID = 7
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = STUDY_ROOT_FIND
+    rsp.Status = status
+    rsp.Identifier = BytesIO(identifier) if identifier is not None else None
+    msg = C_FIND_RSP()
+    msg.primitive_to_message(rsp)
+    return [pdv for p in msg.encode_msg(3, max_pdu) for _, pdv in p.presentation_data_value_list]
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 64])
+def test_messages_equal_pynetdicom(max_pdu: int) -> None:
+    identifier = findwire.encode_identifier(ELEMENTS["ascii"], False, False)
+    pending = findwire.encode_find_rsp(7, STUDY_ROOT_FIND, PENDING, True)
+    ours = findwire.pdvs(3, pending, identifier, max_pdu)
+    assert ours == _pynetdicom_pdvs(identifier, PENDING, max_pdu)
+    final = findwire.encode_find_rsp(7, STUDY_ROOT_FIND, SUCCESS, False)
+    assert findwire.pdvs(3, final, b"", max_pdu) == _pynetdicom_pdvs(None, SUCCESS, max_pdu)
+
+
+def test_frame_decodes_as_p_data_tf() -> None:
+    items = [b"\x03abcd", b"\x02" + bytes(range(11))]
+    data = findwire.frame(5, items)
+    decoded = []
+    while data:
+        length = int.from_bytes(data[2:6], "big")
+        pdu = P_DATA_TF()
+        pdu.decode(data[: 6 + length])
+        decoded += pdu.presentation_data_value_items
+        data = data[6 + length :]
+    assert [(item.presentation_context_id, item.data) for item in decoded] == [
+        (5, items[0]),
+        (5, items[1]),
+    ]
+
+
+@pytest.mark.parametrize("ts", [IMPLICIT, EXPLICIT])
+def test_small_pdu_peer_gets_every_match(tmp_path: Path, ts: str) -> None:
+    """A peer with a tiny maximum PDU length and one transfer syntax decodes every response."""
+    with running_edge(edge_config(tmp_path, nodes=NODES)) as server:
+        _bulk_studies(server, 120, "P77")
+        ae = AE(ae_title="PYSCU")
+        ae.maximum_pdu_size = 64
+        ae.add_requested_context(StudyRootFind, [ts])
+        assoc = ae.associate("127.0.0.1", server.ports[0], ae_title="HPACS")
+        assert assoc.is_established
+        try:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.PatientID = "P77"
+            ds.StudyInstanceUID = ""
+            ds.NumberOfStudyRelatedInstances = ""
+            for _ in range(2):  # twice on one association: the final response stays ordered
+                got = list(assoc.send_c_find(ds, StudyRootFind))
+                statuses = [s.Status for s, _ in got]
+                assert statuses == [PENDING] * 120 + [SUCCESS]
+                uids = {str(i.StudyInstanceUID) for _, i in got[:-1]}
+                assert len(uids) == 120
+                assert {int(i.NumberOfStudyRelatedInstances) for _, i in got[:-1]} == {1}
+        finally:
+            assoc.release()
+            ae.shutdown()
