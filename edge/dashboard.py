@@ -97,18 +97,7 @@ def _watermark(spec: str, cap: int) -> int | None:
 
 
 def nodes(db: Database) -> list[dict[str, Any]]:
-    return [
-        {
-            "ae_title": n.ae_title,
-            "host": n.host,
-            "port": n.port,
-            "tls": n.tls,
-            "permissions": sorted(n.permissions),
-            "max_associations": n.max_associations,
-            "source": n.source,
-        }
-        for n in list_nodes(db.reader())
-    ]
+    return [n.as_dict() for n in list_nodes(db.reader())]
 
 
 def studies(db: Database, limit: int = 50) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.config import PERMISSIONS, NodeConfig
 from shared.errors import BadRequest
@@ -27,6 +28,19 @@ class Node:
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of a node, one for the console API and the config backup (a restore
+        reads back what the console shows)."""
+        return {
+            "ae_title": self.ae_title,
+            "host": self.host,
+            "port": self.port,
+            "tls": self.tls,
+            "permissions": sorted(self.permissions),
+            "max_associations": self.max_associations,
+            "source": self.source,
+        }
 
 
 def _row_to_node(row: sqlite3.Row) -> Node:

@@ -23,18 +23,7 @@ DIGEST_SETTING = "sync.config_backup_sha256"
 
 
 def snapshot(db: Database, config_path: str) -> tuple[bytes, bytes]:
-    nodes = [
-        {
-            "ae_title": n.ae_title,
-            "host": n.host,
-            "port": n.port,
-            "tls": n.tls,
-            "permissions": sorted(n.permissions),
-            "max_associations": n.max_associations,
-            "source": n.source,
-        }
-        for n in list_nodes(db.reader())
-    ]
+    nodes = [n.as_dict() for n in list_nodes(db.reader())]
     config = Path(config_path).read_bytes() if config_path else b""
     return config, json.dumps({"nodes": nodes}, indent=1, sort_keys=True).encode()
 
