@@ -2,11 +2,11 @@
 
 No I/O here: `build()` turns a request identifier into one SELECT with bound parameters and
 `row_values()` turns a result row back into DICOM values, so the whole matching model is
-covered by table-driven tests without a network. Values never reach the SQL text; wildcard
-patterns become GLOB patterns (where `%`, `_` and quotes are ordinary characters) and every
-pattern with a literal prefix also gets an index-friendly range on that prefix, so `SMITH*`
-stays an index range scan at any index size. Query never filters on lifecycle state
-(invariant 3: evicted instances stay searchable).
+covered by table-driven tests without a network. The per-value rules (wildcards as GLOB with
+an index range on the literal prefix, date/time ranges, UID lists, person names) are
+`shared.matching`'s, shared with the cloud API's QIDO-RS; this module maps C-FIND keys onto
+the edge index. Query never filters on lifecycle state (invariant 3: evicted instances stay
+searchable).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import matching
 from shared.errors import BadRequest
-from shared.rows import normalize_name
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 PATIENT_ROOT = "patient"
@@ -128,8 +128,6 @@ _FROM = {
     "IMAGE": "instances i JOIN series se ON se.id = i.series_id "
     "JOIN studies st ON st.id = i.study_id",
 }
-# A high sentinel for range upper bounds: above every digit, '.', '+' and '-' in DA/TM/DT.
-_HIGH = "~"
 
 
 @dataclass(frozen=True)
@@ -200,126 +198,37 @@ def _condition(attr: Attr, raw: Any, params: list[Any]) -> str:
 
 
 def _term(attr: Attr, raw: Any, params: list[Any]) -> str:
-    values = _values(raw)
+    values = matching.split_values(raw)
     if not values or values == [""]:
         return ""  # universal matching
     col = attr.match or attr.expr
     if attr.kind == "const":
         return ""
     if attr.kind == "uid":
-        return _in(col, values, params)
+        return matching.one_of(col, values, params)
     if attr.kind == "int":
-        return _in(col, [_int(attr.keyword, v) for v in values], params)
+        return matching.one_of(col, [matching.integer(attr.keyword, v) for v in values], params)
     if attr.kind in ("da", "tm"):
-        return _or([_range(attr, col, v, params) for v in values])
+        return matching.any_of(
+            [matching.date_time(col, v, attr.kind, attr.keyword, params) for v in values]
+        )
     if attr.kind == "list":
         table, col = _LIST_MATCH[attr.keyword]
-        inner = _or([_string(col, v, params) for v in values])
+        inner = matching.any_of([matching.string(col, v, params) for v in values])
         if not inner:
             return ""
         return f"EXISTS (SELECT 1 FROM {table} x WHERE x.study_id = st.id AND {inner})"
     if attr.kind == "pn":
-        return _or([_string(col, normalize_name(v), params) for v in values])
-    return _or([_string(col, v, params) for v in values])
-
-
-def _in(col: str, values: Sequence[Any], params: list[Any]) -> str:
-    params.extend(values)
-    if len(values) == 1:
-        return f"{col} = ?"
-    return f"{col} IN ({', '.join('?' * len(values))})"
-
-
-def _or(conds: list[str]) -> str:
-    """Any of the values matches; a universal value (empty condition) makes the whole universal."""
-    if not conds or not all(conds):
-        return ""
-    return conds[0] if len(conds) == 1 else "(" + " OR ".join(conds) + ")"
-
-
-def _string(col: str, value: str, params: list[Any]) -> str:
-    """Single value or wildcard matching; every character but `*` and `?` is literal."""
-    if value.strip("*") == "" and value:
-        return ""  # "*" alone is universal
-    cut = min((i for i, ch in enumerate(value) if ch in "*?"), default=-1)
-    if cut < 0:
-        params.append(value)
-        return f"{col} = ?"
-    prefix = value[:cut]
-    conds: list[str] = []
-    if prefix:
-        params.extend((prefix, _successor(prefix)))
-        conds.append(f"{col} >= ? AND {col} < ?")
-    if value != prefix + "*":
-        params.append(to_glob(value))
-        conds.append(f"{col} GLOB ?")
-    return " AND ".join(conds)
-
-
-def to_glob(value: str) -> str:
-    """A DICOM wildcard pattern as a GLOB pattern: `*`/`?` keep their meaning, `[` is escaped."""
-    return "".join("[[]" if ch == "[" else ch for ch in value)
-
-
-def _successor(prefix: str) -> str:
-    """The smallest string greater than every string starting with prefix (UTF-8 binary order)."""
-    while prefix:
-        code = ord(prefix[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            return prefix[:-1] + chr(code)
-        prefix = prefix[:-1]
-    return "\U0010ffff"  # pragma: no cover - only for a prefix of all U+10FFFF
-
-
-def _range(attr: Attr, col: str, value: str, params: list[Any]) -> str:
-    """Date/time range matching: `A-B`, `A-`, `-B`, or a single value."""
-    if "-" in value and attr.kind in ("da", "tm"):
-        lower, _, upper = value.partition("-")
-    else:
-        lower = upper = value
-    for part in (lower, upper):
-        if part and not all(ch.isdigit() or ch in ".:" for ch in part):
-            raise BadRequest(f"{attr.keyword}: not a valid date/time or range")  # no value: PHI
-    lower, upper = lower.replace(":", ""), upper.replace(":", "")
-    if attr.kind == "da":
-        lower, upper = lower.replace(".", ""), upper.replace(".", "")
-        if lower == upper:
-            params.append(lower)
-            return f"{col} = ?"
-    # A range never matches an empty (unknown) value.
-    conds = [f"{col} >= ?" if lower else f"{col} > ''"]
-    if lower:
-        params.append(lower)
-    if upper:
-        # TM "12" as an upper bound includes 12:59:59.999: compare with a high sentinel.
-        params.append(upper + _HIGH if attr.kind == "tm" else upper)
-        conds.append(f"{col} <= ?")
-    return " AND ".join(conds)
-
-
-def _int(keyword: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise BadRequest(f"{keyword}: not an integer: {value!r}") from exc
+        return matching.any_of(
+            [matching.string(col, matching.person_name(v), params) for v in values]
+        )
+    return matching.any_of([matching.string(col, v, params) for v in values])
 
 
 def _text(value: Any) -> str:
     if value is None:
         return ""
     return str(value).strip()
-
-
-def _values(raw: Any) -> list[str]:
-    """A pydicom value as a list of strings (multi-valued elements split, padding removed)."""
-    if raw is None:
-        return []
-    if isinstance(raw, list | tuple) or type(raw).__name__ == "MultiValue":
-        return [_text(v) for v in raw]
-    text = _text(raw)
-    return text.split("\\") if "\\" in text else [text]
 
 
 def row_values(query: Query, row: Sequence[Any]) -> dict[str, Any]:

@@ -212,13 +212,6 @@ def test_image_level_of_a_series_uses_indexes(db: Database) -> None:
     assert "SCAN" not in plan, plan
 
 
-@pytest.mark.parametrize(
-    "prefix,successor", [("SMITH", "SMITI"), ("A^", "A_"), ("MÜ", "MÝ"), ("\ud7ff", "\ue000")]
-)
-def test_prefix_successor(prefix: str, successor: str) -> None:
-    assert query._successor(prefix) == successor
-
-
 def test_needs_unicode() -> None:
     assert not query.needs_unicode(["SMITH^JOHN", 3, None, ["CT"]])
     assert query.needs_unicode(["Müller"])
