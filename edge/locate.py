@@ -18,6 +18,7 @@ from typing import Protocol
 from edge.cache import Cache
 from shared.errors import NotFound
 from shared.lifecycle import LOCAL_STATES, State
+from shared.rows import from_row
 
 _RELPATH = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")
 INSTANCE_COLUMNS = (
@@ -42,17 +43,7 @@ class InstanceRef:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> InstanceRef:
-        return cls(
-            id=row["id"],
-            sop_instance_uid=row["sop_instance_uid"],
-            sop_class_uid=row["sop_class_uid"],
-            transfer_syntax=row["transfer_syntax"],
-            path=row["path"],
-            state=row["state"],
-            study_id=row["study_id"],
-            size=row["size"],
-            crc32c=row["crc32c"],
-        )
+        return from_row(cls, row)
 
 
 class Recaller(Protocol):

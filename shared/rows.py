@@ -6,7 +6,8 @@ Used by the edge's ingest and by the sync agent's restore (rows rebuilt from the
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from shared.dicom import Header
 from shared.lifecycle import State
@@ -125,3 +126,24 @@ def _upsert_study(conn: sqlite3.Connection, h: Header, now: float) -> int:
 def normalize_name(name: str) -> str:
     """The form person names are matched in: case-folded to upper case."""
     return name.upper()
+
+
+T = TypeVar("T")
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def from_row(cls: type[T], row: sqlite3.Row, **columns: str) -> T:
+    """Build a dataclass from an index row by field name; `columns` maps a field to a column of
+    another name. One copy instead of a field-by-field constructor per module, so a dataclass
+    and the rows that feed it cannot drift apart (a missing column raises IndexError)."""
+    values: dict[str, Any] = {n: row[columns.get(n, n)] for n in _field_names(cls)}
+    return cls(**values)

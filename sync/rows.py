@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from shared.catalog import CatalogRow
 from shared.dicom import Header
+from shared.rows import from_row
 
 # Every column the catalog needs, so one join serves the upload loop and the catalog writer.
 SELECT = """
@@ -38,50 +39,11 @@ class Instance:
 
 
 def instance(row: sqlite3.Row) -> Instance:
-    return Instance(
-        id=row["id"],
-        sop_instance_uid=row["sop_instance_uid"],
-        study_uid=row["study_uid"],
-        series_uid=row["series_uid"],
-        path=row["path"],
-        size=row["size"],
-        crc32c=row["crc32c"],
-        attempts=row["attempts"],
-        object_key=row["object_key"],
-        state=row["state"],
-    )
+    return from_row(Instance, row)
 
 
 def header(row: sqlite3.Row) -> Header:
-    return Header(
-        sop_instance_uid=row["sop_instance_uid"],
-        sop_class_uid=row["sop_class_uid"],
-        study_uid=row["study_uid"],
-        series_uid=row["series_uid"],
-        transfer_syntax=row["transfer_syntax"],
-        patient_id=row["patient_id"],
-        issuer_of_patient_id=row["issuer_of_patient_id"],
-        patient_name=row["patient_name"],
-        patient_birth_date=row["patient_birth_date"],
-        patient_sex=row["patient_sex"],
-        study_date=row["study_date"],
-        study_time=row["study_time"],
-        accession_number=row["accession_number"],
-        study_id=row["study_id_attr"],
-        study_description=row["study_description"],
-        referring_physician=row["referring_physician"],
-        modality=row["modality"],
-        series_number=row["series_number"],
-        series_description=row["series_description"],
-        body_part=row["body_part"],
-        series_date=row["series_date"],
-        series_time=row["series_time"],
-        instance_number=row["instance_number"],
-        rows=row["rows"],
-        columns=row["columns"],
-        number_of_frames=row["number_of_frames"],
-        specific_character_set=row["specific_character_set"],
-    )
+    return from_row(Header, row, study_id="study_id_attr")
 
 
 def catalog_row(row: sqlite3.Row, site: str) -> CatalogRow:
