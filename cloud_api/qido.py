@@ -1,10 +1,10 @@
 """QIDO-RS: query parameters -> parameterised SQL on the catalog index -> DICOM JSON. Pure.
 
-Matching follows PS3.4 C.2.2.2 like the edge's C-FIND (single value, `*`/`?` wildcards via
-GLOB with `[` escaped, UID lists, date/time ranges, universal match for empty values, person
-names case-insensitive). It is written against the cloud index schema, which differs from the
-edge's: the edge's matcher is not importable here (import contracts) and was not in shared/
-when this was written.
+Matching follows PS3.4 C.2.2.2 by the same rules as the edge's C-FIND: the per-value rules
+(single value, `*`/`?` wildcards via GLOB with `[` escaped plus an index range on the literal
+prefix, UID lists, date/time ranges, universal match for empty values, person names
+case-insensitive) are `shared.matching`'s; this module maps QIDO attributes onto the cloud
+index schema, which differs from the edge's.
 
 Every attribute the index holds at a level is returned (the standard allows more than the
 defaults), so `includefield` is accepted and needs no work; unknown fields are ignored.
@@ -18,8 +18,8 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from shared import matching
 from shared.errors import BadRequest
-from shared.rows import normalize_name
 from shared.uids import is_valid_uid
 
 STUDY, SERIES, INSTANCE = "STUDY", "SERIES", "INSTANCE"
@@ -121,50 +121,29 @@ def _keyword(name: str) -> str:
     return name
 
 
-def _match(column: str, kind: str, value: str) -> tuple[str, list[Any]]:
-    """One attribute's condition (PS3.4 C.2.2.2)."""
+def _match(column: str, kind: str, value: str, keyword: str = "") -> tuple[str, list[Any]]:
+    """One attribute's condition (PS3.4 C.2.2.2) by the rules shared with the edge's C-FIND
+    (`shared.matching`); "" is a universal match. cloud_api/handlers.py also calls it to
+    validate a UID list (kind "uid")."""
+    args: list[Any] = []
+    values = matching.split_values(value, commas=kind in ("uid", "modalities"))
     if kind == "modalities":
-        values = [v for v in value.replace(",", "\\").split("\\") if v]
-        marks = ",".join("?" * len(values))
-        return (
-            f"EXISTS (SELECT 1 FROM series ms WHERE ms.study_id = st.id "
-            f"AND ms.modality IN ({marks}))",
-            values,
-        )
+        inner = matching.any_of([matching.string("ms.modality", v, args) for v in values if v])
+        if not inner:
+            return "", []
+        return f"EXISTS (SELECT 1 FROM series ms WHERE ms.study_id = st.id AND {inner})", args
     if kind == "uid":
-        uids = [u for u in value.replace(",", "\\").split("\\") if u]
-        bad = [u for u in uids if not is_valid_uid(u)]
-        if bad:
-            raise BadRequest(f"not a valid UID: {bad[0][:64]!r}")
-        return f"{column} IN ({','.join('?' * len(uids))})", uids
-    if kind in ("date", "time") and "-" in value:
-        lo, _, hi = value.partition("-")
-        conds, args = [], []
-        if lo:
-            conds.append(f"{column} >= ?")
-            args.append(lo)
-        if hi:
-            conds.append(f"{column} <= ?")
-            args.append(hi if kind == "date" else hi + "\uffff")
-        conds.append(f"{column} != ''")
-        return " AND ".join(conds), args
+        uids = matching.uids(values, validate=True)
+        return (matching.one_of(column, uids, args) if uids else ""), args
+    if kind in ("date", "time"):
+        short = "da" if kind == "date" else "tm"
+        terms = [matching.date_time(column, v, short, keyword, args) for v in values]
+        return matching.any_of(terms), args
     if kind == "int":
-        try:
-            return f"{column} = ?", [int(value)]
-        except ValueError as exc:
-            raise BadRequest(f"{value[:32]!r} is not an integer") from exc
+        return matching.one_of(column, [matching.integer(keyword, v) for v in values], args), args
     if kind == "pn":
-        value = normalize_name(value)
-    values = value.split("\\") if "\\" in value else [value]
-    conds, args = [], []
-    for v in values:
-        if "*" in v or "?" in v:
-            conds.append(f"{column} GLOB ?")
-            args.append(v.replace("[", "[[]"))
-        else:
-            conds.append(f"{column} = ?")
-            args.append(v)
-    return ("(" + " OR ".join(conds) + ")" if len(conds) > 1 else conds[0]), args
+        values = [matching.person_name(v) for v in values]
+    return matching.any_of([matching.string(column, v, args) for v in values]), args
 
 
 def build_sql(q: Query) -> tuple[str, list[Any]]:
@@ -175,9 +154,10 @@ def build_sql(q: Query) -> tuple[str, list[Any]]:
         if value == "" or value == "*":
             continue  # universal match
         _, column, kind = ATTRIBUTES[keyword]
-        cond, a = _match(column, kind, value)
-        where.append(cond)
-        args.extend(a)
+        cond, a = _match(column, kind, value, keyword)
+        if cond:
+            where.append(cond)
+            args.extend(a)
     if q.sites is not None:
         if not q.sites:
             where.append("0")
