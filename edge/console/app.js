@@ -1,67 +1,6 @@
-// hpacs edge console: a static page over the JSON API (/api/*), no build step.
-// Every value from the server is inserted as text (never as HTML): descriptions come from
-// DICOM headers written by modalities and must not be able to inject markup.
+// hpacs edge console: a static page over the JSON API (/api/*), no build step. The helpers (el,
+// table, api, ...) and the login/nav shell are shared with the cloud console: /shared/console.js.
 "use strict";
-
-const TOKEN_KEY = "hpacs-console-token";
-const main = document.getElementById("main");
-const PAGES = { dashboard, nodes, studies, routing, audit };
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined) continue;
-    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return node;
-}
-
-function table(headers, rows) {
-  return el("table", {},
-    el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
-    el("tbody", {}, rows));
-}
-
-function bytes(n) {
-  if (n === null || n === undefined) return "–";
-  const units = ["B", "KB", "MB", "GB", "TB"];
-  let i = 0;
-  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
-  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
-}
-
-function when(ts) {
-  return ts ? new Date(ts * 1000).toLocaleString() : "–";
-}
-
-function age(s) {
-  if (!s) return "none";
-  if (s < 90) return `${Math.round(s)} s`;
-  if (s < 5400) return `${Math.round(s / 60)} min`;
-  return `${(s / 3600).toFixed(1)} h`;
-}
-
-function pill(text, kind) {
-  return el("span", { class: `pill ${kind || ""}` }, text);
-}
-
-class Unauthorized extends Error {}
-
-async function api(path, options = {}) {
-  const token = sessionStorage.getItem(TOKEN_KEY) || "";
-  const resp = await fetch(path, {
-    ...options,
-    headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
-  });
-  if (resp.status === 401) throw new Unauthorized("token refused");
-  const body = await resp.json();
-  if (!resp.ok) throw new Error(body.detail || `HTTP ${resp.status}`);
-  return body;
-}
 
 // ---- pages -------------------------------------------------------------------------------
 async function dashboard() {
@@ -117,7 +56,7 @@ async function nodes() {
           ? `Success (${r.status}) in ${r.rtt_ms} ms`
           : `Failed: ${r.detail}${r.status ? ` (${r.status})` : ""} after ${r.rtt_ms} ms`;
       } catch (err) {
-        if (err instanceof Unauthorized) return showLogin();
+        if (err instanceof Unauthorized) return shell.showLogin();
         result.className = "result bad";
         result.textContent = `Failed: ${err.message}`;
       } finally {
@@ -145,9 +84,9 @@ async function studies() {
       pin.disabled = true;
       try {
         await api(`/api/studies/${encodeURIComponent(s.study_uid)}/${s.pinned ? "unpin" : "pin"}`, { method: "POST" });
-        render();
+        shell.render();
       } catch (err) {
-        if (err instanceof Unauthorized) return showLogin();
+        if (err instanceof Unauthorized) return shell.showLogin();
         pin.disabled = false;
         pin.title = err.message;
       }
@@ -183,9 +122,9 @@ async function routing() {
       try {
         await api("/api/routes/retry", { method: "POST" });
       } catch (err) {
-        if (err instanceof Unauthorized) return showLogin();
+        if (err instanceof Unauthorized) return shell.showLogin();
       }
-      render();
+      shell.render();
     });
     out.push(el("h2", { style: "margin-top:24px" }, "Dead letters"), el("p", {}, retryAll),
       table(["Route", "Destination", "Attempts", "Last error", "Updated"], dead.map((j) =>
@@ -206,50 +145,14 @@ async function audit() {
 }
 
 // ---- shell -------------------------------------------------------------------------------
-function currentPage() {
-  const name = location.hash.replace(/^#/, "");
-  return PAGES[name] ? name : "dashboard";
-}
-
-async function render() {
-  if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin();
-  const name = currentPage();
-  document.getElementById("nav").hidden = false;
-  document.getElementById("logout").hidden = false;
-  for (const a of document.querySelectorAll("#nav a")) {
-    a.classList.toggle("active", a.getAttribute("href") === `#${name}`);
-  }
-  if (!document.getElementById("ae-title").textContent) {
-    api("/api/status").then((s) => {
-      document.getElementById("ae-title").textContent = `· ${s.ae_title}`;
-    }).catch(() => {});
-  }
-  try {
-    const content = await PAGES[name]();
-    main.replaceChildren(...content);
-    main.dataset.page = name;
-  } catch (err) {
-    if (err instanceof Unauthorized) return showLogin("The token was refused.");
-    main.replaceChildren(el("p", { class: "error", role: "alert" }, `Could not load: ${err.message}`));
-  }
-}
-
-function showLogin(message = "") {
-  sessionStorage.removeItem(TOKEN_KEY);
-  document.getElementById("ae-title").textContent = "";
-  document.getElementById("nav").hidden = true;
-  document.getElementById("logout").hidden = true;
-  main.dataset.page = "login";
-  main.replaceChildren(document.getElementById("login-tpl").content.cloneNode(true));
-  document.getElementById("login-error").textContent = message;
-  document.getElementById("login-form").addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
-    render();
-  });
-  document.getElementById("token").focus();
-}
-
-document.getElementById("logout").addEventListener("click", () => showLogin());
-window.addEventListener("hashchange", render);
-render();
+const aeTitle = document.getElementById("ae-title");
+const shell = startConsole({
+  pages: { dashboard, nodes, studies, routing, audit },
+  home: "dashboard",
+  onRender() {
+    if (!aeTitle.textContent) {
+      api("/api/status").then((s) => { aeTitle.textContent = `· ${s.ae_title}`; }).catch(() => {});
+    }
+  },
+  onSignOut() { aeTitle.textContent = ""; },
+});
