@@ -10,25 +10,19 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from edge.server import EdgeServer
 from shared.errors import PENDING, REFUSED_NOT_AUTHORIZED, SUCCESS
-from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import run
 from tests.support.retrieve import (
-    dataset_bytes,
+    assert_received_identical,
     get,
     load,
+    load_study,
     register,
     study_identifier,
 )
 
 
-def _study(edge: EdgeServer, tmp_path: Path, n: int = 4) -> tuple[str, list[Path]]:
-    files = write_study(StudySpec(instances_per_series=n), tmp_path / "in")
-    load(edge, files)
-    return str(pydicom.dcmread(files[0]).StudyInstanceUID), files
-
-
 def test_getscu_bit_identical(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, files = _study(edge, tmp_path)
+    study_uid, files = load_study(edge, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     r = run(
@@ -37,14 +31,11 @@ def test_getscu_bit_identical(edge: EdgeServer, tmp_path: Path) -> None:
         "127.0.0.1", edge.ports[0],
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in out.iterdir()}
-    assert len(received) == len(files)
-    for f in files:
-        assert dataset_bytes(received[pydicom.dcmread(f).SOPInstanceUID]) == dataset_bytes(f)
+    assert_received_identical(out, files)
 
 
 def test_get_counters_and_last_access(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, _ = _study(edge, tmp_path, n=3)
+    study_uid, _ = load_study(edge, tmp_path, n=3)
     with edge.db.write() as conn:
         conn.execute("UPDATE studies SET last_access = 1")
     rsps, rec = get(edge, study_identifier(study_uid), [str(CTImageStorage)])
@@ -70,7 +61,7 @@ def test_get_converts_for_an_uncompressed_only_requestor(edge: EdgeServer) -> No
 
 
 def test_get_without_permission_refused(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, _ = _study(edge, tmp_path, n=1)
+    study_uid, _ = load_study(edge, tmp_path, n=1)
     register(edge, "NOGET", 104, ["echo", "find"])
     rsps, rec = get(edge, study_identifier(study_uid), [str(CTImageStorage)], calling_ae="NOGET")
     assert rsps[-1][0] == REFUSED_NOT_AUTHORIZED

@@ -14,10 +14,11 @@ from shared.errors import MOVE_DESTINATION_UNKNOWN, PENDING, SUBOPS_WARNING, SUC
 from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import run
 from tests.support.retrieve import (
+    assert_received_identical,
     connection_recorder,
-    dataset_bytes,
     dcmtk_destination,
     load,
+    load_study,
     move,
     pynetdicom_destination,
     quick_study,
@@ -27,14 +28,8 @@ from tests.support.retrieve import (
 )
 
 
-def _study(edge: EdgeServer, tmp_path: Path, n: int = 4, **spec: object) -> tuple[str, list[Path]]:
-    files = write_study(StudySpec(instances_per_series=n, **spec), tmp_path / "in")  # type: ignore[arg-type]
-    load(edge, files)
-    return str(pydicom.dcmread(files[0]).StudyInstanceUID), files
-
-
 def test_movescu_to_storescp_bit_identical(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, files = _study(edge, tmp_path)
+    study_uid, files = load_study(edge, tmp_path)
     out = tmp_path / "out"
     with dcmtk_destination(edge, out):
         r = run(
@@ -43,14 +38,11 @@ def test_movescu_to_storescp_bit_identical(edge: EdgeServer, tmp_path: Path) -> 
             "127.0.0.1", edge.ports[0],
         )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in out.iterdir()}
-    assert len(received) == len(files)
-    for f in files:
-        assert dataset_bytes(received[pydicom.dcmread(f).SOPInstanceUID]) == dataset_bytes(f)
+    assert_received_identical(out, files)
 
 
 def test_move_updates_last_access(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, _ = _study(edge, tmp_path, n=2)
+    study_uid, _ = load_study(edge, tmp_path, n=2)
     with edge.db.write() as conn:
         conn.execute("UPDATE studies SET last_access = 1")
         conn.execute("UPDATE instances SET last_access = 1")
@@ -63,7 +55,7 @@ def test_move_updates_last_access(edge: EdgeServer, tmp_path: Path) -> None:
 
 
 def test_unknown_destination_a801_and_no_connection(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, _ = _study(edge, tmp_path, n=1)
+    study_uid, _ = load_study(edge, tmp_path, n=1)
     with connection_recorder() as (_port, seen):
         rsps = move(edge, study_identifier(study_uid), "NOTREGISTERED")
     assert [s for s, _, _ in rsps] == [MOVE_DESTINATION_UNKNOWN]
@@ -71,7 +63,7 @@ def test_unknown_destination_a801_and_no_connection(edge: EdgeServer, tmp_path: 
 
 
 def test_requestor_without_move_permission_refused(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, _ = _study(edge, tmp_path, n=1)
+    study_uid, _ = load_study(edge, tmp_path, n=1)
     register(edge, "NOMOVE", 104, ["echo", "find"])
     with connection_recorder() as (port, seen):
         register(edge, "RECORDER", port)
@@ -99,7 +91,7 @@ def test_thousand_instances_over_one_association(edge: EdgeServer, tmp_path: Pat
 
 
 def test_pending_responses_carry_the_counters(edge: EdgeServer, tmp_path: Path) -> None:
-    study_uid, _ = _study(edge, tmp_path, n=5)
+    study_uid, _ = load_study(edge, tmp_path, n=5)
     with pynetdicom_destination() as (port, rec):
         register(edge, "PYSCP", port)
         rsps = move(edge, study_identifier(study_uid), "PYSCP")
@@ -117,7 +109,7 @@ def test_no_conversion_fails_one_and_move_continues(
     edge: EdgeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """CT only accepted as JPEG Baseline (we never encode lossy): that sub-operation fails."""
-    study_uid, ct_files = _study(edge, tmp_path, n=2)
+    study_uid, ct_files = load_study(edge, tmp_path, n=2)
     mr = write_study(
         StudySpec(instances_per_series=1, study_uid=study_uid, sop_class_uid=str(MRImageStorage)),
         tmp_path / "mr",
@@ -147,7 +139,7 @@ def test_no_conversion_fails_one_and_move_continues(
 def test_evicted_instance_without_recall_is_a_failed_suboperation(
     edge: EdgeServer, tmp_path: Path
 ) -> None:
-    study_uid, files = _study(edge, tmp_path, n=3)
+    study_uid, files = load_study(edge, tmp_path, n=3)
     evicted = str(pydicom.dcmread(files[1]).SOPInstanceUID)
     with edge.db.write() as conn:
         conn.execute(
@@ -164,7 +156,7 @@ def test_evicted_instance_without_recall_is_a_failed_suboperation(
 
 
 def test_series_and_image_level_select_by_uid_lists(edge: EdgeServer, tmp_path: Path) -> None:
-    _, files = _study(edge, tmp_path, n=4)
+    _, files = load_study(edge, tmp_path, n=4)
     dss = [pydicom.dcmread(f) for f in files]
     with pynetdicom_destination() as (port, rec):
         register(edge, "PYSCP", port)
@@ -177,8 +169,8 @@ def test_series_and_image_level_select_by_uid_lists(edge: EdgeServer, tmp_path: 
 
 
 def test_patient_root_move_by_patient_id(edge: EdgeServer, tmp_path: Path) -> None:
-    _, files = _study(edge, tmp_path, n=2, patient_id="PMOVE1")
-    _study(edge, tmp_path / "other", n=1, patient_id="POTHER")
+    _, files = load_study(edge, tmp_path, n=2, patient_id="PMOVE1")
+    load_study(edge, tmp_path / "other", n=1, patient_id="POTHER")
     out = tmp_path / "out"
     with dcmtk_destination(edge, out):
         r = run(

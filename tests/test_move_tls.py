@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
-import trustme
 
 from shared.errors import SUCCESS
 from shared.registry import Node, upsert_node
@@ -13,16 +12,12 @@ from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import storescp
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
-from tests.support.retrieve import dataset_bytes, load, move, study_identifier
+from tests.support.retrieve import assert_received_identical, load, move, study_identifier
+from tests.support.tls import server_cert_files
 
 
 def test_move_to_a_tls_destination(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    key, cert, ca_file = tmp_path / "scp.key", tmp_path / "scp.crt", tmp_path / "ca.crt"
-    server.private_key_pem.write_to_path(str(key))
-    server.cert_chain_pems[0].write_to_path(str(cert))
-    ca.cert_pem.write_to_path(str(ca_file))
+    key, cert, ca_file = server_cert_files(tmp_path)
     out = tmp_path / "out"
     cfg = edge_config(tmp_path, tls={"port": 0, "ca_file": str(ca_file)})
     with running_edge(cfg) as edge:
@@ -42,6 +37,4 @@ def test_move_to_a_tls_destination(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(10)
     assert rsps[-1][0] == SUCCESS
-    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in out.iterdir()}
-    for f in files:
-        assert dataset_bytes(received[pydicom.dcmread(f).SOPInstanceUID]) == dataset_bytes(f)
+    assert_received_identical(out, files)

@@ -9,7 +9,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom import AE, _config, build_role, evt
@@ -25,7 +27,7 @@ from edge.server import EdgeServer
 from shared import synthetic
 from shared.registry import Node, upsert_node
 from shared.rows import Origin
-from shared.synthetic import StudySpec, make_instance
+from shared.synthetic import StudySpec, make_instance, write_study
 from tests.support.dcmtk import storescp
 from tests.support.net import free_port, port_open, wait_for
 
@@ -44,6 +46,21 @@ def load(edge: EdgeServer, files: Sequence[Path]) -> None:
     """Put files into the edge through its one ingest path."""
     for f in files:
         edge.ingestor.ingest_path(f, Origin("import"))
+
+
+def load_study(edge: EdgeServer, tmp_path: Path, n: int = 4, **spec: Any) -> tuple[str, list[Path]]:
+    """A synthetic study of `n` instances per series, ingested; returns its UID and files."""
+    files = write_study(StudySpec(instances_per_series=n, **spec), tmp_path / "in")
+    load(edge, files)
+    return str(pydicom.dcmread(files[0]).StudyInstanceUID), files
+
+
+def assert_received_identical(out: Path, files: Sequence[Path]) -> None:
+    """Every sent file arrived in `out` exactly once, its dataset bytes unchanged."""
+    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in out.iterdir()}
+    assert len(received) == len(files)
+    for f in files:
+        assert dataset_bytes(received[pydicom.dcmread(f).SOPInstanceUID]) == dataset_bytes(f)
 
 
 def dataset_bytes(path: Path) -> bytes:
