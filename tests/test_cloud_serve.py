@@ -9,21 +9,16 @@ import sys
 from pathlib import Path
 
 import requests
-import trustme
 
 from shared.store.base import open_store
 from shared.synthetic import StudySpec
 from tests.support.cloud import seed_site
 from tests.support.net import free_port, port_open, wait_for
+from tests.support.tls import server_cert_files
 
 
 def test_serve_over_tls_with_dev_token(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    key_file, cert_file, ca_file = server_cert_files(tmp_path)
     store_url = f"file://{tmp_path / 'bucket'}"
     store = open_store(store_url)
     seed_site(store, "a", StudySpec(patient_id="PX"))

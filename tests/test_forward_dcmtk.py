@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import trustme
 
 from edge.forwarder import Forwarder, dimse_sender
 from edge.routequeue import queue_depth
@@ -18,6 +17,7 @@ from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import storescp
 from tests.support.net import free_port, port_open, wait_for
 from tests.support.routing import edge_parts, jobs, routing_config
+from tests.support.tls import server_cert_files
 
 IMPLICIT_VR = "1.2.840.10008.1.2"
 
@@ -89,12 +89,7 @@ def test_destination_down_then_back_nothing_lost_nothing_sent_twice(
 
 
 def test_forward_to_a_tls_destination(tmp_path: Path, peers: list[subprocess.Popen[str]]) -> None:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    key, cert, ca_file = tmp_path / "scp.key", tmp_path / "scp.crt", tmp_path / "ca.crt"
-    server.private_key_pem.write_to_path(str(key))
-    server.cert_chain_pems[0].write_to_path(str(cert))
-    ca.cert_pem.write_to_path(str(ca_file))
+    key, cert, ca_file = server_cert_files(tmp_path)
     port = free_port()
     nodes = [{"ae_title": "TLSSCP", "host": "127.0.0.1", "port": port, "tls": True}]
     route = {"name": "tls", "destinations": ["TLSSCP"], "max_attempts": 1}
