@@ -15,19 +15,10 @@ import pytest
 
 from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import storescp
+from tests.support.edge import cli
 from tests.support.net import free_port, port_open, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 @pytest.fixture

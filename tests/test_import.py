@@ -6,26 +6,18 @@ import io
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge.importer import ImportSummary, iter_files, run_import
 from shared.synthetic import StudySpec, write_study
+from tests.support.edge import cli
 from tests.support.routing import edge_parts, routing_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def hpacs_edge(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    return cli(config, *args, timeout=120)
 
 
 @pytest.fixture
