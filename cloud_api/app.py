@@ -21,8 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cloud_api import admin_api, ops
 from cloud_api import handlers as h
-from cloud_api import ops
 from cloud_api.audit import AuditLog
 from cloud_api.auth import Need, Principal, TokenStore
 from cloud_api.catalog_index import CatalogIndex
@@ -69,8 +69,10 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("GET", IN + "/bulkdata/{tag}", h.wado_bulkdata, Need.READ, "wado-bulkdata"),
     ("POST", "/dicomweb/studies", h.stow, Need.WRITE, "stow"),
     ("POST", S, h.stow, Need.WRITE, "stow"),
-    ("GET", "/api/sites", h.api_sites, Need.ADMIN, "sites"),
+    ("GET", "/api/sites", admin_api.api_sites, Need.ADMIN, "sites"),
     ("GET", "/api/tokens", h.api_tokens, Need.ADMIN, "tokens"),
+    ("GET", "/api/audit", admin_api.api_audit, Need.ADMIN, "audit-read"),
+    ("GET", "/api/audit/verify", admin_api.api_audit_verify, Need.ADMIN, "audit-verify"),
     ("POST", "/api/sites/{site}/restores", h.api_restore_create, Need.ADMIN, "restore"),
     ("GET", "/api/sites/{site}/restores", h.api_restore_list, Need.RESTORE_READ, "restore-list"),
     (
@@ -97,6 +99,7 @@ class Services:
 
 SERVICES = web.AppKey("services", Services)
 NEEDS = web.AppKey("needs", dict)
+PUBLIC = web.AppKey("public", frozenset)  # the console shell's resources: no data, no token
 
 
 def problem(err: BaseException) -> web.Response:
@@ -153,6 +156,8 @@ async def _on_prepare(request: web.Request, resp: web.StreamResponse) -> None:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, check the route's declared need, run, map errors, audit."""
     if request.path in ops.OPEN_PATHS:  # kubelet probes: no credentials, no data
+        return await handler(request)
+    if request.match_info.route.resource in request.app[PUBLIC]:  # console shell: static files
         return await handler(request)
     svc = request.app[SERVICES]
     client = request.remote or ""
@@ -308,6 +313,7 @@ def create_app(
         route = app.router.add_route(method, path, handler)
         needs[route] = (need, action)
     ops.mount(app, SERVICES, needs)  # /healthz, /readyz, /metrics
+    app[PUBLIC] = admin_api.mount_console(app)  # /console: HTML/JS/CSS, data only via /api
     app[NEEDS] = needs
     app.on_response_prepare.append(_on_prepare)
     app.on_startup.append(_on_startup)

@@ -22,21 +22,25 @@ READYZ_TIMEOUT_S = 2.0
 REGISTRY = web.AppKey("metrics_registry", metrics.Registry)
 
 
-def catalog_lag_s(index: Any, store: Any) -> float:
-    """Age of the oldest catalog object a site has written that this replica has not applied.
+def site_lags_s(index: Any, store: Any) -> dict[str, float]:
+    """Per site, the age of its oldest catalog object this replica has not applied (0: current).
 
-    0 when the index is up to date: the figure an admin watches to know how stale QIDO
-    answers can be.
-    """
+    The figure an admin watches to know how stale QIDO answers for a site can be."""
     now = time.time()
-    lag = 0.0
+    lags: dict[str, float] = {}
     for site, cursor in index.cursors().items():
+        lags[site] = 0.0
         for info in store.list(catalog_prefix(site), start_offset=cursor):
             if info.key <= cursor:
                 continue
-            lag = max(lag, now - info.updated if info.updated else 0.0)
+            lags[site] = max(0.0, now - info.updated) if info.updated else 0.0
             break
-    return lag
+    return lags
+
+
+def catalog_lag_s(index: Any, store: Any) -> float:
+    """The worst site's lag: the one number the metric exports."""
+    return max(site_lags_s(index, store).values(), default=0.0)
 
 
 def mount(app: web.Application, services_key: Any, needs: dict[Any, Any]) -> None:

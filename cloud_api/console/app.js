@@ -1,0 +1,135 @@
+// hpacs cloud console: a static page over the cloud API's admin JSON (/api/*), no build step.
+// Helpers (el, table, api, pill, ...) and the login/nav shell come from /console/shared/console.js.
+"use strict";
+
+const PHASE_KIND = { done: "ok", failed: "bad", pending: "" };
+let restoreSite = "";
+
+function lag(s) {
+  return s ? `${age(s)} behind` : "current";
+}
+
+async function sites() {
+  const { sites: list } = await api("/api/sites");
+  const out = [el("h2", {}, "Sites")];
+  if (!list.length) {
+    out.push(el("p", { class: "empty" }, "No site has written a catalog yet."));
+    return out;
+  }
+  out.push(table(["Site", "Studies", "Instances", "Last catalog object", "Written", "Index lag"],
+    list.map((s) => el("tr", { "data-site": s.site },
+      el("td", { class: "mono" }, s.site),
+      el("td", { class: "studies" }, String(s.studies)),
+      el("td", { class: "instances" }, String(s.instances)),
+      el("td", { class: "mono" }, s.last_catalog_key || "–"),
+      el("td", {}, when(s.last_catalog_at)),
+      el("td", {}, pill(lag(s.lag_s), s.lag_s > 300 ? "warn" : "ok"))))));
+  return out;
+}
+
+function progress(r) {
+  const parts = [];
+  if (r.instances_indexed) parts.push(`${r.instances_indexed} instances indexed`);
+  if (r.studies_to_prefetch) parts.push(`${r.studies_prefetched} / ${r.studies_to_prefetch} studies prefetched`);
+  if (r.instances_prefetched) parts.push(`${r.instances_prefetched} instances recalled`);
+  return parts.join(" · ") || "–";
+}
+
+async function restores(render) {
+  const { sites: list } = await api("/api/sites");
+  const out = [el("h2", {}, "Restore jobs")];
+  if (!list.length) {
+    out.push(el("p", { class: "empty" }, "No site has written a catalog yet: nothing to restore."));
+    return out;
+  }
+  if (!list.some((s) => s.site === restoreSite)) restoreSite = list[0].site;
+  const select = el("select", { id: "restore-site", "aria-label": "Site" },
+    list.map((s) => el("option", { value: s.site, selected: s.site === restoreSite }, s.site)));
+  select.addEventListener("change", () => { restoreSite = select.value; render(); });
+  const days = el("input", { id: "prefetch-days", type: "number", min: "0", placeholder: "default",
+    "aria-label": "Prefetch days", style: "width:90px" });
+  const create = el("button", { type: "button", class: "primary" }, "Request restore");
+  const result = el("span", { class: "result", role: "status" });
+  create.addEventListener("click", async () => {
+    if (!confirm(`Restore site ${restoreSite}? Its sync agent will rebuild the edge index from the catalog.`)) return;
+    create.disabled = true;
+    const body = days.value === "" ? {} : { prefetch_days: Number(days.value) };
+    try {
+      await api(`/api/sites/${encodeURIComponent(restoreSite)}/restores`, { method: "POST", json: body });
+      render();
+    } catch (err) {
+      create.disabled = false;
+      result.className = "result bad";
+      result.textContent = `Failed: ${err.message}`;
+    }
+  });
+  out.push(el("p", { class: "toolbar" }, el("label", {}, "Site ", select), " ",
+    el("label", {}, "Prefetch days ", days), " ", create, " ", result));
+  const jobs = await api(`/api/sites/${encodeURIComponent(restoreSite)}/restores`);
+  if (!jobs.length) {
+    out.push(el("p", { class: "empty" }, `No restore has been requested for site ${restoreSite}.`));
+    return out;
+  }
+  jobs.sort((a, b) => (a.id < b.id ? 1 : -1));  // ids sort by request time
+  out.push(table(["Restore", "Phase", "Progress", "Agent", "Started", "Updated", "Error"],
+    jobs.map((r) => el("tr", { "data-restore": r.id },
+      el("td", { class: "mono" }, r.id),
+      el("td", { class: "phase" }, pill(r.phase, PHASE_KIND[r.phase] ?? "warn")),
+      el("td", {}, progress(r)),
+      el("td", { class: "mono" }, r.agent || "–"),
+      el("td", {}, when(r.started_at)),
+      el("td", {}, when(r.updated_at)),
+      el("td", {}, r.error || "")))));
+  out.push(el("p", { class: "hint" }, "The site's sync agent picks a request up on its next poll and writes progress beside it."));
+  return out;
+}
+
+async function tokens() {
+  const list = await api("/api/tokens");
+  const out = [el("h2", {}, "Tokens"),
+    el("p", { class: "hint", id: "tokens-cli" }, "Tokens are created and revoked with the CLI only (",
+      el("span", { class: "mono" }, "hpacs-cloud token create --role admin|reader|agent --sites A,B --name NAME"),
+      ", ", el("span", { class: "mono" }, "hpacs-cloud token revoke NAME"),
+      "): a token is shown once, at creation, and never by this console.")];
+  if (!list.length) {
+    out.push(el("p", { class: "empty" }, "No token exists."));
+    return out;
+  }
+  out.push(table(["Name", "Role", "Sites", "Created", "State"], list.map((t) =>
+    el("tr", { class: t.revoked_at ? "revoked" : "" },
+      el("td", { class: "mono" }, t.name), el("td", {}, t.role),
+      el("td", {}, t.role === "admin" ? "all" : (t.sites.join(", ") || "none")),
+      el("td", {}, when(t.created_at)),
+      el("td", {}, t.revoked_at ? pill(`revoked ${when(t.revoked_at)}`, "bad") : pill("active", "ok"))))));
+  return out;
+}
+
+async function audit(render) {
+  const [log, chain] = await Promise.all([api("/api/audit?limit=200"), api("/api/audit/verify")]);
+  const verdict = chain.ok
+    ? el("div", { class: "big", id: "chain-state" }, pill("intact", "ok"), ` ${chain.records} records`)
+    : el("div", { class: "big", id: "chain-state" }, pill("broken", "bad"), ` ${chain.problems.length} problem(s)`);
+  const problems = chain.problems.map((p) => el("div", { class: "sub" }, `line ${p.line}: ${p.reason}`));
+  const refresh = el("button", { type: "button" }, "Verify again");
+  refresh.addEventListener("click", () => render());
+  const out = [el("h2", {}, "Audit trail"),
+    el("div", { class: "cards" }, el("div", { class: "card", id: "card-chain" },
+      el("h3", {}, `Hash chain · replica ${chain.replica}`), verdict, problems,
+      el("div", { class: "sub" }, "Shipped copies in the bucket: ",
+        el("span", { class: "mono" }, "hpacs-cloud audit verify --bucket")), el("p", {}, refresh)))];
+  if (!log.events.length) {
+    out.push(el("p", { class: "empty" }, "No audit event yet."));
+    return out;
+  }
+  out.push(table(["#", "When", "Token", "Role", "Client", "Action", "Study UID", "Outcome", "Detail"],
+    log.events.map((e) => el("tr", { class: e.outcome === "denied" ? "denied" : "" },
+      el("td", {}, String(e.seq)), el("td", {}, when(e.time)),
+      el("td", { class: "mono" }, e.token || "(none)"), el("td", {}, e.role || "–"),
+      el("td", { class: "mono" }, e.client), el("td", {}, e.action),
+      el("td", { class: "mono" }, e.study_uid || ""),
+      el("td", {}, pill(`${e.outcome} ${e.status}`, e.outcome === "ok" ? "ok" : e.outcome === "denied" ? "bad" : "warn")),
+      el("td", { class: "mono" }, e.detail)))));
+  return out;
+}
+
+startConsole({ pages: { sites, restores, tokens, audit }, home: "sites" });

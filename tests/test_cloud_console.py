@@ -1,0 +1,200 @@
+"""The cloud API's console in headless Chromium: what an admin sees, one screenshot per page.
+
+Debian's chromium driven by Playwright (no browser download); the cloud API runs on a free port
+over a file:// bucket seeded the way a sync agent journals instances. Screenshots land in
+test-artifacts/cloud-console/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from cloud_api.auth import TokenStore
+from shared.keys import restore_status_key
+from shared.restore import RestorePhase, RestoreStatus
+from shared.store.base import ObjectStore, open_store
+from shared.synthetic import StudySpec
+from tests.support.cloud import CloudServer, cloud_config, make_token, running_cloud, seed_site
+from tests.support.console import chromium
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "cloud-console"
+MARKUP = "<b>ops</b><img src=x onerror=alert(1)>"  # shown as text, never parsed
+
+
+@dataclass
+class Cloud:
+    server: CloudServer
+    store: ObjectStore
+    admin: str
+    reader: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/console"
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    tmp = tmp_path_factory.mktemp("cloud-console")
+    cfg = cloud_config(tmp)
+    store = open_store(cfg.store_url)
+    seed_site(store, "north", StudySpec(series_count=2, instances_per_series=3))
+    admin = make_token(cfg, "console-admin", "admin", [])
+    reader = make_token(cfg, "rad-north", "reader", ["north"])
+    make_token(cfg, MARKUP, "reader", ["north", "south"])
+    make_token(cfg, "old-agent", "agent", ["north"])
+    TokenStore(cfg.tokens_file).revoke("old-agent")
+    with running_cloud(cfg, store) as server:
+        yield Cloud(server, store, admin, reader)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    pg.on("dialog", lambda d: d.accept())  # the restore confirmation
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def sign_in(page: Any, cloud: Cloud, section: str, token: str) -> None:
+    page.goto(f"{cloud.url}#{section}")
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_shell_is_public_but_holds_no_data(cloud: Cloud) -> None:
+    r = requests.get(cloud.url, timeout=30)
+    assert r.status_code == 200 and "Sign in" in r.text
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    for asset in ("/console/assets/app.js", "/console/shared/console.js"):
+        assert requests.get(cloud.server.url + asset, timeout=30).status_code == 200
+    assert requests.get(cloud.server.url + "/console/assets/../app.py", timeout=30).status_code in (
+        401,
+        403,
+        404,
+    )
+    assert requests.get(cloud.server.url + "/api/sites", timeout=30).status_code == 401
+
+
+def test_sites_show_counts_once_catalog_rows_exist(page: Any, cloud: Cloud) -> None:
+    page.goto(cloud.url)
+    assert page.get_by_role("heading", name="Sign in").is_visible()
+    screenshot(page, "login")
+    sign_in(page, cloud, "sites", "hpacs_not-a-token")
+    page.get_by_text("The token was refused.").wait_for()
+    assert not page.get_by_role("link", name="Sites").is_visible()
+    sign_in(page, cloud, "sites", cloud.admin)
+    north = page.get_by_role("row").filter(has_text="north")
+    north.wait_for()
+    assert north.locator(".studies").inner_text() == "1"
+    assert north.locator(".instances").inner_text() == "6"
+    assert "catalog/north/" in north.inner_text()
+    assert "current" in north.inner_text()
+    seed_site(cloud.store, "south", StudySpec(instances_per_series=2))  # a new site journals
+    cloud.server.poll()
+    page.reload()
+    south = page.get_by_role("row").filter(has_text="south")
+    south.wait_for()
+    assert (south.locator(".studies").inner_text(), south.locator(".instances").inner_text()) == (
+        "1",
+        "2",
+    )
+    screenshot(page, "sites")
+
+
+def test_restore_request_shows_in_the_list_with_its_state(page: Any, cloud: Cloud) -> None:
+    sign_in(page, cloud, "restores", cloud.admin)
+    page.get_by_label("Site").select_option("north")
+    page.get_by_text("No restore has been requested for site north.").wait_for()
+    page.get_by_role("button", name="Request restore").click()
+    row = page.locator("tr[data-restore]")
+    row.wait_for()
+    assert row.locator(".phase").inner_text() == "pending"
+    rid = row.get_attribute("data-restore")
+    assert rid
+    now = time.time()
+    status = RestoreStatus(  # what the site's sync agent writes beside the request
+        rid,
+        "north",
+        RestorePhase.PREFETCHING,
+        now,
+        started_at=now - 5,
+        agent="edge-north/4242",
+        instances_indexed=6,
+        studies_total=1,
+        studies_to_prefetch=4,
+        studies_prefetched=3,
+    )
+    cloud.store.put(restore_status_key("north", rid), status.to_bytes())
+    page.reload()
+    row.locator(".phase").get_by_text("prefetching").wait_for()
+    text = row.inner_text()
+    assert "6 instances indexed" in text and "3 / 4 studies prefetched" in text
+    assert "edge-north/4242" in text
+    screenshot(page, "restores")
+
+
+def test_tokens_page_lists_tokens_and_says_creation_is_cli_only(page: Any, cloud: Cloud) -> None:
+    sign_in(page, cloud, "tokens", cloud.admin)
+    page.get_by_role("cell", name="rad-north", exact=True).wait_for()
+    assert "created and revoked with the CLI only" in page.locator("#tokens-cli").inner_text()
+    odd = page.get_by_role("row").filter(has_text="<b>ops</b>")
+    assert MARKUP in odd.inner_text()
+    assert page.locator("tbody b, tbody img").count() == 0
+    assert "north, south" in odd.inner_text()
+    revoked = page.get_by_role("row").filter(has_text="old-agent")
+    assert "revoked" in revoked.inner_text()
+    admin = page.get_by_role("row").filter(has_text="console-admin")
+    assert "active" in admin.inner_text() and "all" in admin.inner_text()
+    assert "hpacs_" not in page.locator("main").inner_text()  # no token, no hash is shown
+    screenshot(page, "tokens")
+
+
+def test_audit_page_highlights_denied_requests_and_verifies_the_chain(
+    page: Any, cloud: Cloud
+) -> None:
+    requests.get(cloud.server.url + "/api/" + MARKUP, timeout=30)  # denied: no token
+    sign_in(page, cloud, "audit", cloud.admin)
+    page.locator("#chain-state").get_by_text("intact").wait_for()
+    denied = page.locator("tr.denied").filter(has_text="/api/<b>ops</b>")
+    denied.wait_for()
+    assert "GET /api/" + MARKUP in denied.inner_text()
+    assert "(none)" in denied.inner_text() and "denied 401" in denied.inner_text()
+    assert page.locator("tbody b, tbody img").count() == 0
+    ok = page.locator("tr:not(.denied)").filter(has_text="console-admin").first
+    assert "ok 200" in ok.inner_text()
+    screenshot(page, "audit")
+
+
+def test_reader_token_is_refused_the_admin_pages(page: Any, cloud: Cloud) -> None:
+    sign_in(page, cloud, "sites", cloud.reader)
+    for section in ("sites", "restores", "tokens", "audit"):
+        page.goto(f"{cloud.url}#{section}")
+        page.locator(f"main[data-page={section}]").wait_for()
+        alert = page.locator("main [role=alert]")
+        alert.get_by_text("Refused:").wait_for()
+        assert "rad-north" in alert.inner_text()
+        assert page.locator("main table").count() == 0
+    screenshot(page, "refused")
