@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pynetdicom.association import Association
 
@@ -18,6 +19,7 @@ class AssocInfo:
     peer: str
     node: Node | None = None
     counted: bool = False
+    slot: Any = None  # edge.slots.Slot while counted
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     failed: int = 0

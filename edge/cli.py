@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from edge.acceptors import Acceptors
 from edge.cache import Cache
 from edge.forwarder import Forwarder, Sender, attach_routing, dimse_sender
 from edge.hotfolder import HotFolder
@@ -123,22 +124,37 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    server.start()
+    # edge.acceptors > 1: child processes serve DIMSE on the port (edge/acceptors.py); this
+    # process keeps reconcile (done above, before any child starts), HTTP, hot folder, forwarder.
+    acceptors = Acceptors(cfg, cfg.edge.acceptors) if cfg.edge.acceptors > 1 else None
+    if acceptors is not None:
+        acceptors.start()
+    else:
+        server.start()
     forwarder.start()
     if hotfolder is not None:
         hotfolder.start()
     http = start_http(cfg, db, server.active_associations)
-    log.info("edge node ready ae_title=%s ports=%s", cfg.edge.ae_title, server.ports)
+    ports = server.ports or [p for p in (cfg.edge.port, cfg.edge.tls.port) if p]
+    log.info(
+        "edge node ready ae_title=%s ports=%s acceptors=%d",
+        cfg.edge.ae_title,
+        ports,
+        cfg.edge.acceptors,
+    )
     if ready is not None:
         ready.set()
     try:
         while not stop.wait(1.0):
-            pass
+            if acceptors is not None:
+                acceptors.check()
     finally:
         if http is not None:
             http.stop()
         if hotfolder is not None:
             hotfolder.stop()
+        if acceptors is not None:
+            acceptors.stop()
         server.stop()
         forwarder.stop()
         db.close()

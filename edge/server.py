@@ -12,10 +12,12 @@ import ssl
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
 from edge import reactor, spool
 from edge.access import decide
@@ -29,6 +31,7 @@ from edge.ingest import Ingestor
 from edge.locate import Recaller
 from edge.recall import StoreRecaller
 from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveHandlers
+from edge.slots import AssocSlots
 from edge.tls import server_context
 from shared import metrics
 from shared.config import Config
@@ -58,10 +61,21 @@ spool.install()
 DUL_LOOP_DELAY_S = 0.0001
 
 
+class _ReusePortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with SO_REUSEPORT set before bind (edge.acceptors > 1)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class EdgeServer:
-    def __init__(self, cfg: Config, db: Database) -> None:
+    """The DIMSE side of one process; `reuse_port` lets several acceptor processes share a port."""
+
+    def __init__(self, cfg: Config, db: Database, *, reuse_port: bool = False) -> None:
         self.cfg = cfg
         self.db = db
+        self.reuse_port = reuse_port
         self.cache = Cache(cfg.edge.cache_dir)
         tempfile.tempdir = str(self.cache.tmp)  # pynetdicom spools C-STORE data here
         self.ingestor = Ingestor(
@@ -75,9 +89,10 @@ class EdgeServer:
             db.set_synchronous("NORMAL")  # edge.index_synchronous, docs/ARCHITECTURE.md
         self.ae = self._make_ae()
         self._servers: list[Any] = []
-        self._lock = threading.Lock()
-        self._active_total = 0
-        self._active_by_node: dict[str, int] = {}
+        # Association limits hold across acceptor processes (edge/slots.py).
+        self.slots = AssocSlots(
+            Path(cfg.edge.data_dir) / "associations.slots", cfg.edge.max_associations
+        )
         self._addr_cache: dict[str, tuple[float, frozenset[str]]] = {}
         self.store = StoreHandlers(self)
         self.find = FindHandlers(self)
@@ -135,16 +150,11 @@ class EdgeServer:
     def start(self) -> None:
         e = self.cfg.edge
         if e.port:
-            srv = self.ae.start_server((e.host, e.port), block=False, evt_handlers=self.handlers())
+            srv = self._listen((e.host, e.port), None)
             self._servers.append(srv)
             log.info("listening ae_title=%s address=%s:%d tls=no", e.ae_title, e.host, e.port)
         if e.tls.port and e.tls.cert_file:
-            srv = self.ae.start_server(
-                (e.host, e.tls.port),
-                block=False,
-                evt_handlers=self.handlers(),
-                ssl_context=self._server_ssl_context(),
-            )
+            srv = self._listen((e.host, e.tls.port), self._server_ssl_context())
             self._servers.append(srv)
             log.info(
                 "listening ae_title=%s address=%s:%d tls=yes mutual=%s",
@@ -155,6 +165,22 @@ class EdgeServer:
             )
         elif e.tls.port:
             log.info("TLS listener disabled: edge.tls.cert_file and key_file are not set")
+
+    def _listen(self, address: tuple[str, int], ssl_context: ssl.SSLContext | None) -> Any:
+        if not self.reuse_port:
+            return self.ae.start_server(
+                address, block=False, evt_handlers=self.handlers(), ssl_context=ssl_context
+            )
+        # ae.start_server(block=False) with our server class (SO_REUSEPORT before bind)
+        srv = self.ae.make_server(
+            address,
+            evt_handlers=self.handlers(),
+            ssl_context=ssl_context,
+            server_class=_ReusePortServer,
+        )
+        threading.Thread(target=srv.serve_forever, name="AcceptorServer", daemon=True).start()
+        self.ae._servers.append(srv)
+        return srv
 
     @property
     def ports(self) -> list[int]:
@@ -168,6 +194,7 @@ class EdgeServer:
             srv.shutdown()
         self._servers.clear()
         self.ae.shutdown()
+        self.slots.close()
         self.find.close()
         if isinstance(self.recaller, StoreRecaller):
             self.recaller.close()
@@ -207,7 +234,8 @@ class EdgeServer:
         node = get_node(self.db.reader(), info.calling_ae)
         info.node = node
         addresses = self._addresses(node.host) if node and node.host != "*" else frozenset()
-        with self._lock:
+        with self.slots.locked():
+            active_total, active_for_node = self.slots.counts(info.calling_ae)
             d = decide(
                 node=node,
                 calling_ae=info.calling_ae,
@@ -216,16 +244,13 @@ class EdgeServer:
                 check_called_ae=self.cfg.edge.check_called_ae,
                 peer_ip=info.peer,
                 node_addresses=addresses,
-                active_total=self._active_total,
+                active_total=active_total,
                 max_total=self.cfg.edge.max_associations,
-                active_for_node=self._active_by_node.get(info.calling_ae, 0),
+                active_for_node=active_for_node,
             )
             if d.accept:
-                self._active_total += 1
-                self._active_by_node[info.calling_ae] = (
-                    self._active_by_node.get(info.calling_ae, 0) + 1
-                )
-                info.counted = True
+                info.slot = self.slots.take(info.calling_ae)
+                info.counted = info.slot is not None
         if d.accept:
             metrics.association_opened()
             return
@@ -255,13 +280,7 @@ class EdgeServer:
         info = getattr(event.assoc, "hpacs_info", None)
         if info is None or not info.counted:
             return
-        with self._lock:
-            self._active_total -= 1
-            n = self._active_by_node.get(info.calling_ae, 1) - 1
-            if n:
-                self._active_by_node[info.calling_ae] = n
-            else:
-                self._active_by_node.pop(info.calling_ae, None)
+        info.slot.release()
         extra = " ".join(f"{k}={v}" for k, v in sorted(info.stats.items()))
         log.info(
             "association closed calling_ae=%s peer=%s contexts=%d stored=%d failed=%d "
@@ -276,5 +295,5 @@ class EdgeServer:
         )
 
     def active_associations(self) -> int:
-        with self._lock:
-            return self._active_total
+        """Active associations of every acceptor process (the slots file)."""
+        return self.slots.active()
