@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,12 +113,20 @@ async def api_audit(request: web.Request) -> web.Response:
 
 
 def verify_local(svc: Services) -> dict[str, Any]:
+    """One pass over this replica's log (the whole chain: a break anywhere must show)."""
     svc.audit.sync()
-    problems = verify_records(read_records(svc.audit.path))
-    count = sum(1 for _ in read_records(svc.audit.path))
+    seen = 0
+
+    def counted() -> Iterator[dict[str, Any]]:
+        nonlocal seen
+        for rec in read_records(svc.audit.path):
+            seen += 1
+            yield rec
+
+    problems = verify_records(counted())
     return {
         "replica": svc.audit.replica,
-        "records": count,
+        "records": seen,
         "ok": not problems,
         "problems": [{"line": p.line, "seq": p.seq, "reason": p.reason} for p in problems[:50]],
     }
@@ -135,10 +144,15 @@ async def console_index(request: web.Request) -> web.FileResponse:
     return resp
 
 
+async def console_redirect(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/console")
+
+
 def mount_console(app: web.Application) -> frozenset[Any]:
     """Add the console shell; returns its resources, the only public ones besides the probes."""
     r = app.router
     index = r.add_get("/console", console_index, allow_head=False).resource
+    root = r.add_get("/", console_redirect, allow_head=False).resource  # a bare host: the console
     assets = r.add_static("/console/assets/", CONSOLE_DIR)
     look = r.add_static("/console/shared/", SHARED_WEB_DIR)
-    return frozenset({index, assets, look})
+    return frozenset({root, index, assets, look})

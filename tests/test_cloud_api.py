@@ -365,7 +365,8 @@ def _fill(path: str, w: World) -> str:
 CONSOLE_SHELL = {
     # the cloud console's static HTML/JS/CSS (cloud_api/admin_api.py): a browser cannot send a
     # bearer token when it navigates; the shell shows nothing until its /api calls, which carry
-    # the token, succeed
+    # the token, succeed; "/" only redirects there
+    "/",
     "/console",
     "/console/assets",
     "/console/shared",

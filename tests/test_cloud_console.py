@@ -85,7 +85,8 @@ def screenshot(page: Any, name: str) -> None:
 
 
 def test_shell_is_public_but_holds_no_data(cloud: Cloud) -> None:
-    r = requests.get(cloud.url, timeout=30)
+    r = requests.get(cloud.server.url + "/", timeout=30)  # a bare host redirects to the shell
+    assert r.url == cloud.url
     assert r.status_code == 200 and "Sign in" in r.text
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
     for asset in ("/console/assets/app.js", "/console/shared/console.js"):
