@@ -235,6 +235,7 @@ def _install_send_lock(assoc: Association) -> threading.Lock | None:
     sock = wrapper.socket if wrapper is not None else None
     if (
         not reactor.ENABLED
+        or wrapper is None
         or sock is None
         or type(sock).__name__ != "socket"
         or any(assoc.get_handlers(e) for e in _EVENTS)

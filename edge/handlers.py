@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 
 from edge import spool
 from edge.assoc import assoc_info
@@ -51,7 +52,7 @@ class StoreHandlers:
 
     def handle_store(self, event: evt.Event) -> int:
         info = assoc_info(event.assoc)
-        req = event.request
+        req = cast(C_STORE, event.request)
         if not permitted(event, "store"):
             info.failed += 1
             metrics.store_failed(REFUSED_NOT_AUTHORIZED)
