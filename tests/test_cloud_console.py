@@ -67,10 +67,13 @@ def page(browser: Any) -> Iterator[Any]:
     pg = context.new_page()
     pg.set_default_timeout(15_000)
     pg.on("dialog", lambda d: d.accept())  # the restore confirmation
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     try:
         yield pg
     finally:
         context.close()
+    assert not [e for e in errors if "Content Security Policy" in e]  # the shell obeys its CSP
 
 
 def sign_in(page: Any, cloud: Cloud, section: str, token: str) -> None:
@@ -149,8 +152,7 @@ def test_restore_request_shows_in_the_list_with_its_state(page: Any, cloud: Clou
         studies_prefetched=3,
     )
     cloud.store.put(restore_status_key("north", rid), status.to_bytes())
-    page.reload()
-    row.locator(".phase").get_by_text("prefetching").wait_for()
+    row.locator(".phase").get_by_text("prefetching").wait_for()  # the list follows the job
     text = row.inner_text()
     assert "6 instances indexed" in text and "3 / 4 studies prefetched" in text
     assert "edge-north/4242" in text

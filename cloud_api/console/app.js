@@ -3,6 +3,7 @@
 "use strict";
 
 const PHASE_KIND = { done: "ok", failed: "bad", pending: "" };
+const RESTORE_REFRESH_MS = 2000;
 let restoreSite = "";
 
 function lag(s) {
@@ -47,7 +48,7 @@ async function restores(render) {
     list.map((s) => el("option", { value: s.site, selected: s.site === restoreSite }, s.site)));
   select.addEventListener("change", () => { restoreSite = select.value; render(); });
   const days = el("input", { id: "prefetch-days", type: "number", min: "0", placeholder: "default",
-    "aria-label": "Prefetch days", style: "width:90px" });
+    "aria-label": "Prefetch days" });
   const create = el("button", { type: "button", class: "primary" }, "Request restore");
   const result = el("span", { class: "result", role: "status" });
   create.addEventListener("click", async () => {
@@ -65,13 +66,19 @@ async function restores(render) {
   });
   out.push(el("p", { class: "toolbar" }, el("label", {}, "Site ", select), " ",
     el("label", {}, "Prefetch days ", days), " ", create, " ", result));
-  const jobs = await api(`/api/sites/${encodeURIComponent(restoreSite)}/restores`);
-  if (!jobs.length) {
-    out.push(el("p", { class: "empty" }, `No restore has been requested for site ${restoreSite}.`));
-    return out;
-  }
+  const jobs = el("div", { id: "restore-jobs" }, await jobsView(restoreSite));
+  out.push(jobs, el("p", { class: "hint" },
+    "The site's sync agent picks a request up on its next poll and writes progress beside it; "
+    + "this list follows it while a restore is running."));
+  follow(jobs, restoreSite);
+  return out;
+}
+
+async function jobsView(site) {
+  const jobs = await api(`/api/sites/${encodeURIComponent(site)}/restores`);
+  if (!jobs.length) return el("p", { class: "empty" }, `No restore has been requested for site ${site}.`);
   jobs.sort((a, b) => (a.id < b.id ? 1 : -1));  // ids sort by request time
-  out.push(table(["Restore", "Phase", "Progress", "Agent", "Started", "Updated", "Error"],
+  const view = table(["Restore", "Phase", "Progress", "Agent", "Started", "Updated", "Error"],
     jobs.map((r) => el("tr", { "data-restore": r.id },
       el("td", { class: "mono" }, r.id),
       el("td", { class: "phase" }, pill(r.phase, PHASE_KIND[r.phase] ?? "warn")),
@@ -79,9 +86,22 @@ async function restores(render) {
       el("td", { class: "mono" }, r.agent || "–"),
       el("td", {}, when(r.started_at)),
       el("td", {}, when(r.updated_at)),
-      el("td", {}, r.error || "")))));
-  out.push(el("p", { class: "hint" }, "The site's sync agent picks a request up on its next poll and writes progress beside it."));
-  return out;
+      el("td", {}, r.error || ""))));
+  view.dataset.running = String(jobs.some((r) => r.phase !== "done" && r.phase !== "failed"));
+  return view;
+}
+
+// Re-read the jobs while one is running and the list is still on screen.
+function follow(container, site) {
+  setTimeout(async () => {
+    if (!container.isConnected || container.firstChild?.dataset?.running !== "true") return;
+    try {
+      container.replaceChildren(await jobsView(site));
+    } catch (err) {
+      return;  // the next navigation shows the error
+    }
+    follow(container, site);
+  }, RESTORE_REFRESH_MS);
 }
 
 async function tokens() {
