@@ -9,14 +9,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from edge.forwarder import Forwarder, dimse_sender
+from edge.forwarder import dimse_sender
 from edge.routequeue import queue_depth
 from edge.scu import client_ssl_context
 from shared.rows import Origin
 from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import storescp
 from tests.support.net import free_port, port_open, wait_for
-from tests.support.routing import edge_parts, jobs, routing_config
+from tests.support.routing import edge_parts, jobs, routing_config, running_forwarder
 from tests.support.tls import server_cert_files
 
 IMPLICIT_VR = "1.2.840.10008.1.2"
@@ -61,14 +61,8 @@ def test_destination_down_then_back_nothing_lost_nothing_sent_twice(
         files = write_study(StudySpec(instances_per_series=4), tmp_path / "in")
         for f in files:
             parts.ingestor.ingest_path(f, Origin("dimse", calling_ae="CT01"))
-        fwd = Forwarder(
-            parts.db,
-            cfg,
-            dimse_sender(cfg.edge.ae_title, parts.db, parts.cache, timeout_s=5),
-            poll_interval_s=0.02,
-        )
-        fwd.start()
-        try:
+        sender = dimse_sender(cfg.edge.ae_title, parts.db, parts.cache, timeout_s=5)
+        with running_forwarder(parts, sender, poll_interval_s=0.02):
             late = lambda: [j for j in jobs(parts.db) if j["destination"] == "LATESCP"]  # noqa: E731
             wait_for(lambda: min(j["attempts"] for j in late()) >= 2, 20, "failed attempts")
             assert {j["state"] for j in late()} <= {"pending", "sending"}
@@ -77,8 +71,6 @@ def test_destination_down_then_back_nothing_lost_nothing_sent_twice(
             peers.append(storescp(down_port, tmp_path / "late", "LATESCP", "+uf", "+xi"))
             wait_for(lambda: port_open(down_port), 10, "storescp back")
             wait_for(lambda: queue_depth(parts.db.reader())["sent"] == 8, 30, "all forwarded")
-        finally:
-            fwd.stop()
         assert queue_depth(parts.db.reader())["sent"] == 8
     sent_uids = sorted(str(pydicom.dcmread(f).SOPInstanceUID) for f in files)
     for folder, syntax in ((tmp_path / "up", None), (tmp_path / "late", IMPLICIT_VR)):
@@ -108,12 +100,8 @@ def test_forward_to_a_tls_destination(tmp_path: Path, peers: list[subprocess.Pop
             ssl_context=client_ssl_context(str(ca_file)),
             timeout_s=5,
         )
-        fwd = Forwarder(parts.db, cfg, sender, poll_interval_s=0.02)
-        fwd.start()
-        try:
+        with running_forwarder(parts, sender, poll_interval_s=0.02):
             done = lambda: queue_depth(parts.db.reader())  # noqa: E731
             wait_for(lambda: done()["sent"] + done()["dead"] == 2, 30, "sent or dead")
-        finally:
-            fwd.stop()
         assert done()["sent"] == 2, [j["last_error"] for j in jobs(parts.db)]
     assert len(received(tmp_path / "tls-out")) == 2

@@ -19,7 +19,7 @@ from shared.registry import Node
 from shared.rows import Origin
 from shared.synthetic import StudySpec, write_study
 from tests.support.net import wait_for
-from tests.support.routing import edge_parts, jobs, routing_config
+from tests.support.routing import edge_parts, jobs, routing_config, running_forwarder
 
 NODES = [
     {"ae_title": "DEST1", "host": "127.0.0.1", "port": 1104},
@@ -111,12 +111,8 @@ def test_destination_down_then_back_nothing_lost_nothing_twice(tmp_path: Path) -
     peer = RecordingPeer(down_calls=3)
     with edge_parts(cfg) as parts:
         ingest_study(parts, tmp_path, n=5)
-        fwd = Forwarder(parts.db, cfg, peer, poll_interval_s=0.01)
-        fwd.start()
-        try:
+        with running_forwarder(parts, peer, poll_interval_s=0.01):
             wait_for(lambda: states(parts.db) == {"sent": 5}, 10, "all sent")
-        finally:
-            fwd.stop()
         assert len(peer.received) == 5 and len(set(peer.received)) == 5
         assert {r["attempts"] for r in jobs(parts.db)} == {3}
 
@@ -126,9 +122,7 @@ def test_dead_letter_after_max_attempts_with_reason_then_retry(tmp_path: Path) -
     peer = RecordingPeer(down_calls=2)
     with edge_parts(cfg) as parts:
         ingest_study(parts, tmp_path, n=2)
-        fwd = Forwarder(parts.db, cfg, peer, poll_interval_s=0.01)
-        fwd.start()
-        try:
+        with running_forwarder(parts, peer, poll_interval_s=0.01) as fwd:
             wait_for(lambda: states(parts.db) == {"dead": 2}, 10, "dead letter")
             reasons = {r["last_error"] for r in jobs(parts.db)}
             assert reasons == {
@@ -138,8 +132,6 @@ def test_dead_letter_after_max_attempts_with_reason_then_retry(tmp_path: Path) -
                 assert retry(conn, destination="DEST1") == 2
             fwd.wake()
             wait_for(lambda: states(parts.db) == {"sent": 2}, 10, "sent after retry")
-        finally:
-            fwd.stop()
         assert len(peer.received) == 2
 
 
@@ -148,12 +140,8 @@ def test_permanent_error_goes_to_dead_letter_at_once(tmp_path: Path) -> None:
     with edge_parts(cfg) as parts:
         files = ingest_study(parts, tmp_path, n=2)
         bad = _uid(files[0])
-        fwd = Forwarder(parts.db, cfg, RecordingPeer(permanent_uids=frozenset({bad})))
-        fwd.start()
-        try:
+        with running_forwarder(parts, RecordingPeer(permanent_uids=frozenset({bad}))):
             wait_for(lambda: states(parts.db) == {"sent": 1, "dead": 1}, 10, "one dead")
-        finally:
-            fwd.stop()
         dead = [r for r in jobs(parts.db) if r["state"] == "dead"]
         assert dead[0]["sop_instance_uid"] == bad
         assert dead[0]["attempts"] == 1 and dead[0]["last_error"] == "status 0xA900"
@@ -166,16 +154,16 @@ def test_per_destination_concurrency_is_respected(tmp_path: Path) -> None:
     with edge_parts(cfg) as parts:
         for _ in range(4):  # four studies: four batches per destination
             ingest_study(parts, tmp_path, n=1)
-        fwd = Forwarder(parts.db, cfg, peer, poll_interval_s=0.01)
-        fwd.start()
-        try:
-            wait_for(lambda: sum(peer.in_flight.values()) == 4, 10, "two batches per destination")
-            assert fwd.dispatch() == 0  # no free slot
-            peer.hold.set()
-            wait_for(lambda: states(parts.db) == {"sent": 8}, 10, "all sent")
-        finally:
-            peer.hold.set()
-            fwd.stop()
+        with running_forwarder(parts, peer, poll_interval_s=0.01) as fwd:
+            try:
+                wait_for(
+                    lambda: sum(peer.in_flight.values()) == 4, 10, "two batches per destination"
+                )
+                assert fwd.dispatch() == 0  # no free slot
+                peer.hold.set()
+                wait_for(lambda: states(parts.db) == {"sent": 8}, 10, "all sent")
+            finally:
+                peer.hold.set()  # before stop(), which joins the held sends
         assert peer.max_in_flight == {"DEST1": 2, "DEST2": 2}
 
 
@@ -208,12 +196,8 @@ def test_unregistered_destination_retries_with_reason(tmp_path: Path) -> None:
         ingest_study(parts, tmp_path, n=1)
         with parts.db.write() as conn:
             conn.execute("DELETE FROM nodes WHERE ae_title = 'DEST1'")
-        fwd = Forwarder(parts.db, cfg, RecordingPeer())
-        fwd.start()
-        try:
+        with running_forwarder(parts, RecordingPeer()):
             wait_for(lambda: states(parts.db) == {"dead": 1}, 10, "dead")
-        finally:
-            fwd.stop()
         assert "DEST1 is not a registered node" in jobs(parts.db)[0]["last_error"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cache import Cache
-from edge.forwarder import attach_routing
+from edge.forwarder import Forwarder, Sender, attach_routing
 from edge.ingest import Ingestor
 from shared.config import Config, parse_config
 from shared.index import Database
@@ -53,3 +53,16 @@ def edge_parts(cfg: Config) -> Iterator[EdgeParts]:
 def jobs(db: Database) -> list[dict[str, Any]]:
     rows = db.reader().execute("SELECT * FROM route_jobs ORDER BY id").fetchall()
     return [dict(r) for r in rows]
+
+
+@contextmanager
+def running_forwarder(
+    parts: EdgeParts, send: Sender, poll_interval_s: float = 0.5
+) -> Iterator[Forwarder]:
+    """A started forwarder that is always stopped (its threads joined) before the index closes."""
+    fwd = Forwarder(parts.db, parts.cfg, send, poll_interval_s=poll_interval_s)
+    fwd.start()
+    try:
+        yield fwd
+    finally:
+        fwd.stop()
