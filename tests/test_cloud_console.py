@@ -201,3 +201,23 @@ def test_reader_token_is_refused_the_admin_pages(page: Any, cloud: Cloud) -> Non
         assert "rad-north" in alert.inner_text()
         assert page.locator("main table").count() == 0
     screenshot(page, "refused")
+
+
+def test_audit_page_shows_an_edited_record_as_a_broken_chain(page: Any, tmp_path: Path) -> None:
+    cfg = cloud_config(tmp_path)
+    store = open_store(cfg.store_url)
+    admin = make_token(cfg, "console-admin", "admin", [])
+    with running_cloud(cfg, store) as server:
+        for _ in range(3):
+            requests.get(server.url + "/api/sites", timeout=30)  # denied: no token
+        log = server.services.audit.path
+        lines = log.read_text().splitlines()
+        lines[1] = lines[1].replace('"status": 401', '"status": 200')  # someone hides a refusal
+        log.write_text("\n".join(lines) + "\n")
+        page.goto(server.url + "/console#audit")
+        page.get_by_label("API token").fill(admin)
+        page.get_by_role("button", name="Sign in").click()
+        chain = page.locator("#card-chain")
+        chain.get_by_text("broken").wait_for()
+        assert "line 2: record content does not match its hash (edited)" in chain.inner_text()
+        screenshot(page, "audit-broken")
