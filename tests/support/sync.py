@@ -18,6 +18,7 @@ from shared.index import Database
 from shared.rows import Origin
 from shared.synthetic import StudySpec, write_study
 from sync.agent import Agent
+from tests.support.edge import write_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,28 +45,7 @@ def sync_config(tmp_path: Path, store_url: str, **sync: Any) -> dict[str, Any]:
 
 def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:
     """The same config as a TOML file, for the CLI in a subprocess."""
-    lines: list[str] = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        for k, v in values.items():
-            if isinstance(v, dict):
-                continue
-            lines.append(f"{k} = {_toml(v)}")
-        for k, v in values.items():
-            if isinstance(v, dict):
-                lines.append(f"[{section}.{k}]")
-                lines += [f"{kk} = {_toml(vv)}" for kk, vv in v.items()]
-    path = tmp_path / "hpacs.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return write_toml(tmp_path / "hpacs.toml", data)
 
 
 class Site:
