@@ -116,9 +116,16 @@ def test_sites_show_counts_once_catalog_rows_exist(page: Any, cloud: Cloud) -> N
     assert north.locator(".instances").inner_text() == "6"
     assert "catalog/north/" in north.inner_text()
     assert "current" in north.inner_text()
+    seed_site(cloud.store, "north", StudySpec(instances_per_series=2))  # not applied yet
+    page.reload()
+    north.get_by_text("behind").wait_for()
+    assert north.locator(".studies").inner_text() == "1"
     seed_site(cloud.store, "south", StudySpec(instances_per_series=2))  # a new site journals
     cloud.server.poll()
     page.reload()
+    north.get_by_text("current").wait_for()
+    assert north.locator(".studies").inner_text() == "2"
+    assert north.locator(".instances").inner_text() == "8"
     south = page.get_by_role("row").filter(has_text="south")
     south.wait_for()
     assert (south.locator(".studies").inner_text(), south.locator(".instances").inner_text()) == (
