@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +131,7 @@ class FindHandlers:
         command = findwire.encode_find_rsp(
             event.request.MessageID, str(event.request.AffectedSOPClassUID), PENDING, True
         )
+        encode = row_encoder(q, extras, str(transfer_syntax))
         sent = 0
         for row in rows:
             if event.is_cancelled:
@@ -138,7 +139,7 @@ class FindHandlers:
                 log.info("find cancelled calling_ae=%s sent=%d", info.calling_ae, sent)
                 yield CANCEL, None
                 return
-            wire.message(command, identifier_bytes(q, row, extras, str(transfer_syntax)))
+            wire.message(command, encode(row))
             sent += 1
         wire.flush()
         log.info(
@@ -206,6 +207,31 @@ def identifier_bytes(
         except (findwire.Unencodable, UnicodeEncodeError, struct.error, ValueError):
             pass
     return findwire.dataset_bytes(findwire.as_dataset(elements), transfer_syntax)
+
+
+def row_encoder(
+    q: query.Query, extras: list[tuple[Any, str, Any]], transfer_syntax: str
+) -> Callable[[Any], bytes]:
+    """Row -> encoded identifier for one query: `findwire.RowEncoder` for implicit/explicit VR
+    little endian (set up once per query), else `identifier_bytes` (pydicom) per row."""
+    if transfer_syntax in (findwire.IMPLICIT_LE, findwire.EXPLICIT_LE):
+        columns = [(*_tag_vr(k), query.ATTRS[k].kind) for k in q.keywords]
+        constants = [(_QUERY_RETRIEVE_LEVEL, "CS", q.level)]
+        constants += [(int(tag), vr, value) for tag, vr, value in extras]
+        try:
+            fast = findwire.RowEncoder(columns, constants, transfer_syntax == findwire.EXPLICIT_LE)
+        except findwire.Unencodable:
+            pass
+        else:
+
+            def encode(row: Any) -> bytes:
+                try:
+                    return fast.encode(row)
+                except (findwire.Unencodable, UnicodeEncodeError, struct.error, ValueError):
+                    return identifier_bytes(q, row, extras, transfer_syntax)
+
+            return encode
+    return lambda row: identifier_bytes(q, row, extras, transfer_syntax)
 
 
 _SPECIFIC_CHARACTER_SET = 0x00080005

@@ -114,6 +114,81 @@ def encode_identifier(elements: Iterable[Element], explicit: bool, utf8: bool) -
     return b"".join(parts)
 
 
+def _header(tag: int, vr: str, explicit: bool, length: int) -> bytes:
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if not explicit:
+        return head + struct.pack("<I", length)
+    if vr in _LONG_VRS:
+        return head + vr.encode("ascii") + struct.pack("<HI", 0, length)
+    if len(vr) == 2 and vr.isupper() and length <= 0xFFFF:
+        return head + vr.encode("ascii") + struct.pack("<H", length)
+    raise Unencodable(vr)
+
+
+class RowEncoder:
+    """Encodes result rows of one query: the per-element work done once, not once per row.
+
+    `columns` are (tag, VR, kind) in row order, kind as in `edge.query` ("list": a
+    `\\`-joined string, "int": an integer or None, else text); `constants` are elements every
+    response carries (QueryRetrieveLevel, the requested keys returned empty). The output is
+    `encode_identifier` of the same elements (tested), Specific Character Set ISO_IR 192
+    included only for a row with a non-ASCII value. Raises Unencodable at construction for an
+    element it cannot encode; per row only for a value out of range.
+    """
+
+    def __init__(
+        self, columns: Sequence[tuple[int, str, str]], constants: Iterable[Element], explicit: bool
+    ) -> None:
+        for _tag, vr, _kind in columns:
+            if vr not in _TEXT_VRS and vr != "US":
+                raise Unencodable(vr)
+        self.explicit = explicit
+        # (tag, column index or -1, VR, kind, pre-encoded constant element)
+        items: list[tuple[int, int, str, str, bytes]] = [
+            (tag, i, vr, kind, b"") for i, (tag, vr, kind) in enumerate(columns)
+        ]
+        for tag, vr, value in constants:
+            if vr == "SQ" and value:
+                raise Unencodable("SQ")
+            data = _value(vr, value, False)
+            items.append((tag, -1, vr, "", _header(tag, vr, explicit, len(data)) + data))
+        items.sort(key=lambda e: e[0])
+        self._items = items
+        self._charset = encode_identifier(
+            [(_SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192")], explicit, False
+        )
+        self._charset_at = next(
+            (n for n, e in enumerate(items) if e[0] > _SPECIFIC_CHARACTER_SET), len(items)
+        )
+
+    def encode(self, row: Sequence[Any]) -> bytes:
+        utf8 = any(isinstance(v, str) and not v.isascii() for v in row)
+        parts: list[bytes] = []
+        explicit = self.explicit
+        for n, (tag, col, vr, kind, const) in enumerate(self._items):
+            if utf8 and n == self._charset_at:
+                parts.append(self._charset)
+            if col < 0:
+                parts.append(const)
+                continue
+            value = row[col]
+            if kind == "list":
+                value = [v for v in (value or "").split("\\") if v]
+            elif kind == "int":
+                value = None if value is None or value == "" else int(value)
+            elif value is None:
+                value = ""
+            data = _value(vr, value, utf8)
+            parts.append(_header(tag, vr, explicit, len(data)))
+            parts.append(data)
+        if utf8 and self._charset_at == len(self._items):
+            parts.append(self._charset)
+        return b"".join(parts)
+
+
+_SPECIFIC_CHARACTER_SET = 0x00080005
+
+
 def _cmd(elem: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0x0000, elem, len(value)) + value
 

@@ -13,10 +13,11 @@ from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as StudyRootFind
 
-from edge import findwire
+from edge import find, findwire, query
 from edge.find import STUDY_ROOT_FIND
 from shared.errors import PENDING, SUCCESS
 from tests.support.edge import edge_config, running_edge
+from tests.support.find import index_db
 from tests.test_find import NODES, _bulk_studies
 
 IMPLICIT, EXPLICIT = findwire.IMPLICIT_LE, findwire.EXPLICIT_LE
@@ -60,6 +61,55 @@ def test_identifier_equals_pydicom(label: str, ts: str) -> None:
 def test_unknown_vr_is_left_to_pydicom() -> None:
     with pytest.raises(findwire.Unencodable):
         findwire.encode_identifier([(0x00181000, "FD", 1.5)], True, False)
+
+
+LEVEL_KEYS = {
+    "PATIENT": ["PatientName", "PatientID", "PatientBirthDate", "NumberOfPatientRelatedStudies"],
+    "STUDY": [
+        "PatientName",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "ModalitiesInStudy",
+        "SOPClassesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "AccessionNumber",
+    ],
+    "SERIES": ["SeriesInstanceUID", "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances"],
+    "IMAGE": ["SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"],
+}
+
+
+@pytest.mark.parametrize("ts", [IMPLICIT, EXPLICIT])
+@pytest.mark.parametrize("level", list(LEVEL_KEYS))
+def test_row_encoder_equals_pydicom(tmp_path: Path, level: str, ts: str) -> None:
+    """Every row of a real index at each level: the per-query encoder's bytes are pydicom's."""
+    db = index_db(tmp_path)
+    ident = Dataset()
+    ident.QueryRetrieveLevel = level
+    for keyword in LEVEL_KEYS[level]:
+        setattr(ident, keyword, "")
+    ident.RetrieveAETitle = ""
+    ident.InstitutionName = ""  # not indexed: returned empty
+    ident.ReferencedStudySequence = []
+    requested = {e.keyword: e.value for e in ident}
+    q = query.build(requested, query.PATIENT_ROOT)
+    extras = find._extras(ident, q, "HPACS")
+    encode = find.row_encoder(q, extras, ts)
+    rows = db.reader().execute(q.sql, q.params).fetchall()
+    assert rows
+    fast = findwire.RowEncoder(  # what row_encoder uses for these syntaxes (no fallback)
+        [(*find._tag_vr(k), query.ATTRS[k].kind) for k in q.keywords],
+        [(0x00080052, "CS", level), *extras],
+        ts == EXPLICIT,
+    )
+    declared = 0
+    for row in rows:
+        expected = findwire.dataset_bytes(find.response(q, row, extras), ts)
+        assert encode(row) == expected == fast.encode(row)
+        declared += b"ISO_IR 192" in expected
+    assert declared or level in ("SERIES", "IMAGE")  # non-ASCII names at PATIENT and STUDY
+    db.close()
 
 
 def _pynetdicom_pdvs(identifier: bytes | None, status: int, max_pdu: int) -> list[bytes]:
