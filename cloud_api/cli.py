@@ -15,7 +15,8 @@ from aiohttp import web
 from cloud_api.app import create_app, ssl_context
 from cloud_api.audit import read_records, verify_records, verify_store
 from cloud_api.auth import ROLES, TokenStore
-from shared.config import Config, ConfigError, load_config
+from shared.cli import entry_parser, load_entry_config
+from shared.config import Config
 from shared.errors import PacsError
 from shared.fsutil import write_atomic
 from shared.logs import setup_logging
@@ -27,9 +28,7 @@ DEV_TOKEN_NAME = "dev-admin"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpacs-cloud", description="hpacs cloud API")
-    p.add_argument("--config", default="hpacs.toml", help="path to hpacs.toml")
-    sub = p.add_subparsers(dest="command", required=True)
+    p, sub = entry_parser("hpacs-cloud", "hpacs cloud API")
     sub.add_parser("serve", help="run the API in the foreground")
     tok = sub.add_parser("token", help="bearer tokens").add_subparsers(
         dest="token_command", required=True
@@ -52,10 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config) if Path(args.config).exists() else Config()
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    cfg = load_entry_config("hpacs-cloud", args.config, missing_ok=True)
+    if cfg is None:
         return 2
     setup_logging(cfg.cloud.log_level, service="cloud")
     try:

@@ -19,7 +19,8 @@ from edge.reconcile import reconcile
 from edge.routequeue import retry, routes_report
 from edge.scu import client_ssl_context, echo
 from edge.server import EdgeServer
-from shared.config import PERMISSIONS, Config, ConfigError, load_config
+from shared.cli import entry_parser, load_entry_config
+from shared.config import PERMISSIONS, Config
 from shared.errors import PacsError
 from shared.index import Database
 from shared.logs import setup_logging
@@ -36,9 +37,7 @@ log = logging.getLogger("hpacs.edge")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpacs-edge", description="hpacs edge node")
-    p.add_argument("--config", default="hpacs.toml", help="path to hpacs.toml")
-    sub = p.add_subparsers(dest="command", required=True)
+    p, sub = entry_parser("hpacs-edge", "hpacs edge node")
     sub.add_parser("serve", help="run the DICOM node in the foreground")
     nodes = sub.add_parser("nodes", help="the node registry").add_subparsers(
         dest="nodes_command", required=True
@@ -77,10 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"hpacs-edge: config error: {exc}", file=sys.stderr)
+    cfg = load_entry_config("hpacs-edge", args.config)
+    if cfg is None:
         return 2
     setup_logging(cfg.edge.log_level, "edge")
     try:
@@ -229,16 +226,16 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
         print(f"removed {args.ae_title}")
         return 0
     if cmd == "echo":
-        node = get_node(db.reader(), args.ae_title)
-        if node is None:
+        target = get_node(db.reader(), args.ae_title)
+        if target is None:
             print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
             return 1
         t = cfg.edge.tls
-        ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if node.tls else None
-        res = echo(cfg.edge.ae_title, node, ssl_context=ctx, timeout_s=args.timeout)
+        ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if target.tls else None
+        res = echo(cfg.edge.ae_title, target, ssl_context=ctx, timeout_s=args.timeout)
         status = f"0x{res.status:04X}" if res.status is not None else "-"
         print(
-            f"{node.ae_title} {node.host}:{node.port} {res.detail} status={status} "
+            f"{target.ae_title} {target.host}:{target.port} {res.detail} status={status} "
             f"rtt_ms={res.rtt_ms:.1f}"
         )
         return 0 if res.ok else 1

@@ -7,7 +7,8 @@ import logging
 import signal
 import sys
 
-from shared.config import Config, ConfigError, load_config
+from shared.cli import entry_parser, load_entry_config
+from shared.config import Config
 from shared.errors import PacsError
 from shared.index import Database
 from shared.lifecycle import State, transition
@@ -23,9 +24,7 @@ log = logging.getLogger("hpacs.sync")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpacs-sync", description="hpacs sync agent")
-    p.add_argument("--config", default="hpacs.toml", help="path to hpacs.toml")
-    sub = p.add_subparsers(dest="command", required=True)
+    p, sub = entry_parser("hpacs-sync", "hpacs sync agent")
     sub.add_parser("run", help="upload, journal and evict in the foreground")
     sub.add_parser("status", help="backlog, failures and cache usage")
     for verb in ("pin", "unpin"):
@@ -39,11 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        Watermarks.from_config(cfg.sync)
-    except ConfigError as exc:
-        print(f"hpacs-sync: config error: {exc}", file=sys.stderr)
+    cfg = load_entry_config(
+        "hpacs-sync", args.config, validate=lambda c: Watermarks.from_config(c.sync)
+    )
+    if cfg is None:
         return 2
     setup_logging(cfg.edge.log_level, "sync")
     db = Database(cfg.edge.index_path)
