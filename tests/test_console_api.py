@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import trustme
 
 from tests.support.console import call, call_json, running_http
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port
+from tests.support.tls import server_cert_files
 
 
 def test_api_errors_are_problem_json(tmp_path: Path) -> None:
@@ -34,17 +34,8 @@ def test_api_errors_are_problem_json(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.cert_chain_pems[0].write_to_path(str(d / "edge.pem"))
-    cert.private_key_pem.write_to_path(str(d / "edge.key"))
-    return {
-        "ca_file": str(d / "ca.pem"),
-        "cert_file": str(d / "edge.pem"),
-        "key": str(d / "edge.key"),
-    }
+    key, cert, ca_file = server_cert_files(tmp_path_factory.mktemp("pki"), "127.0.0.1", "localhost")
+    return {"ca_file": str(ca_file), "cert_file": str(cert), "key": str(key)}
 
 
 def test_echo_reaches_a_tls_node_with_the_edge_certificate(
