@@ -129,7 +129,7 @@ class FindHandlers:
         wire = findwire.Wire(assoc, cx_id)
         findwire.install_fast_final(assoc, lambda cx: findwire.Wire(assoc, cx))
         command = findwire.encode_find_rsp(
-            event.request.MessageID, str(event.request.AffectedSOPClassUID), PENDING, True
+            event.request.MessageID or 0, str(event.request.AffectedSOPClassUID), PENDING, True
         )
         encode = row_encoder(q, extras, str(transfer_syntax))
         sent = 0

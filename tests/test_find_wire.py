@@ -16,9 +16,10 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as S
 from edge import find, findwire, query
 from edge.find import STUDY_ROOT_FIND
 from shared.errors import PENDING, SUCCESS
-from tests.support.edge import edge_config, running_edge
+from tests.support.edge import association, edge_config, running_edge
 from tests.support.find import index_db
 from tests.test_find import NODES, _bulk_studies
+from tests.test_tls import Pki, _client_ctx, _tls_config, pki  # noqa: F401 (pki: a fixture)
 
 IMPLICIT, EXPLICIT = findwire.IMPLICIT_LE, findwire.EXPLICIT_LE
 
@@ -176,3 +177,23 @@ def test_small_pdu_peer_gets_every_match(tmp_path: Path, ts: str) -> None:
         finally:
             assoc.release()
             ae.shutdown()
+
+
+def test_tls_association_gets_every_match(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
+    """Over TLS the responses go through the DUL thread (no direct socket writes on an SSL
+    object the DUL may be reading): same answers, final status last."""
+    with running_edge(_tls_config(tmp_path, pki, mutual=False, nodes=NODES)) as server:
+        _bulk_studies(server, 40, "P78")
+        ctx = _client_ctx(pki, with_cert=False)
+        contexts = [(STUDY_ROOT_FIND, [EXPLICIT])]
+        with association(
+            server.cfg.edge.tls.port, "PYSCU", contexts=contexts, tls_args=(ctx, "127.0.0.1")
+        ) as assoc:
+            assert assoc.is_established
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.PatientID = "P78"
+            ds.StudyInstanceUID = ""
+            got = list(assoc.send_c_find(ds, StudyRootFind))
+    assert [s.Status for s, _ in got] == [PENDING] * 40 + [SUCCESS]
+    assert len({str(i.StudyInstanceUID) for _, i in got[:-1]}) == 40
