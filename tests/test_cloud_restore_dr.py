@@ -19,7 +19,7 @@ from shared.index import Database
 from shared.store.base import open_store
 from shared.synthetic import StudySpec, write_study
 from tests.support.cloud import cloud_config, make_token, running_cloud
-from tests.support.dcmtk import run, storescp
+from tests.support.dcmtk import movescu, run, storescp
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
 from tests.support.sync import start_agent_process, sync_config, write_config
@@ -132,20 +132,8 @@ def test_disaster_recovery_restore_through_the_api(tmp_path: Path) -> None:
                 pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID for f in all_files
             }
             for study in studies:
-                mv = run(
-                    "movescu",
-                    "-S",
-                    "-aec",
-                    "HPACS",
-                    "-aem",
-                    "STORESCP",
-                    "-k",
-                    "QueryRetrieveLevel=STUDY",
-                    "-k",
-                    f"StudyInstanceUID={study}",
-                    "127.0.0.1",
-                    str(port),
-                    timeout=120,
+                mv = movescu(
+                    port, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}", timeout=120
                 )
                 assert mv.returncode == 0, mv.stderr
         finally:

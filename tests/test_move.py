@@ -12,7 +12,7 @@ from pydicom.uid import JPEGBaseline8Bit, MRImageStorage
 from edge.server import EdgeServer
 from shared.errors import MOVE_DESTINATION_UNKNOWN, PENDING, SUBOPS_WARNING, SUCCESS
 from shared.synthetic import StudySpec, write_study
-from tests.support.dcmtk import run
+from tests.support.dcmtk import movescu
 from tests.support.retrieve import (
     assert_received_identical,
     connection_recorder,
@@ -32,11 +32,7 @@ def test_movescu_to_storescp_bit_identical(edge: EdgeServer, tmp_path: Path) -> 
     study_uid, files = load_study(edge, tmp_path)
     out = tmp_path / "out"
     with dcmtk_destination(edge, out):
-        r = run(
-            "movescu", "-S", "-aet", "MOVESCU", "-aec", "HPACS", "-aem", "STORESCP",
-            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-            "127.0.0.1", edge.ports[0],
-        )  # fmt: skip
+        r = movescu(edge.ports[0], "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid}")
     assert r.returncode == 0, r.stderr
     assert_received_identical(out, files)
 
@@ -79,11 +75,9 @@ def test_thousand_instances_over_one_association(edge: EdgeServer, tmp_path: Pat
     study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     out = tmp_path / "out"
     with dcmtk_destination(edge, out) as peer:
-        r = run(
-            "movescu", "-S", "-aet", "MOVESCU", "-aec", "HPACS", "-aem", "STORESCP",
-            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-            "127.0.0.1", edge.ports[0], timeout=120,
-        )  # fmt: skip
+        r = movescu(
+            edge.ports[0], "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid}", timeout=120
+        )
     assert r.returncode == 0, r.stderr
     assert len(list(out.iterdir())) == 1000
     # counted from storescp's "Association Acknowledged" lines
@@ -173,11 +167,7 @@ def test_patient_root_move_by_patient_id(edge: EdgeServer, tmp_path: Path) -> No
     load_study(edge, tmp_path / "other", n=1, patient_id="POTHER")
     out = tmp_path / "out"
     with dcmtk_destination(edge, out):
-        r = run(
-            "movescu", "-P", "-aet", "MOVESCU", "-aec", "HPACS", "-aem", "STORESCP",
-            "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PMOVE1",
-            "127.0.0.1", edge.ports[0],
-        )  # fmt: skip
+        r = movescu(edge.ports[0], "QueryRetrieveLevel=PATIENT", "PatientID=PMOVE1", model="-P")
     assert r.returncode == 0, r.stderr
     got = {str(pydicom.dcmread(p).SOPInstanceUID) for p in out.iterdir()}
     assert got == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}

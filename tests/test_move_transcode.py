@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from edge.server import EdgeServer
-from tests.support.dcmtk import run
+from tests.support.dcmtk import movescu
 from tests.support.retrieve import dataset_bytes, dcmtk_destination, load
 
 FILES = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"]
@@ -23,11 +23,7 @@ def _move_all(edge: EdgeServer, out: Path, *storescp_options: str) -> dict[str, 
     load(edge, paths)
     uids = "\\".join(str(pydicom.dcmread(p).SOPInstanceUID) for p in paths)
     with dcmtk_destination(edge, out, "STORESCP", *storescp_options):
-        r = run(
-            "movescu", "-S", "-aet", "MOVESCU", "-aec", "HPACS", "-aem", "STORESCP",
-            "-k", "QueryRetrieveLevel=IMAGE", "-k", f"SOPInstanceUID={uids}",
-            "127.0.0.1", edge.ports[0],
-        )  # fmt: skip
+        r = movescu(edge.ports[0], "QueryRetrieveLevel=IMAGE", f"SOPInstanceUID={uids}")
     assert r.returncode == 0, r.stderr
     return {str(pydicom.dcmread(p).SOPInstanceUID): p for p in out.iterdir()}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pydicom
 
-from tests.support.dcmtk import run, storescp
+from tests.support.dcmtk import movescu, storescp
 from tests.support.edge import DCMTK_AETS, edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
 from tests.support.sync import Site, sync_config
@@ -48,22 +48,7 @@ def test_cmove_brings_an_evicted_study_back_bit_identical(tmp_path: Path) -> Non
             scp = storescp(dest_port, out)
             try:
                 wait_for(lambda: port_open(dest_port), 10, "storescp")
-                r = run(
-                    "movescu",
-                    "-S",
-                    "-aet",
-                    "MOVESCU",
-                    "-aec",
-                    "HPACS",
-                    "-aem",
-                    "STORESCP",
-                    "-k",
-                    "QueryRetrieveLevel=STUDY",
-                    "-k",
-                    f"StudyInstanceUID={uid}",
-                    "127.0.0.1",
-                    server.ports[0],
-                )
+                r = movescu(server.ports[0], "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid}")
                 assert r.returncode == 0, r.stderr
             finally:
                 scp.terminate()

@@ -23,6 +23,18 @@ def run(tool: str, *args: str | Path, timeout: float = 60.0) -> subprocess.Compl
     )
 
 
+def movescu(
+    port: int | str, *keys: str, model: str = "-S", timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """DCMTK movescu as MOVESCU asking the edge (HPACS) to move what `keys` match to STORESCP;
+    `model` -S study root, -P patient root."""
+    queries = [a for k in keys for a in ("-k", k)]
+    return run(
+        "movescu", model, "-aet", "MOVESCU", "-aec", "HPACS", "-aem", "STORESCP",
+        *queries, "127.0.0.1", str(port), timeout=timeout,
+    )  # fmt: skip
+
+
 def storescp(port: int, out_dir: Path, aet: str = "STORESCP", *extra: str) -> subprocess.Popen[str]:
     """A DCMTK storescp writing every received object under out_dir (caller stops it)."""
     require_dcmtk()
