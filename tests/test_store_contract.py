@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from shared.checksum import crc32c_bytes
 from shared.errors import NotFound, ObjectExists, PermanentStoreError, TransientStoreError
 from shared.store import ObjectStore, open_store
-from shared.store.filestore import FileStore
+from shared.store.filestore import XATTR, FileStore
 from tests.support.gcs import fault_proxy, gcs_store, running_emulator
 from tests.support.net import free_port
 
@@ -113,12 +114,35 @@ def test_file_store_keys_cannot_escape(tmp_path: Path, key: str) -> None:
     assert not (tmp_path / "escape").exists()
 
 
-def test_file_store_head_survives_lost_sidecar(tmp_path: Path) -> None:
+def test_file_store_head_survives_lost_metadata(tmp_path: Path) -> None:
     fs = FileStore(f"file://{tmp_path / 'bucket'}")
     fs.put("a/b", b"payload")
-    (fs.meta / "a" / "b.json").unlink()
+    try:
+        os.removexattr(tmp_path / "bucket" / "a" / "b", XATTR)
+    except OSError:  # no user xattrs here: the metadata went to a sidecar
+        (fs.meta / "a" / "b.json").unlink()
     head = fs.head("a/b")
     assert head is not None and head.crc32c == crc32c_bytes(b"payload")
+
+
+def test_file_store_without_o_tmpfile_or_xattrs(tmp_path: Path) -> None:
+    """The fallbacks (named temp file, sidecar) keep the same contract."""
+    fs = FileStore(f"file://{tmp_path / 'bucket'}")
+    fs._tmpfile_ok = fs._xattr_ok = False
+    info = fs.put("a/b", b"payload", metadata={"k": "v"})
+    assert info.crc32c == crc32c_bytes(b"payload")
+    with pytest.raises(ObjectExists):
+        fs.put("a/b", b"other")
+    fs.put("a/b", b"other", if_absent=False)
+    head = fs.head("a/b")
+    assert head is not None and head.crc32c == crc32c_bytes(b"other") and head.size == 5
+    assert list((tmp_path / "bucket" / ".tmp").iterdir()) == []
+    fresh = FileStore(f"file://{tmp_path / 'bucket'}")  # the default path reads sidecars too
+    assert fresh.head("a/b") == head
+    fresh.put("a/c", b"xyz", metadata={"k": "w"})
+    assert fresh.head("a/c").metadata == {"k": "w"}  # type: ignore[union-attr]
+    fresh.delete("a/b")
+    assert fresh.head("a/b") is None and not (fs.meta / "a" / "b.json").exists()
 
 
 def test_gcs_dead_endpoint_is_transient_and_fast() -> None:
