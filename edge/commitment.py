@@ -28,7 +28,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from edge.assoc import assoc_info
 from edge.cache import Cache
 from edge.handlers import permitted
-from edge.scu import client_ssl_context, tls_args
+from edge.scu import associate, client_ssl_context
 from edge.sender import reactor_held, tune
 from shared.checksum import crc32c_file
 from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
@@ -243,17 +243,16 @@ def send_report(
 ) -> int:
     """N-EVENT-REPORT on a new association where we take the SCP role (PS3.4 J.3.3)."""
     ae = AE(ae_title=our_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     cx = build_context(COMMITMENT_SOP_CLASS)
     role = build_role(COMMITMENT_SOP_CLASS, scu_role=False, scp_role=True)
-    assoc = ae.associate(
-        node.host,
-        node.port,
+    assoc = associate(
+        ae,
+        node,
+        ssl_context=ssl_context,
+        timeout_s=timeout_s,
         contexts=[cx],
-        ae_title=node.ae_title,
         ext_neg=[role],
         evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
-        tls_args=tls_args(node, ssl_context),
     )
     if not assoc.is_established:
         ae.shutdown()

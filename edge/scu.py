@@ -6,6 +6,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -38,13 +39,21 @@ def associate(
     *,
     ssl_context: ssl.SSLContext | None = None,
     timeout_s: float = 10.0,
+    **assoc_kwargs: Any,
 ) -> Association:
-    """Open an association to a node; TCP_NODELAY on, like our accepted sockets."""
+    """Open an association to a node: the one way out (echo, C-MOVE/routing sends, commitment
+    reports), so timeouts, TLS and TCP_NODELAY are decided once. `assoc_kwargs` go to
+    `AE.associate` (contexts, max_pdu, ext_neg, evt_handlers)."""
     ae.acse_timeout = timeout_s
+    ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
     assoc = ae.associate(
-        node.host, node.port, ae_title=node.ae_title, tls_args=tls_args(node, ssl_context)
+        node.host,
+        node.port,
+        ae_title=node.ae_title,
+        tls_args=tls_args(node, ssl_context),
+        **assoc_kwargs,
     )
     set_nodelay(assoc)
     return assoc

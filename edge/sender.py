@@ -32,7 +32,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket
 
 from edge.locate import InstanceRef
-from edge.scu import set_nodelay, tls_args
+from edge.scu import associate, set_nodelay
 from edge.transcode import (
     LOSSLESS_ENCODE_TARGETS,
     Plan,
@@ -593,14 +593,12 @@ def send_instances(
     ae = AE(ae_title=our_ae_title)
     for cx in requested_contexts(refs):
         ae.add_requested_context(str(cx.abstract_syntax), cx.transfer_syntax)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    ae.connection_timeout = timeout_s
-    assoc = ae.associate(
-        node.host,
-        node.port,
-        ae_title=node.ae_title,
+    assoc = associate(
+        ae,
+        node,
+        ssl_context=ssl_context,
+        timeout_s=timeout_s,
         max_pdu=max_pdu,
-        tls_args=tls_args(node, ssl_context),
         evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
     )
     if not assoc.is_established:
