@@ -17,7 +17,7 @@ from edge.importer import run_import
 from edge.ingest import Ingestor
 from edge.reconcile import reconcile
 from edge.routequeue import retry, routes_report
-from edge.scu import client_ssl_context, echo
+from edge.scu import client_ssl_context, echo, node_ssl_context
 from edge.server import EdgeServer
 from shared.cli import entry_parser, load_entry_config
 from shared.config import PERMISSIONS, Config
@@ -230,8 +230,7 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
         if target is None:
             print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
             return 1
-        t = cfg.edge.tls
-        ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if target.tls else None
+        ctx = node_ssl_context(cfg.edge.tls, target)
         res = echo(cfg.edge.ae_title, target, ssl_context=ctx, timeout_s=args.timeout)
         status = f"0x{res.status:04X}" if res.status is not None else "-"
         print(

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from edge.assoc import assoc_info
 from edge.cache import Cache
 from edge.handlers import permitted
-from edge.scu import associate, client_ssl_context
+from edge.scu import associate, node_ssl_context
 from edge.sender import reactor_held, tune
 from shared.checksum import crc32c_file
 from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
@@ -197,8 +197,7 @@ class CommitmentHandlers:
         node = get_node(self.server.db.reader(), calling_ae)
         if node is None or node.host == "*":
             raise RuntimeError(f"node {calling_ae} has no registered address for the report")
-        t = self.server.cfg.edge.tls
-        ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if node.tls else None
+        ctx = node_ssl_context(self.server.cfg.edge.tls, node)
         status = send_report(self.server.cfg.edge.ae_title, node, event_type, ds, ssl_context=ctx)
         return f"new association status=0x{status:04X}"
 

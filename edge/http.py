@@ -26,7 +26,7 @@ from aiohttp import web
 
 import shared
 from edge import dashboard
-from edge.scu import client_ssl_context, echo
+from edge.scu import echo, node_ssl_context
 from shared import health
 from shared.config import Config
 from shared.errors import (
@@ -245,8 +245,7 @@ class EdgeHttp:
         node = await asyncio.to_thread(lambda: get_node(self.db.reader(), ae))
         if node is None:
             raise NotFound(f"no node {ae!r}")
-        t = self.cfg.edge.tls
-        ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file) if node.tls else None
+        ctx = node_ssl_context(self.cfg.edge.tls, node)
         res = await asyncio.to_thread(
             echo, self.cfg.edge.ae_title, node, ssl_context=ctx, timeout_s=10.0
         )

@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from edge.assoc import assoc_info
 from edge.handlers import permitted
 from edge.locate import INSTANCE_COLUMNS, InstanceRef, ensure_local
-from edge.scu import client_ssl_context, tls_args
+from edge.scu import node_ssl_context, tls_args
 from edge.sender import (
     FilePlaceholder,
     accepted_syntaxes,
@@ -286,10 +286,7 @@ class RetrieveHandlers:
             "max_pdu": self.server.cfg.edge.max_pdu_bytes,
             "evt_handlers": [(evt.EVT_CONN_OPEN, on_open)],
         }
-        if node.tls:
-            t = self.server.cfg.edge.tls
-            ctx = client_ssl_context(t.ca_file, t.cert_file, t.key_file)
-            kwargs["tls_args"] = tls_args(node, ctx)
+        kwargs["tls_args"] = tls_args(node, node_ssl_context(self.server.cfg.edge.tls, node))
         yield node.host, node.port, kwargs
         install_fast_pending(event.assoc)
         yield len(refs)

@@ -12,6 +12,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from edge.contexts import VERIFICATION
+from shared.config import TlsConfig
 from shared.registry import Node
 
 
@@ -31,6 +32,14 @@ def client_ssl_context(
     if cert_file and key_file:
         ctx.load_cert_chain(cert_file, key_file)
     return ctx
+
+
+def node_ssl_context(tls: TlsConfig, node: Node) -> ssl.SSLContext | None:
+    """Our client context from `[edge.tls]` for a node with tls = true, else None (its
+    certificate is presented when configured; a TLS node is reached even without one)."""
+    if not node.tls:
+        return None
+    return client_ssl_context(tls.ca_file, tls.cert_file, tls.key_file)
 
 
 def associate(
