@@ -18,37 +18,25 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
+# $(call apt_need,COMMAND,PACKAGE): when COMMAND is missing, install Debian's PACKAGE (as root
+# with apt-get, as on a clean CI machine), otherwise say how and stop.
+apt_need = if ! command -v $(1) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's $(2)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	  else \
+	    echo "$(1) is missing: install it (Debian/Ubuntu: sudo apt-get install $(2)) and rerun"; \
+	    exit 1; \
+	  fi; \
+	fi
+
 # DCMTK (echoscu, storescu, findscu, movescu, getscu, storescp) is the other side in tests.
+# Debian's chromium runs the console tests (Playwright drives it; no browser download).
+# systemd-analyze verifies deploy/systemd units in tests/test_deploy.py.
 deps:
-	@if ! command -v storescu >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's dcmtk"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; \
-	  else \
-	    echo "DCMTK is missing: install it (Debian/Ubuntu: sudo apt-get install dcmtk) and rerun"; \
-	    exit 1; \
-	  fi; \
-	fi
-	@# Debian's chromium runs the console tests (Playwright drives it; no browser download).
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "chromium is missing: install it (Debian/Ubuntu: sudo apt-get install chromium) and rerun"; \
-	    exit 1; \
-	  fi; \
-	fi
-	@# systemd-analyze verifies deploy/systemd units in tests/test_deploy.py.
-	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's systemd (for systemd-analyze)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
-	  else \
-	    echo "systemd-analyze is missing: install it (Debian/Ubuntu: sudo apt-get install systemd) and rerun"; \
-	    exit 1; \
-	  fi; \
-	fi
+	@$(call apt_need,storescu,dcmtk)
+	@$(call apt_need,chromium,chromium)
+	@$(call apt_need,systemd-analyze,systemd)
 
 lint: venv
 	$(BIN)/ruff check .
