@@ -180,6 +180,14 @@ class Edge(Receiver):
             'permissions = ["echo", "store"]\n'
         )
 
+    def start(self) -> None:
+        super().start()
+        deadline = time.monotonic() + 60
+        while listeners(self.port) < self.acceptors:  # every acceptor process listens
+            if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
+                raise RuntimeError(f"hpacs-edge acceptors did not all listen; see {self.log}")
+            time.sleep(0.05)
+
     def command(self) -> list[str]:
         exe = ROOT / ".venv" / "bin" / "hpacs-edge"
         return [str(exe), "--config", str(self.workdir / "hpacs.toml"), "serve"]
@@ -289,10 +297,39 @@ def running(receiver: Receiver) -> Iterator[Receiver]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children (storescp --fork), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU of a process, its reaped children (storescp --fork) and its live
+    descendants (hpacs-edge's acceptor processes), seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(c) for c in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(c) for c in task.read_text().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def listeners(port: int) -> int:
+    """Listening sockets on a TCP port (one per SO_REUSEPORT acceptor), from /proc/net/tcp."""
+    n = 0
+    for table_ in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table_).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
 
 
 def rss_peak_kb(pid: int) -> int:

@@ -11,6 +11,7 @@ Figures on a shared machine are noisy: read the ratios, which come from the same
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -45,20 +46,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default="edge,edge-normal,orthanc,storescp",
-        help="receivers to run (edge-normal: edge.index_synchronous = normal)",
+        help="receivers to run (edge-normal: edge.index_synchronous = normal; a suffix -aN "
+        "sets edge.acceptors = N for that target, e.g. edge-a1,edge-a2)",
     )
     p.add_argument("--workdir", default="", help="where data goes (default: a temp dir on disk)")
     return p.parse_args(argv)
 
 
-RATIOS = [("edge", "orthanc"), ("edge-normal", "orthanc"), ("edge", "storescp")]
+RATIOS = [
+    ("edge", "orthanc"),
+    ("edge-normal", "orthanc"),
+    ("edge", "storescp"),
+    *((f"edge-a{n}", "orthanc") for n in range(1, 9)),
+    *((f"edge-normal-a{n}", "orthanc") for n in range(1, 9)),
+]
 
 
 def receiver(name: str, work: Path, assocs: int, acceptors: int) -> Receiver:
-    if name == "edge":
-        return Edge(work / "edge", acceptors=acceptors)
-    if name == "edge-normal":  # edge.index_synchronous = "normal", Orthanc's own setting
-        return Edge(work / "edge", acceptors=acceptors, index_synchronous="normal")
+    m = re.fullmatch(r"(edge(?:-normal)?)(?:-a(\d+))?", name)
+    if m:  # edge-normal: edge.index_synchronous = "normal", Orthanc's own setting
+        n = int(m.group(2)) if m.group(2) else acceptors
+        sync = "normal" if m.group(1) == "edge-normal" else "full"
+        return Edge(work / "edge", acceptors=n, index_synchronous=sync)
     if name == "orthanc":
         return Orthanc(work / "orthanc")
     return StoreSCP(work / "storescp")
