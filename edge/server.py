@@ -20,7 +20,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from edge import reactor, spool
-from edge.access import decide
+from edge.access import RJ_LOCAL_LIMIT_EXCEEDED, Decision, decide
 from edge.assoc import AssocInfo, assoc_info
 from edge.cache import Cache
 from edge.commitment import COMMITMENT_SOP_CLASS, CommitmentHandlers
@@ -251,6 +251,12 @@ class EdgeServer:
             if d.accept:
                 info.slot = self.slots.take(info.calling_ae)
                 info.counted = info.slot is not None
+                if not info.counted:  # every record held (counts said otherwise): still refuse
+                    d = Decision(
+                        False,
+                        f"global association limit {self.cfg.edge.max_associations} reached",
+                        RJ_LOCAL_LIMIT_EXCEEDED,
+                    )
         if d.accept:
             metrics.association_opened()
             return
