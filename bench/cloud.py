@@ -19,6 +19,7 @@ import argparse
 import gzip
 import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -70,6 +71,12 @@ class Server:
         )
         wait_port(self.port, self.proc, timeout_s=600)
         return self
+
+    def cpu_s(self) -> float:
+        """The server process's user+system CPU seconds so far (threads included)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
@@ -266,13 +273,33 @@ def run(args: argparse.Namespace, base: Path) -> int:
                 q["orthanc"].append(qido_ms(ourl, "", "BENCH01", args.queries // 2))
             for url, tok in ((hurl, token), (ourl, "")):  # warm up caches and thread pools
                 wado_raw_s(url, tok, study, total)
-            w = {k: {"client": [], "raw": []} for k in ("hpacs", "orthanc")}
+            w = {k: {"client": [], "raw": [], "cpu": []} for k in ("hpacs", "orthanc")}
+            srv = {"hpacs": hsrv, "orthanc": osrv}
             for _ in range(args.reps):
                 for name, url, tok in (("hpacs", hurl, token), ("orthanc", ourl, "")):
                     w[name]["raw"].append(wado_raw_s(url, tok, study, total))
+                    c0 = srv[name].cpu_s()
                     w[name]["client"].append(wado_client_s(url, tok, study, args.instances))
+                    w[name]["cpu"].append(srv[name].cpu_s() - c0)
+            # each rep times hpacs and Orthanc back to back: the median of the paired ratios
+            # is steadier than a ratio of medians on a shared, noisy machine
+            hc, oc = w["hpacs"]["client"], w["orthanc"]["client"]
+            paired = [o / h for h, o in zip(hc, oc, strict=True)]
+            print(
+                "  WADO-RS dicomweb-client throughput hpacs/orthanc, paired per rep: "
+                + ", ".join(f"{x:.2f}" for x in paired)
+                + f"; median {median(paired):.2f}x",
+                flush=True,
+            )
             for name in ("hpacs", "orthanc"):
                 raw, cli = median(w[name]["raw"]), median(w[name]["client"])
+                print(
+                    f"  {name}: dicomweb-client study retrieval s "
+                    + ", ".join(f"{x:.2f}" for x in w[name]["client"])
+                    + "; server CPU ms/instance "
+                    + f"{median(w[name]['cpu']) * 1000 / args.instances:.3f}",
+                    flush=True,
+                )
                 results.append(
                     [
                         name,
