@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from shared.checksum import CHUNK, Crc32c
 from shared.errors import NotFound, ObjectExists, PermanentStoreError, TransientStoreError
@@ -119,16 +119,19 @@ class FileStore:
         if not stat.S_ISREG(st.st_mode):
             return None
         d = self._read_meta(key, path)
-        if d is not None and int(d.get("size", -1)) == st.st_size:
-            return ObjectInfo(
-                key=key,
-                size=st.st_size,
-                crc32c=str(d["crc32c"]),
-                md5=str(d.get("md5", "")),
-                content_type=str(d.get("content_type", "application/octet-stream")),
-                metadata=dict(d.get("metadata") or {}),
-                updated=st.st_mtime,
-            )
+        try:
+            if d is not None and int(d.get("size", -1)) == st.st_size:
+                return ObjectInfo(
+                    key=key,
+                    size=st.st_size,
+                    crc32c=str(d["crc32c"]),
+                    md5=str(d.get("md5", "")),
+                    content_type=str(d.get("content_type", "application/octet-stream")),
+                    metadata=dict(d.get("metadata") or {}),
+                    updated=st.st_mtime,
+                )
+        except (KeyError, TypeError, ValueError):
+            pass  # damaged metadata: the bytes decide
         crc, md5 = _digests(path)  # metadata lost (a crash, a copy): the bytes are the truth
         return ObjectInfo(key=key, size=st.st_size, crc32c=crc, md5=md5, updated=st.st_mtime)
 
@@ -279,7 +282,7 @@ class FileStore:
             return False
         return True
 
-    def _read_meta(self, key: str, path: Path) -> dict[str, object] | None:
+    def _read_meta(self, key: str, path: Path) -> dict[str, Any] | None:
         try:
             return dict(json.loads(os.getxattr(path, XATTR)))
         except (OSError, ValueError):
