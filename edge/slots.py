@@ -58,9 +58,10 @@ class AssocSlots:
         self._thread_lock = threading.Lock()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._thread_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -89,7 +90,10 @@ class AssocSlots:
         return total, mine
 
     def active(self) -> int:
+        """Associations active in every process (0 once closed: a stopped server has none)."""
         with self._thread_lock:
+            if self._fd < 0:
+                return 0
             return sum(1 for i in range(self.size) if self._held(i))
 
     def take(self, calling_ae: str) -> Slot | None:
