@@ -189,11 +189,22 @@ class EdgeServer:
     def _server_ssl_context(self) -> ssl.SSLContext:
         return server_context(self.cfg.edge.tls)
 
-    def stop(self) -> None:
+    def stop(self, join_timeout_s: float = 10.0) -> None:
+        """Stop listening, abort open associations and wait for their threads.
+
+        Waiting matters: an association thread that outlives the server would still log and
+        release its slot after the index, the slots file and the log handlers are gone.
+        """
         for srv in self._servers:
             srv.shutdown()
         self._servers.clear()
+        live = list(self.ae.active_associations)
         self.ae.shutdown()
+        deadline = time.monotonic() + join_timeout_s
+        for assoc in live:
+            for thread in (assoc, assoc.dul):
+                if thread.is_alive() and thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
         self.slots.close()
         self.find.close()
         if isinstance(self.recaller, StoreRecaller):
