@@ -17,6 +17,7 @@ from typing import Any
 
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
 from edge import reactor, spool
@@ -198,13 +199,16 @@ class EdgeServer:
         for srv in self._servers:
             srv.shutdown()
         self._servers.clear()
-        live = list(self.ae.active_associations)
         self.ae.shutdown()
         deadline = time.monotonic() + join_timeout_s
-        for assoc in live:
-            for thread in (assoc, assoc.dul):
-                if thread.is_alive() and thread is not threading.current_thread():
-                    thread.join(max(0.0, deadline - time.monotonic()))
+        # A released association's DUL thread can outlive its Association thread (it still
+        # fires EVT_CONN_CLOSE), so wait for every association or DUL thread of this AE.
+        for thread in threading.enumerate():
+            assoc = thread if isinstance(thread, Association) else getattr(thread, "assoc", None)
+            if not isinstance(assoc, Association) or assoc.ae is not self.ae:
+                continue
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         self.slots.close()
         self.find.close()
         if isinstance(self.recaller, StoreRecaller):
