@@ -409,12 +409,6 @@ def _stow_response(base: str, outcomes: list[StowOutcome], study: str | None) ->
 # ---- admin API ----------------------------------------------------------------------------------
 
 
-async def api_sites(request: web.Request) -> web.Response:
-    svc = _svc(request)
-    cursors = await asyncio.to_thread(svc.index.cursors)
-    return _json({"sites": [{"site": s, "last_catalog_key": k} for s, k in cursors.items()]})
-
-
 async def api_tokens(request: web.Request) -> web.Response:
     svc = _svc(request)
     recs = await asyncio.to_thread(svc.tokens.list)
