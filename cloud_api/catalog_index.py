@@ -320,35 +320,53 @@ def _upsert_parents(
     study_uid, series_uid = d["study_uid"], d["series_uid"]
     study_id = known.get(study_uid)
     if study_id is None:
-        found = conn.execute(
-            "SELECT id FROM studies WHERE study_uid = ? AND site = ?", (study_uid, site)
-        ).fetchone()
-        if found is None:
-            values = [_v(d, c) for c in _STUDY_COLS]
-            found = (
-                conn.execute(
-                    f"INSERT INTO studies(site, study_uid, patient_name_norm, "
-                    f"{', '.join(_STUDY_COLS)}) VALUES (?,?,?,{','.join('?' * len(values))})",
-                    (site, study_uid, normalize_name(_v(d, "patient_name")), *values),
-                ).lastrowid,
-            )
-        study_id = known[study_uid] = int(found[0] or 0)
+        study_id = known[study_uid] = _find_or_insert(
+            conn,
+            "studies",
+            "study_uid",
+            site,
+            {"site": site, "study_uid": study_uid},
+            {"patient_name_norm": normalize_name(_v(d, "patient_name"))},
+            _STUDY_COLS,
+            d,
+        )
     series_id = known.get(series_uid)
     if series_id is None:
-        found = conn.execute(
-            "SELECT id FROM series WHERE series_uid = ? AND site = ?", (series_uid, site)
-        ).fetchone()
-        if found is None:
-            values = [_v(d, c) for c in _SERIES_COLS]
-            found = (
-                conn.execute(
-                    f"INSERT INTO series(study_id, site, series_uid, {', '.join(_SERIES_COLS)})"
-                    f" VALUES (?,?,?,{','.join('?' * len(values))})",
-                    (study_id, site, series_uid, *values),
-                ).lastrowid,
-            )
-        series_id = known[series_uid] = int(found[0] or 0)
+        series_id = known[series_uid] = _find_or_insert(
+            conn,
+            "series",
+            "series_uid",
+            site,
+            {"study_id": study_id, "site": site, "series_uid": series_uid},
+            {},
+            _SERIES_COLS,
+            d,
+        )
     return study_id, series_id
+
+
+def _find_or_insert(
+    conn: sqlite3.Connection,
+    table: str,
+    uid_col: str,
+    site: str,
+    keys: dict[str, Any],
+    extra: dict[str, Any],
+    cols: tuple[str, ...],
+    d: dict[str, Any],
+) -> int:
+    """The id of a site's study or series row, inserted from a catalog row when new."""
+    found = conn.execute(
+        f"SELECT id FROM {table} WHERE {uid_col} = ? AND site = ?", (keys[uid_col], site)
+    ).fetchone()
+    if found is not None:
+        return int(found[0])
+    names = [*keys, *extra, *cols]
+    values = [*keys.values(), *extra.values(), *(_v(d, c) for c in cols)]
+    cur = conn.execute(
+        f"INSERT INTO {table}({', '.join(names)}) VALUES ({','.join('?' * len(names))})", values
+    )
+    return int(cur.lastrowid or 0)
 
 
 _instance_values = operator.itemgetter(*_INSTANCE_COLS)
