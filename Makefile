@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-# $(call apt_need,COMMAND,PACKAGE): when COMMAND is missing, install Debian's PACKAGE (as root
-# with apt-get, as on a clean CI machine), otherwise say how and stop.
-apt_need = if ! command -v $(1) >/dev/null 2>&1; then \
+# $(call apt_need,CHECK,PACKAGE): when the shell test CHECK fails, install Debian's PACKAGE (as
+# root with apt-get, as on a clean CI machine), otherwise say how and stop.
+apt_need = if ! $(1) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian's $(2)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	  else \
-	    echo "$(1) is missing: install it (Debian/Ubuntu: sudo apt-get install $(2)) and rerun"; \
+	    echo "$(2) is missing: install it (Debian/Ubuntu: sudo apt-get install $(2)) and rerun"; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -33,10 +33,18 @@ apt_need = if ! command -v $(1) >/dev/null 2>&1; then \
 # DCMTK (echoscu, storescu, findscu, movescu, getscu, storescp) is the other side in tests.
 # Debian's chromium runs the console tests (Playwright drives it; no browser download).
 # systemd-analyze verifies deploy/systemd units in tests/test_deploy.py.
+# Orthanc with its DICOMweb plugin is a DIMSE and DICOMweb peer in tests and the baseline in
+# bench/; PostgreSQL's server runs the cloud catalog's second backend (a temporary cluster
+# per test session, never the system's own).
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+PG_BIN := /usr/lib/postgresql/15/bin
 deps:
-	@$(call apt_need,storescu,dcmtk)
-	@$(call apt_need,chromium,chromium)
-	@$(call apt_need,systemd-analyze,systemd)
+	@$(call apt_need,command -v storescu,dcmtk)
+	@$(call apt_need,command -v chromium,chromium)
+	@$(call apt_need,command -v systemd-analyze,systemd)
+	@$(call apt_need,command -v Orthanc,orthanc)
+	@$(call apt_need,test -f $(ORTHANC_DICOMWEB),orthanc-dicomweb)
+	@$(call apt_need,test -x $(PG_BIN)/postgres,postgresql)
 
 lint: venv
 	$(BIN)/ruff check .

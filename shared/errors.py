@@ -92,6 +92,15 @@ class ObjectExists(ObjectStoreError):
     hint = ""
 
 
+class CorruptInstance(PacsError):
+    """A cached file whose bytes no longer match the crc32c recorded at ingest."""
+
+    hint = (
+        "the cache file was damaged at rest; hpacs quarantined it and serves the verified "
+        "cloud copy when one exists (check the cache disk's health)"
+    )
+
+
 class NoConversion(PacsError):
     hint = "the destination accepts none of the transfer syntaxes hpacs can produce"
 
@@ -134,6 +143,7 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     PermanentStoreError: UNABLE_TO_PROCESS,
     ChecksumMismatch: UNABLE_TO_PROCESS,
     ObjectExists: UNABLE_TO_PROCESS,
+    CorruptInstance: UNABLE_TO_PROCESS,
     NoConversion: UNABLE_TO_PROCESS,
     PayloadTooLarge: OUT_OF_RESOURCES,
 }
@@ -156,6 +166,7 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     PermanentStoreError: 502,
     ChecksumMismatch: 502,
     ObjectExists: 409,
+    CorruptInstance: 502,
     NoConversion: 406,
     PayloadTooLarge: 413,
 }
