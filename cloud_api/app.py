@@ -4,8 +4,8 @@ Deny by default: the middleware authenticates every request before routing matte
 matched route must appear in `NEEDS` (what it requires) or it answers 403 even to an admin.
 Every request that reaches a route, and every denied one, is an audit event.
 
-google-cloud-storage and SQLite are synchronous: every store and index call runs in a worker
-thread (`asyncio.to_thread`), never on the event loop.
+google-cloud-storage and the catalog backends are synchronous: every store and catalog call runs
+in a worker thread (`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from cloud_api import admin_api, ops
 from cloud_api import handlers as h
 from cloud_api.audit import AuditLog
 from cloud_api.auth import Need, Principal, TokenStore
-from cloud_api.catalog_index import CatalogIndex
+from cloud_api.catalog import Catalog, open_catalog
+from cloud_api.catalog.poller import Poller
 from shared import metrics
 from shared.config import CloudConfig, RestoreConfig
 from shared.errors import (
@@ -92,7 +93,8 @@ class Services:
     cfg: CloudConfig
     restore: RestoreConfig
     store: ObjectStore
-    index: CatalogIndex
+    catalog: Catalog
+    poller: Poller
     tokens: TokenStore
     audit: AuditLog
 
@@ -236,7 +238,7 @@ async def _poll_loop(app: web.Application) -> None:
     while True:
         await asyncio.sleep(svc.cfg.catalog_poll_interval_s)
         try:
-            res = await asyncio.to_thread(svc.index.poll, svc.store)
+            res = await asyncio.to_thread(svc.poller.poll)
             if res.rows:
                 log.info("catalog poll objects=%d rows=%d", res.objects, res.rows)
             await asyncio.to_thread(svc.audit.ship, svc.store)
@@ -247,16 +249,18 @@ async def _poll_loop(app: web.Application) -> None:
 
 
 async def _on_startup(app: web.Application) -> None:
-    """Build the index before the port opens, so no replica answers from a partial index."""
+    """Bring the catalog up to date before the port opens, so no replica answers from a partial
+    index. On PostgreSQL a replica that does not hold the lead starts at once: the shared
+    database is already current (another replica applies)."""
     svc = app[SERVICES]
     delay = STARTUP_RETRY_INITIAL_S
     while True:  # the bucket (or its emulator, under `make up`) may come up after us
         try:
-            res = await asyncio.to_thread(svc.index.poll, svc.store)
+            res = await asyncio.to_thread(svc.poller.poll)
             break
         except ObjectStoreError as exc:
             log.warning(
-                "object store not answering; index not built yet, retry in %.1fs error=%s hint=%s",
+                "object store not answering; catalog not current, retry in %.1fs error=%s hint=%s",
                 delay,
                 exc,
                 exc.hint,
@@ -264,7 +268,12 @@ async def _on_startup(app: web.Application) -> None:
         await asyncio.sleep(delay)
         delay = min(delay * 2, STARTUP_RETRY_MAX_S)
     log.info(
-        "catalog index ready objects=%d rows=%d seconds=%.2f", res.objects, res.rows, res.seconds
+        "catalog ready url=%s applied=%s objects=%d rows=%d seconds=%.2f",
+        _safe_url(svc.catalog.url),
+        res.applied,
+        res.objects,
+        res.rows,
+        res.seconds,
     )
     app[POLLER] = asyncio.create_task(_poll_loop(app))
 
@@ -285,7 +294,7 @@ async def _on_cleanup(app: web.Application) -> None:
     except Exception:
         log.exception("shipping the audit log at shutdown failed")
     svc.audit.close()
-    svc.index.close()
+    svc.catalog.close()
 
 
 POLLER = web.AppKey("poller", asyncio.Task)
@@ -294,13 +303,15 @@ POLLER = web.AppKey("poller", asyncio.Task)
 def create_app(
     cfg: CloudConfig, store: ObjectStore, restore: RestoreConfig | None = None
 ) -> web.Application:
-    """The app for one replica; its index and audit log live under `cfg.data_dir`."""
+    """The app for one replica; its audit log (and a SQLite catalog) live under `cfg.data_dir`."""
     data = Path(cfg.data_dir)
+    catalog = open_catalog(cfg.catalog, data, pool_size=cfg.catalog_pool_size)
     svc = Services(
         cfg=cfg,
         restore=restore or RestoreConfig(),
         store=store,
-        index=CatalogIndex(data / "catalog.sqlite"),
+        catalog=catalog,
+        poller=Poller(catalog, store),
         tokens=TokenStore(cfg.tokens_file),
         audit=AuditLog(data),
     )
@@ -319,6 +330,15 @@ def create_app(
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app
+
+
+def _safe_url(url: str) -> str:
+    """A catalog URL for logs: without a password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        cred, _, host = rest.rpartition("@")
+        rest = cred.split(":", 1)[0] + "@" + host
+    return scheme + sep + rest
 
 
 def ssl_context(cfg: CloudConfig) -> ssl.SSLContext | None:

@@ -1,12 +1,14 @@
 """Route handlers: parse the request, call one service function in a worker thread, answer.
 
-Site scope is applied in SQL (`Principal.site_filter`), so a reader of site A never learns
+Handlers never run SQL: they call the catalog (`cloud_api.catalog.Catalog`). Site scope is
+applied by the catalog's search (`Principal.site_filter`), so a reader of site A never learns
 that an instance of site B exists: out-of-scope studies are simply not found (404 / 204).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import tempfile
 import time
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from cloud_api import qido, wado
 from cloud_api.auth import Need, Principal
+from cloud_api.catalog import InstanceRef
 from cloud_api.stow import STOW_SITE, StowOutcome, append_catalog, store_part
 from shared.errors import (
     BadRequest,
@@ -81,17 +84,21 @@ async def _qido(request: web.Request, level: str) -> web.Response:
     q = qido.parse_query(
         level, list(request.query.items()), path_uids, svc.cfg.query_max_results, p.site_filter()
     )
-    sql, args = qido.build_sql(q)
-    rows = await asyncio.to_thread(lambda: svc.index.reader().execute(sql, args).fetchall())
+    # one row more than asked for says whether more results exist
+    probe = dataclasses.replace(q.search, limit=q.search.limit + 1)
+    rows = await asyncio.to_thread(svc.catalog.search, probe)
     request[AUDIT]["detail"] = f"QIDO {level.lower()} results={len(rows)}"
+    warnings = list(q.warnings)
+    if len(rows) > q.search.limit:
+        warnings.append(qido.MORE_WARNING)
     if not rows:
-        return web.Response(status=204)
-    truncated = len(rows) > q.limit
-    base = _base_url(request)
-    body = [qido.render(level, r, base) for r in rows[: q.limit]]
-    resp = _json(body, content_type=DICOM_JSON)
-    if truncated:
-        resp.headers["Warning"] = '299 hpacs "There are additional results that can be requested"'
+        resp = web.Response(status=204)
+    else:
+        base = _base_url(request)
+        body = [qido.render(level, r, base) for r in rows[: q.search.limit]]
+        resp = _json(body, content_type=DICOM_JSON)
+    for w in warnings:
+        resp.headers.add("Warning", w)
     return resp
 
 
@@ -110,26 +117,13 @@ async def qido_instances(request: web.Request) -> web.Response:
 # ---- WADO-RS ------------------------------------------------------------------------------------
 
 
-def _instances(request: web.Request) -> list[dict[str, Any]]:
+def _instances(request: web.Request) -> list[InstanceRef]:
     """The in-scope instances a WADO URL names, in series/instance order; NotFound if none."""
     svc, p = _svc(request), _principal(request)
     mi = request.match_info
-    q = qido.Query(level=qido.INSTANCE, limit=10**9, sites=p.site_filter())
-    q.filters["StudyInstanceUID"] = mi["study"]
-    if "series" in mi:
-        q.filters["SeriesInstanceUID"] = mi["series"]
-    if "instance" in mi:
-        q.filters["SOPInstanceUID"] = mi["instance"]
-    for uid in q.filters.values():
-        qido._match("", "uid", uid)  # validates the UIDs (BadRequest)
-    sql, args = qido.build_sql(q)
-    seen: set[str] = set()
-    out = []
-    for r in svc.index.reader().execute(sql, args):
-        if r["sop_instance_uid"] in seen:
-            continue  # the same instance cataloged by two sites: serve it once
-        seen.add(r["sop_instance_uid"])
-        out.append(dict(r))
+    uids = [mi["study"], *(mi[k] for k in ("series", "instance") if k in mi)]
+    qido.check_uids(*uids)
+    out = svc.catalog.instances(mi["study"], mi.get("series"), mi.get("instance"), p.site_filter())
     if not out:
         raise NotFound("no such study, series or instance")
     return out
@@ -160,8 +154,7 @@ async def wado_retrieve(request: web.Request) -> web.StreamResponse:
     # The catalog knows every object's size, so the body length is known up front: a
     # Content-Length spares clients chunked decoding (slow in Python's http.client).
     resp.content_length = sum(
-        len(wado.part_header(boundary, _part_type(r), i == 0)) + r["size"]
-        for i, r in enumerate(rows)
+        len(wado.part_header(boundary, _part_type(r), i == 0)) + r.size for i, r in enumerate(rows)
     ) + len(wado.closing(boundary))
     await resp.prepare(request)
     segments = _segments(svc, rows, boundary)
@@ -183,12 +176,12 @@ SMALL_OBJECT = 8 * 1024 * 1024
 READ_AHEAD = 8
 
 
-def _part_type(row: dict[str, Any]) -> str:
-    return f"application/dicom; transfer-syntax={row['transfer_syntax']}"
+def _part_type(row: InstanceRef) -> str:
+    return f"application/dicom; transfer-syntax={row.transfer_syntax}"
 
 
 def _segments(
-    svc: Services, rows: list[dict[str, Any]], boundary: str
+    svc: Services, rows: list[InstanceRef], boundary: str
 ) -> Generator[bytes, None, None]:
     """Multipart body segments. Objects up to SMALL_OBJECT are fetched READ_AHEAD at a time
     in parallel (a bucket's per-object latency would otherwise add up over a study); larger
@@ -204,9 +197,9 @@ def _segments(
             nonlocal queued
             while queued < len(rows) and len(pending) < READ_AHEAD:
                 r = rows[queued]
-                small = r["size"] <= SMALL_OBJECT
+                small = r.size <= SMALL_OBJECT
                 pending.append(
-                    pool.submit(_read_object, svc, r["object_key"], False) if small else None
+                    pool.submit(_read_object, svc, r.object_key, False) if small else None
                 )
                 queued += 1
 
@@ -222,7 +215,7 @@ def _segments(
                 got = len(data)
                 size += got
             else:
-                with svc.store.open(row["object_key"]) as fh:
+                with svc.store.open(row.object_key) as fh:
                     while chunk := fh.read(CHUNK):
                         parts.append(chunk)
                         size += len(chunk)
@@ -230,8 +223,8 @@ def _segments(
                         if size >= SEGMENT:
                             yield b"".join(parts)
                             parts, size = [], 0
-            if got != row["size"]:  # the announced length would be a lie: abort the response
-                raise ChecksumMismatch(f"object {row['object_key']} is not the cataloged size")
+            if got != row.size:  # the announced length would be a lie: abort the response
+                raise ChecksumMismatch(f"object {row.object_key} is not the cataloged size")
             if size >= SEGMENT:
                 yield b"".join(parts)
                 parts, size = [], 0
@@ -247,16 +240,16 @@ def _read_object(svc: Services, key: str, header_only: bool) -> bytes:
         return fh.read()
 
 
-def _metadata_one(svc: Services, row: dict[str, Any], base: str) -> dict[str, Any]:
-    data = _read_object(svc, row["object_key"], header_only=True)
+def _metadata_one(svc: Services, row: InstanceRef, base: str) -> dict[str, Any]:
+    data = _read_object(svc, row.object_key, header_only=True)
     try:
         ds = wado.parse_dataset(data, stop_before_pixels=True)
         if len(data) >= HEADER_PROBE_BYTES and "PixelData" not in ds and "Rows" not in ds:
             raise ValueError("header longer than the probe")
     except Exception:
-        ds = wado.parse_dataset(_read_object(svc, row["object_key"], False), True)
-    url = f"{base}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/"
-    return wado.metadata_json(ds, url + row["sop_instance_uid"])
+        ds = wado.parse_dataset(_read_object(svc, row.object_key, False), True)
+    url = f"{base}/studies/{row.study_uid}/series/{row.series_uid}/instances/"
+    return wado.metadata_json(ds, url + row.sop_instance_uid)
 
 
 async def wado_metadata(request: web.Request) -> web.Response:
@@ -265,7 +258,7 @@ async def wado_metadata(request: web.Request) -> web.Response:
     base = _base_url(request)
     sem = asyncio.Semaphore(METADATA_CONCURRENCY)
 
-    async def one(row: dict[str, Any]) -> dict[str, Any]:
+    async def one(row: InstanceRef) -> dict[str, Any]:
         async with sem:
             return await asyncio.to_thread(_metadata_one, svc, row, base)
 
@@ -278,9 +271,9 @@ async def _dataset(request: web.Request) -> Any:
     svc = _svc(request)
     rows = await asyncio.to_thread(_instances, request)
     # one instance, or for a study/series thumbnail the middle image of its first series
-    first = [r for r in rows if r["series_uid"] == rows[0]["series_uid"]]
+    first = [r for r in rows if r.series_uid == rows[0].series_uid]
     row = first[len(first) // 2]
-    data = await asyncio.to_thread(_read_object, svc, row["object_key"], False)
+    data = await asyncio.to_thread(_read_object, svc, row.object_key, False)
     return await asyncio.to_thread(wado.parse_dataset, data)
 
 
@@ -368,9 +361,10 @@ async def stow(request: web.Request) -> web.Response:
             outcomes.append(await asyncio.to_thread(store_part, svc.store, path, study))
     rows = [o.row for o in outcomes if o.row is not None]
     if rows:
-        cursor = svc.index.cursors().get(STOW_SITE, "")
+        cursor = (await asyncio.to_thread(svc.catalog.cursors)).get(STOW_SITE, "")
         await asyncio.to_thread(append_catalog, svc.store, rows, cursor)
-        await asyncio.to_thread(svc.index.apply, STOW_SITE, rows)  # visible at once to QIDO
+        journal = [r.to_json() for r in rows]
+        await asyncio.to_thread(svc.catalog.apply, STOW_SITE, journal)  # visible at once to QIDO
     studies = sorted({o.study_uid for o in outcomes if o.study_uid})
     request[AUDIT]["study_uid"] = ",".join(studies)[:200]
     request[AUDIT]["detail"] = f"STOW stored={len(rows)} failed={len(outcomes) - len(rows)}"

@@ -14,21 +14,23 @@ from typing import Any
 from aiohttp import web
 
 from cloud_api.auth import Need
+from cloud_api.catalog import Catalog
 from shared import health, metrics
 from shared.keys import catalog_prefix
+from shared.store.base import ObjectStore
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READYZ_TIMEOUT_S = 2.0
 REGISTRY = web.AppKey("metrics_registry", metrics.Registry)
 
 
-def site_lags_s(index: Any, store: Any) -> dict[str, float]:
-    """Per site, the age of its oldest catalog object this replica has not applied (0: current).
+def site_lags_s(catalog: Catalog, store: ObjectStore) -> dict[str, float]:
+    """Per site, the age of its oldest catalog object the catalog has not applied (0: current).
 
     The figure an admin watches to know how stale QIDO answers for a site can be."""
     now = time.time()
     lags: dict[str, float] = {}
-    for site, cursor in index.cursors().items():
+    for site, cursor in catalog.cursors().items():
         lags[site] = 0.0
         for info in store.list(catalog_prefix(site), start_offset=cursor):
             if info.key <= cursor:
@@ -38,22 +40,22 @@ def site_lags_s(index: Any, store: Any) -> dict[str, float]:
     return lags
 
 
-def catalog_lag_s(index: Any, store: Any) -> float:
+def catalog_lag_s(catalog: Catalog, store: ObjectStore) -> float:
     """The worst site's lag: the one number the metric exports."""
-    return max(site_lags_s(index, store).values(), default=0.0)
+    return max(site_lags_s(catalog, store).values(), default=0.0)
 
 
 def mount(app: web.Application, services_key: Any, needs: dict[Any, Any]) -> None:
     """Add the three routes and the metrics registry to the cloud API app."""
     svc = app[services_key]
-    app[REGISTRY] = metrics.cloud_registry(lambda: catalog_lag_s(svc.index, svc.store))
+    app[REGISTRY] = metrics.cloud_registry(lambda: catalog_lag_s(svc.catalog, svc.store))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
         checks: dict[str, health.Check] = {
-            "index": (health.index_writable, (svc.index.path, READYZ_TIMEOUT_S)),
+            "catalog": (svc.catalog.check_ready, ()),
             "store": (health.store_reachable, (svc.store,)),
         }
         ok, body = await health.readiness(checks, READYZ_TIMEOUT_S)

@@ -54,6 +54,13 @@ def one_of(*choices: str) -> Check:
     return check
 
 
+def catalog_url(v: str) -> str | None:
+    """The cloud catalog: "" (a SQLite file under data_dir), sqlite:///path or postgresql://."""
+    if v == "" or v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        return None
+    return "must be empty (SQLite under data_dir), sqlite:///path or postgresql://..."
+
+
 def ae_title(v: str) -> str | None:
     return None if is_valid_ae_title(v) else f"not a valid AE title: {v!r}"
 
@@ -224,6 +231,8 @@ class CloudConfig:
     store_url: str = "file://var/bucket"
     data_dir: str = "var/cloud"
     tokens_file: str = "var/cloud/tokens.json"
+    catalog: str = checked("", catalog_url)  # "" = <data_dir>/catalog.sqlite; or postgresql://
+    catalog_pool_size: int = checked(8, positive)  # PostgreSQL connections per replica
     catalog_poll_interval_s: float = checked(5.0, positive)
     max_body_bytes: int = checked(2 * 1024**3, positive)
     query_max_results: int = checked(1000, positive)

@@ -156,6 +156,10 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# Attributes (shared.attributes) with an upper-cased `<column>_norm` copy in this schema: only
+# PatientName (migration 1), so only names match case-insensitively in the edge's C-FIND.
+NORMALISED = frozenset({"PatientName"})
+
 BUSY_TIMEOUT_S = 30.0
 
 

@@ -9,7 +9,9 @@ import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from shared import attributes
 from shared.dicom import Header
+from shared.index import NORMALISED
 from shared.lifecycle import State
 
 
@@ -20,6 +22,43 @@ class Origin:
     source: str  # dimse | stow | hotfolder | import | restore
     calling_ae: str = ""
     peer: str = ""
+
+
+def _row_sql(table: str, extra: tuple[str, ...]) -> tuple[tuple[attributes.Attribute, ...], str]:
+    attrs = attributes.stored_at(table)
+    norms = tuple(a for a in attrs if a.keyword in NORMALISED)
+    names = [a.column for a in attrs] + [a.norm_column for a in norms] + list(extra)
+    sql = f"INSERT INTO {table}({', '.join(names)}) VALUES ({','.join('?' * len(names))})"
+    return attrs + norms, sql
+
+
+# Registry columns per table (and the upper-cased copies this schema keeps), then the rest.
+_STUDY, _STUDY_SQL = _row_sql("studies", ("created_at", "updated_at", "last_access"))
+_SERIES, _SERIES_SQL = _row_sql("series", ("study_id", "created_at"))
+_INSTANCE, _INSTANCE_SQL = _row_sql(
+    "instances",
+    (
+        "series_id",
+        "study_id",
+        "transfer_syntax",
+        "path",
+        "size",
+        "crc32c",
+        "received_at",
+        "calling_ae",
+        "source",
+        "state",
+        "state_changed_at",
+        "last_access",
+    ),
+)
+
+
+def _values(attrs: tuple[attributes.Attribute, ...], h: Header) -> list[Any]:
+    n = len(attributes.stored_at(attrs[0].table))
+    return [getattr(h, a.column) for a in attrs[:n]] + [
+        normalize_name(getattr(h, a.column)) for a in attrs[n:]
+    ]
 
 
 def index_instance(
@@ -38,40 +77,16 @@ def index_instance(
         "SELECT id FROM series WHERE series_uid = ?", (h.series_uid,)
     ).fetchone()
     if series_row is None:
-        series_id = conn.execute(
-            "INSERT INTO series(series_uid, study_id, modality, series_number, "
-            "series_description, body_part, series_date, series_time, created_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                h.series_uid,
-                study_id,
-                h.modality,
-                h.series_number,
-                h.series_description,
-                h.body_part,
-                h.series_date,
-                h.series_time,
-                now,
-            ),
-        ).lastrowid
+        series_id = conn.execute(_SERIES_SQL, (*_values(_SERIES, h), study_id, now)).lastrowid
         conn.execute("UPDATE studies SET num_series = num_series + 1 WHERE id = ?", (study_id,))
     else:
         series_id = series_row[0]
     cur = conn.execute(
-        "INSERT INTO instances(sop_instance_uid, series_id, study_id, sop_class_uid, "
-        "instance_number, rows, columns, number_of_frames, specific_character_set, "
-        "transfer_syntax, path, size, crc32c, received_at, calling_ae, source, state, "
-        "state_changed_at, last_access) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        _INSTANCE_SQL,
         (
-            h.sop_instance_uid,
+            *_values(_INSTANCE, h),
             series_id,
             study_id,
-            h.sop_class_uid,
-            h.instance_number,
-            h.rows,
-            h.columns,
-            h.number_of_frames,
-            h.specific_character_set,
             h.transfer_syntax,
             relpath,
             size,
@@ -96,36 +111,13 @@ def _upsert_study(conn: sqlite3.Connection, h: Header, now: float) -> int:
     row = conn.execute("SELECT id FROM studies WHERE study_uid = ?", (h.study_uid,)).fetchone()
     if row is not None:
         return int(row[0])
-    cur = conn.execute(
-        "INSERT INTO studies(study_uid, patient_id, issuer_of_patient_id, patient_name, "
-        "patient_name_norm, patient_birth_date, patient_sex, study_date, study_time, "
-        "accession_number, study_id, study_description, referring_physician, created_at, "
-        "updated_at, last_access) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            h.study_uid,
-            h.patient_id,
-            h.issuer_of_patient_id,
-            h.patient_name,
-            normalize_name(h.patient_name),
-            h.patient_birth_date,
-            h.patient_sex,
-            h.study_date,
-            h.study_time,
-            h.accession_number,
-            h.study_id,
-            h.study_description,
-            h.referring_physician,
-            now,
-            now,
-            now,
-        ),
-    )
+    cur = conn.execute(_STUDY_SQL, (*_values(_STUDY, h), now, now, now))
     return int(cur.lastrowid or 0)
 
 
 def normalize_name(name: str) -> str:
     """The form person names are matched in: case-folded to upper case."""
-    return name.upper()
+    return attributes.normalize(name)
 
 
 T = TypeVar("T")

@@ -41,9 +41,9 @@ class Cloud:
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+def cloud(tmp_path_factory: pytest.TempPathFactory, module_catalog_url: str) -> Iterator[Cloud]:
     tmp = tmp_path_factory.mktemp("cloud-console")
-    cfg = cloud_config(tmp)
+    cfg = cloud_config(tmp, catalog=module_catalog_url)
     store = open_store(cfg.store_url)
     seed_site(store, "north", StudySpec(series_count=2, instances_per_series=3))
     admin = make_token(cfg, "console-admin", "admin", [])

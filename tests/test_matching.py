@@ -14,6 +14,7 @@ import pytest
 
 from shared import matching
 from shared.errors import BadRequest
+from shared.sqldialect import SQLITE
 
 ROWS = [
     "SMITH^JOHN",
@@ -78,14 +79,14 @@ STRING_CASES = [
 @pytest.mark.parametrize(("value", "expected"), STRING_CASES)
 def test_string(conn: sqlite3.Connection, value: str, expected: set[str]) -> None:
     params: list[Any] = []
-    term = matching.string("s", value, params)
+    term = SQLITE.render(matching.string("s", value), params)
     assert value not in term  # values never reach the SQL text
     assert matches(conn, "s", term, params) == expected
 
 
 def test_prefix_patterns_are_index_ranges(conn: sqlite3.Connection) -> None:
     params: list[Any] = []
-    term = matching.string("s", "SMITH*", params)
+    term = SQLITE.render(matching.string("s", "SMITH*"), params)
     assert "GLOB" not in term
     plan = " ".join(
         r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN SELECT s FROM t WHERE {term}", params)
@@ -107,7 +108,7 @@ def test_prefix_patterns_are_index_ranges(conn: sqlite3.Connection) -> None:
 )
 def test_dates(conn: sqlite3.Connection, value: str, expected: set[str]) -> None:
     params: list[Any] = []
-    term = matching.date_time("d", value, "da", "StudyDate", params)
+    term = SQLITE.render(matching.date_time("d", value, "da", "StudyDate"), params)
     assert matches(conn, "d", term, params) == expected
 
 
@@ -121,14 +122,14 @@ def test_dates(conn: sqlite3.Connection, value: str, expected: set[str]) -> None
 )
 def test_times(conn: sqlite3.Connection, value: str, expected: set[str]) -> None:
     params: list[Any] = []
-    term = matching.date_time("tm", value, "tm", "StudyTime", params)
+    term = SQLITE.render(matching.date_time("tm", value, "tm", "StudyTime"), params)
     assert matches(conn, "tm", term, params) == expected
 
 
 @pytest.mark.parametrize("value", ["2024-01-01x", "yesterday", "1' OR 1=1"])
 def test_bad_dates_refused_without_the_value(value: str) -> None:
     with pytest.raises(BadRequest) as err:
-        matching.date_time("d", value, "da", "PatientBirthDate", [])
+        matching.date_time("d", value, "da", "PatientBirthDate")
     assert value not in str(err.value)
 
 
@@ -149,12 +150,14 @@ def test_split_values(raw: Any, commas: bool, expected: list[str]) -> None:
 
 def test_uids_and_lists() -> None:
     params: list[Any] = []
-    assert matching.one_of("u", matching.uids(["1.2", "", "1.3"]), params) == "u IN (?, ?)"
+    term = SQLITE.render(matching.one_of("u", matching.uids(["1.2", "", "1.3"])), params)
+    assert term == "u IN (?, ?)"
     assert params == ["1.2", "1.3"]
     with pytest.raises(BadRequest):
         matching.uids(["1.2", "x.y"], validate=True)
-    assert matching.any_of(["a = ?", ""]) == ""  # one universal value: all match
-    assert matching.any_of(["a = ?", "b = ?"]) == "(a = ? OR b = ?)"
+    a, b = matching.Eq("a", 1), matching.Eq("b", 2)
+    assert SQLITE.render(matching.any_of([a, None]), []) == ""  # one universal value: all match
+    assert SQLITE.render(matching.any_of([a, b]), []) == "(a = ? OR b = ?)"
 
 
 def test_person_name_and_integer() -> None:
