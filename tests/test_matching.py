@@ -1,7 +1,8 @@
-"""shared.matching, table-driven: one value -> SQL term -> which rows of a real SQLite table match.
+"""shared.matching, table-driven: one value -> SQL term -> which rows of a real SQLite table
+match, and the same predicates rendered for a real PostgreSQL must match the same rows.
 
-The same rules serve the edge's C-FIND and the cloud API's QIDO-RS; the key-level tests
-stay in tests/test_query.py (edge schema) and tests/test_cloud_*.py (cloud schema).
+The same rules serve the edge's C-FIND and the cloud catalog's searches; the key-level tests
+stay in tests/test_query.py (edge schema) and tests/test_catalog_contract.py (cloud schema).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from deploy.pgcluster import Cluster
 from shared import matching
 from shared.errors import BadRequest
-from shared.sqldialect import SQLITE
+from shared.sqldialect import POSTGRES, SQLITE
+from tests.support.postgres import fresh_database
 
 ROWS = [
     "SMITH^JOHN",
@@ -26,6 +29,7 @@ ROWS = [
     "50% DOSE",
     '[X] say "h?"',
     "MÜLLER^JÜRGEN",
+    "C:\\DIR_1",
     "",
 ]
 DATES = ["20240101", "20240115", "20240131", "20240201", "20231231", ""]
@@ -71,6 +75,8 @@ STRING_CASES = [
     ("[X]*", {'[X] say "h?"'}),
     ('*"h?"', {'[X] say "h?"'}),
     ("MÜ*", {"MÜLLER^JÜRGEN"}),
+    ("C:\\D*", {"C:\\DIR_1"}),  # a backslash is literal too
+    ("*\\DIR?1", {"C:\\DIR_1"}),
     ("*", set(ROWS) - {""} | {""}),
     ("***", set(ROWS)),
 ]
@@ -172,3 +178,42 @@ def test_person_name_and_integer() -> None:
 )
 def test_prefix_successor(prefix: str, successor: str) -> None:
     assert matching.successor(prefix) == successor
+
+
+@pytest.fixture(scope="module")
+def pg(pg_cluster: Cluster) -> Iterator[Any]:
+    """The same table in PostgreSQL, text columns COLLATE "C" as in the cloud catalog."""
+    import psycopg
+
+    c = psycopg.connect(fresh_database(pg_cluster), autocommit=True)
+    c.execute('CREATE TABLE t (s TEXT COLLATE "C", d TEXT COLLATE "C", tm TEXT COLLATE "C")')
+    n = max(len(ROWS), len(DATES), len(TIMES))
+    for i in range(n):
+        c.execute("INSERT INTO t VALUES (%s, %s, %s)", (_at(ROWS, i), _at(DATES, i), _at(TIMES, i)))
+    yield c
+    c.close()
+
+
+def pg_matches(pg: Any, col: str, pred: matching.Predicate | None) -> set[str]:
+    params: list[Any] = []
+    where = POSTGRES.render(pred, params) or "TRUE"
+    return {r[0] for r in pg.execute(f"SELECT {col} FROM t WHERE {where}", params)} - {None}
+
+
+@pytest.mark.parametrize(("value", "expected"), STRING_CASES)
+def test_string_postgresql(pg: Any, value: str, expected: set[str]) -> None:
+    assert pg_matches(pg, "s", matching.string("s", value)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "col"),
+    [("20240101-20240131", "da", "d"), ("-20231231", "da", "d"), ("-", "da", "d"),
+     ("2024.01.15", "da", "d"), ("-12", "tm", "tm"), ("12:00-", "tm", "tm")],
+)  # fmt: skip
+def test_dates_and_times_postgresql(
+    pg: Any, conn: sqlite3.Connection, value: str, kind: str, col: str
+) -> None:
+    pred = matching.date_time(col, value, kind, "X")
+    params: list[Any] = []
+    expected = matches(conn, col, SQLITE.render(pred, params), params)
+    assert pg_matches(pg, col, pred) == expected
