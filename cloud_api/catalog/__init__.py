@@ -95,6 +95,10 @@ class Catalog(Protocol):
         """Per site, the last journal key applied."""
         ...
 
+    def reset(self) -> None:
+        """Empty every table and cursor in one transaction (`hpacs-cloud catalog rebuild`)."""
+        ...
+
     def site_counts(self) -> list[SiteCount]: ...
 
     def counts(self) -> dict[str, int]:

@@ -154,6 +154,13 @@ class PostgresCatalog:
                 conn.close()  # a new connection (and a new lead) next time
                 raise IndexUnavailable(f"the catalog database did not answer: {exc}") from exc
 
+    def reset(self) -> None:
+        with self._writer_lock:
+            conn = self._connect_writer()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPLY_LOCK,))
+                conn.execute(f"TRUNCATE {', '.join(schema.TABLES)} RESTART IDENTITY")
+
     def try_lead(self) -> bool:
         """Hold the lead lock (session-level, on the writer connection) or learn another has it."""
         with self._writer_lock:

@@ -97,6 +97,11 @@ class SqliteCatalog:
         with self._lock, transaction(self._writer) as conn:
             return apply.apply_batch(_Tx(conn), SQLITE, site, rows, key)
 
+    def reset(self) -> None:
+        with self._lock, transaction(self._writer) as conn:
+            for table in schema.TABLES:
+                conn.execute(f"DELETE FROM {table}")
+
     def try_lead(self) -> bool:
         return True  # the file is this replica's own
 
