@@ -56,6 +56,10 @@ class Tx(Protocol):
 
     def clear(self, tables: tuple[str, ...]) -> None: ...
 
+    def analyze(self, tables: tuple[str, ...]) -> None:
+        """Give the planner the stage tables' sizes (PostgreSQL never analyses temporary
+        tables itself, and without statistics it joins them by scanning the catalog)."""
+
 
 def _value(d: dict[str, Any], col: str) -> Any:
     if col in _NORMS:
@@ -89,10 +93,12 @@ def prepare(rows: list[dict[str, Any]]) -> Batch:
 def stage_ddl(d: Dialect) -> list[str]:
     """The stage tables: temporary tables of the connection that applies."""
     real = "REAL" if d.name == "sqlite" else "DOUBLE PRECISION"
+    # the catalog's collation: joins on UIDs can then use the catalog's unique indexes
+    text = "TEXT" if d.name == "sqlite" else 'TEXT COLLATE "C"'
     out = []
     for table, cols in STAGES.items():
         typed = ", ".join(
-            f"{c} {'BIGINT' if c in _INT else (real if c in _REAL else 'TEXT')}" for c in cols
+            f"{c} {'BIGINT' if c in _INT else (real if c in _REAL else text)}" for c in cols
         )
         out.append(f"CREATE TEMP TABLE {table} ({typed})")
     return out
@@ -127,16 +133,24 @@ def _upserts(d: Dialect) -> list[str]:
         f" ON CONFLICT (series_uid) DO UPDATE SET {_keep('series', se_attrs, 'series_uid')}",
         "INSERT INTO t_series (id) SELECT se.id FROM series se"
         " JOIN s_series s ON s.series_uid = se.series_uid",
+        # instances and copies: update the known ones, then insert the new ones. Cheaper than
+        # ON CONFLICT's speculative insertion per row for the common case (all new), and safe
+        # because applies never run concurrently (one writer; APPLY_LOCK on PostgreSQL).
+        "UPDATE instances SET "
+        + ", ".join(f"{c} = s.{c}" for c in in_attrs if c != "sop_instance_uid")
+        + " FROM s_instances s WHERE instances.sop_instance_uid = s.sop_instance_uid",
         f"INSERT INTO instances (series_id, study_id, {', '.join(in_attrs)})"
         f" SELECT se.id, se.study_id, {', '.join('s.' + c for c in in_attrs)} FROM s_instances s"
-        " JOIN series se ON se.series_uid = s.series_uid WHERE 1 = 1"
-        " ON CONFLICT (sop_instance_uid) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in in_attrs if c != "sop_instance_uid"),
+        " JOIN series se ON se.series_uid = s.series_uid WHERE NOT EXISTS"
+        " (SELECT 1 FROM instances i WHERE i.sop_instance_uid = s.sop_instance_uid)",
+        "UPDATE copies SET "
+        + ", ".join(f"{c} = s.{c}" for c in COPY_COLUMNS)
+        + " FROM s_instances s JOIN instances i ON i.sop_instance_uid = s.sop_instance_uid"
+        f" WHERE copies.instance_id = i.id AND copies.site = {p}",
         f"INSERT INTO copies (instance_id, site, study_id, series_id, {', '.join(COPY_COLUMNS)})"
         f" SELECT i.id, {p}, i.study_id, i.series_id, {', '.join('s.' + c for c in COPY_COLUMNS)}"
         " FROM s_instances s JOIN instances i ON i.sop_instance_uid = s.sop_instance_uid"
-        " WHERE 1 = 1 ON CONFLICT (instance_id, site) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in COPY_COLUMNS),
+        f" WHERE NOT EXISTS (SELECT 1 FROM copies c WHERE c.instance_id = i.id AND c.site = {p})",
     ]
 
 
@@ -200,15 +214,15 @@ def apply_batch(tx: Tx, d: Dialect, site: str, rows: list[dict[str, Any]], key: 
     tx.load("s_studies", STUDY_STAGE, batch.studies)
     tx.load("s_series", SERIES_STAGE, batch.series)
     tx.load("s_instances", INSTANCE_STAGE, batch.instances)
+    tx.analyze(("s_studies", "s_series", "s_instances"))
     if batch.instances:
-        ups = _upserts(d)
-        for sql in ups[:-1]:
-            tx.execute(sql)
-        tx.execute(ups[-1], [site])
+        for sql in _upserts(d):
+            tx.execute(sql, [site] * sql.count(p))
     if batch.retracted:
         tx.load("s_retracted", ("sop_instance_uid",), batch.retracted)
         for sql, takes_site in _retractions(d):
             tx.execute(sql, [site] if takes_site else [])
+    tx.analyze(("t_studies", "t_series"))
     for sql in _recounts(d):
         tx.execute(sql)
     if key is not None:

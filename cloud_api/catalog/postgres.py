@@ -59,6 +59,9 @@ class _Tx:
         # TRUNCATE, not DELETE: temporary tables are never vacuumed, dead rows would pile up
         self.conn.execute(f"TRUNCATE {', '.join(tables)}")
 
+    def analyze(self, tables: tuple[str, ...]) -> None:
+        self.conn.execute(f"ANALYZE {', '.join(tables)}")
+
 
 class PostgresCatalog:
     def __init__(self, url: str, pool_size: int = 8) -> None:
