@@ -2,6 +2,11 @@
 
 Ctrl-C or SIGTERM stops them all (SIGTERM, then SIGKILL after a grace period); if one dies,
 the others are stopped too, so a broken start is visible at once.
+
+`CLOUD_CATALOG=postgresql make up` first starts a local PostgreSQL cluster under
+`var/postgres` (kept between runs, stopped last), runs the cloud API on it and writes the
+catalog URL to `var/cloud-catalog.url`, so `hpacs-cloud --config FILE serve --port N --catalog
+$(cat var/cloud-catalog.url)` runs one more replica beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 COLORS = ["36", "33", "35", "32", "34", "31"]
@@ -38,6 +44,45 @@ def main() -> int:
     args = ap.parse_args()
     os.chdir(ROOT)
     procs = read_procfile(Path(args.procfile), args.config)
+    cluster = start_catalog(os.environ.get("CLOUD_CATALOG", ""), procs)
+    try:
+        return run(procs)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+            print("postgres stopped", flush=True)
+
+
+URL_FILE = ROOT / "var" / "cloud-catalog.url"
+
+
+def start_catalog(kind: str, procs: list[tuple[str, list[str]]]) -> Any:
+    """For CLOUD_CATALOG=postgresql: the local cluster, its URL written down and given to the
+    cloud API's command line. Otherwise the cloud API keeps its SQLite file."""
+    URL_FILE.unlink(missing_ok=True)
+    if kind in ("", "sqlite"):
+        return None
+    if kind != "postgresql":
+        raise SystemExit(f"CLOUD_CATALOG must be sqlite or postgresql, got {kind!r}")
+    try:
+        from pgcluster import Cluster  # deploy/pgcluster.py, beside this script
+    except ImportError:  # imported as deploy.devup (tests)
+        from deploy.pgcluster import Cluster
+
+    # port 5433 beside a system PostgreSQL's 5432; HPACS_DEV_PGPORT=0 takes a free one
+    port = int(os.environ.get("HPACS_DEV_PGPORT", "5433"))
+    cluster = Cluster(URL_FILE.parent / "postgres", port=port, fast=False)  # durable: kept
+    cluster.start()
+    url = cluster.create_database("hpacs")
+    URL_FILE.write_text(url + "\n")
+    for name, cmd in procs:
+        if name == "cloud":
+            cmd += ["--catalog", url]
+    print(f"postgres listening, catalog {url} (also in {URL_FILE})", flush=True)
+    return cluster
+
+
+def run(procs: list[tuple[str, list[str]]]) -> int:
     width = max(len(n) for n, _ in procs)
     sel = selectors.DefaultSelector()
     children: dict[str, subprocess.Popen[bytes]] = {}

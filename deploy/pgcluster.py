@@ -68,11 +68,16 @@ class Cluster:
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         if (self.data / "PG_VERSION").exists():
             return
-        subprocess.run(
+        done = subprocess.run(
             [str(bin_dir() / "initdb"), "-D", str(self.data), "-U", ROLE, "-A", "trust",
              "-E", "UTF8", "--locale=C", "--no-sync"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self._as_owner(),
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self._as_owner(),
         )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"initdb failed (as root the cluster belongs to the postgres user, which must be "
+                f"able to reach {self.root}): {done.stderr.decode(errors='replace')[-500:]}"
+            )
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.init()
