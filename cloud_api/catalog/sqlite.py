@@ -20,6 +20,7 @@ from shared.index import connect, transaction
 from shared.sqldialect import SQLITE
 
 READY_TIMEOUT_S = 2.0
+WRITER_CACHE_KIB = 256 * 1024
 
 
 class _Tx:
@@ -51,6 +52,10 @@ class SqliteCatalog:
         self._writer = connect(self.path)
         self._writer.execute("PRAGMA synchronous=OFF")
         self._writer.execute("PRAGMA foreign_keys=OFF")
+        # stage tables in memory; a page cache that holds the UID indexes' hot pages while a
+        # rebuild inserts random UIDs (the 2 MB default thrashes past ~100k instances)
+        self._writer.execute("PRAGMA temp_store=MEMORY")
+        self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         self._migrate()
         for stmt in apply.stage_ddl(SQLITE):
             self._writer.execute(stmt)
