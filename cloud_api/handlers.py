@@ -349,6 +349,7 @@ async def stow(request: web.Request) -> web.Response:
     if request.content_type != "multipart/related":
         raise web.HTTPUnsupportedMediaType(text="STOW-RS takes multipart/related")
     study = request.match_info.get("study")
+    reveal = p.all_sites and p.may(Need.READ)  # else: no existence oracle (stow.py)
     tmp_dir = Path(svc.cfg.data_dir) / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[StowOutcome] = []
@@ -365,17 +366,23 @@ async def stow(request: web.Request) -> web.Response:
                     if received > limit:
                         raise PayloadTooLarge(f"request body over cloud.max_body_bytes ({limit})")
                     await asyncio.to_thread(fh.write, chunk)
-            outcomes.append(await asyncio.to_thread(store_part, svc.store, path, study))
+            outcomes.append(
+                await asyncio.to_thread(store_part, svc.store, path, study, reveal_existing=reveal)
+            )
     rows = [o.row for o in outcomes if o.row is not None]
+    kept = [o for o in outcomes if o.kept_as]
     if rows:
         cursor = svc.index.cursors().get(STOW_SITE, "")
         await asyncio.to_thread(append_catalog, svc.store, rows, cursor)
         await asyncio.to_thread(svc.index.apply, STOW_SITE, rows)  # visible at once to QIDO
     studies = sorted({o.study_uid for o in outcomes if o.study_uid})
     request[AUDIT]["study_uid"] = ",".join(studies)[:200]
-    request[AUDIT]["detail"] = f"STOW stored={len(rows)} failed={len(outcomes) - len(rows)}"
+    ok = sum(o.stored for o in outcomes)
+    request[AUDIT]["detail"] = f"STOW stored={len(rows)} failed={len(outcomes) - ok}" + (
+        f" conflicts_kept={len(kept)}" if kept else ""
+    )
     body = _stow_response(_base_url(request), outcomes, study)
-    status = 200 if rows and len(rows) == len(outcomes) else (202 if rows else 409)
+    status = 200 if ok and ok == len(outcomes) else (202 if ok else 409)
     if not outcomes:
         raise BadRequest("the request contained no parts")
     return _json(body, status=status, content_type=DICOM_JSON)
@@ -388,7 +395,7 @@ def _stow_response(base: str, outcomes: list[StowOutcome], study: str | None) ->
     ok, failed = [], []
     for o in outcomes:
         item = {"00081150": ui(o.sop_class_uid), "00081155": ui(o.sop_instance_uid)}
-        if o.row is not None:
+        if o.stored:
             url = f"{base}/studies/{o.study_uid}/series/{o.series_uid}/instances/"
             item["00081190"] = {"vr": "UR", "Value": [url + o.sop_instance_uid]}
             ok.append(item)
@@ -396,7 +403,7 @@ def _stow_response(base: str, outcomes: list[StowOutcome], study: str | None) ->
             item["00081197"] = {"vr": "US", "Value": [o.failure]}
             failed.append(item)
     body: dict[str, Any] = {}
-    study_uid = study or next((o.study_uid for o in outcomes if o.row is not None), "")
+    study_uid = study or next((o.study_uid for o in outcomes if o.stored), "")
     if study_uid:
         body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uid}"]}
     if failed:

@@ -232,6 +232,18 @@ class CloudConfig:
     dev_admin_token_file: str = ""  # dev only: mint an admin token at start and write it here
     cors_origins: list[str] = checked(default_factory=list)  # web viewers (OHIF) on other origins
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    # The audit trail (shared/audit.py): HMAC key ("": <data_dir>/audit.key, a path or
+    # file:///path; gcp-kms://... is refused until implemented), rotation and shipping.
+    audit_key: str = ""
+    audit_max_bytes: int = checked(64 * 1024**2, positive)
+    audit_ship_interval_s: float = checked(60.0, positive)
+    audit_store_url: str = ""  # "": store_url; a bucket of its own can carry a retention policy
+    # Requests refused before a route (no valid token): one audit record per client address and
+    # window, and a token bucket per address (429 with Retry-After beyond it).
+    denied_window_s: float = checked(60.0, positive)
+    denied_rate_per_s: float = checked(2.0, positive)
+    denied_burst: int = checked(20, positive)
+    denied_max_clients: int = checked(10000, positive)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 from pydicom.dataset import Dataset
 
-from cloud_api.app import SERVICES, create_app
+from cloud_api.app import SERVICES, create_app, make_runner
 from cloud_api.auth import TokenStore
 from shared.catalog import CatalogRow, encode_batch
 from shared.checksum import crc32c_bytes
@@ -90,7 +90,7 @@ class CloudServer:
             asyncio.set_event_loop(loop)
             try:
                 self.app = create_app(self.cfg, self.store)
-                self._runner = web.AppRunner(self.app, access_log=None)
+                self._runner = make_runner(self.app)
                 loop.run_until_complete(self._runner.setup())
                 site = web.TCPSite(self._runner, "127.0.0.1", self.cfg.port)
                 loop.run_until_complete(site.start())
