@@ -345,9 +345,10 @@ class _OneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
+            # the error's message quotes the request line (a query may hold a patient name)
             record.msg = "malformed request refused status=%s from=%s error=%s"
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else ""
-            record.args = (exc.code, peer, exc.message[:80])
+            record.args = (exc.code, peer, type(exc).__name__)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info, record.exc_text = None, None
         return True

@@ -31,7 +31,7 @@ class Tally:
     window_start: float  # wall clock, seconds since the epoch
     statuses: Counter[int] = field(default_factory=Counter)
     paths: list[str] = field(default_factory=list)
-    other_paths: int = 0
+    other_paths: int = 0  # requests to paths beyond the first PATHS_KEPT (memory stays bounded)
 
     @property
     def count(self) -> int:
@@ -45,7 +45,7 @@ class Tally:
     def detail(self, window_s: float) -> str:
         counts = " ".join(f"{s}x{n}" for s, n in sorted(self.statuses.items()))
         start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.window_start))
-        more = f" (+{self.other_paths} other)" if self.other_paths else ""
+        more = f" (+{self.other_paths} to other paths)" if self.other_paths else ""
         return f"{counts} in {window_s:g}s from {start}: {', '.join(self.paths)}{more}"
 
 
