@@ -71,7 +71,7 @@ class Report:
             f"{self.checkpoints} checkpoints (last seq {self.last_checkpoint})"
         )
         if self.scope.endswith("segments"):
-            head += f", {self.shipped} shipped records compared"
+            head += f", {self.shipped} shipped records read"
         if self.ok:
             return f"OK: {head}"
         n = len(self.problems) + self.more_problems
@@ -202,13 +202,11 @@ class ChainCheck:
             top = max(self.witnesses)
             if top > self.last_seq:
                 cp = self.witnesses[top][0]
-                self._add(
-                    "truncated",
-                    self.last_seq or None,
-                    what,
-                    f"last seq {self.last_seq} in {what}, but checkpoint {cp.key} witnessed "
-                    f"seq {top}: {top - self.last_seq} record(s) cut (truncated)",
+                reason = (
+                    f"ends at seq {self.last_seq}, but checkpoint {cp.key} witnessed seq {top}: "
+                    f"{top - self.last_seq} record(s) cut (truncated)"
                 )
+                self.report.add(Problem("truncated", None, what, reason))
 
 
 class _Shipped:
@@ -310,9 +308,9 @@ def _finish_shipped(report: Report, local: ChainCheck, shipped: _Shipped) -> Non
         report.add(
             Problem(
                 "truncated",
-                local.last_seq or None,
+                None,
                 "the local log",
-                f"last seq {local.last_seq}, but the bucket holds records up to seq {top}: "
+                f"ends at seq {local.last_seq}, but the bucket holds records up to seq {top}: "
                 f"{beyond} record(s) cut (truncated)",
             )
         )
