@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.audit import AuditChain, AuditKey, Shipment, load_key, log_files, retire_legacy
+from shared.audit import (
+    AuditChain,
+    AuditKey,
+    Shipment,
+    load_key,
+    log_files,
+    open_files,
+    retire_legacy,
+)
 from shared.audit_verify import Report, verify
 from shared.config import CloudConfig
 from shared.errors import PacsError
@@ -115,15 +123,15 @@ class AuditLog:
             return 0
 
     def verify(self, store: ObjectStore | None, *, segments: bool = False) -> Report:
-        self.sync()
-        return verify(
-            self.files(),
-            self.chain.key,
-            replica=self.replica,
-            service=SERVICE,
-            store=store,
-            segments=segments,
-        )
+        with self.chain.opened() as files:
+            return verify(
+                files,
+                self.chain.key,
+                replica=self.replica,
+                service=SERVICE,
+                store=store,
+                segments=segments,
+            )
 
 
 def verify_dir(
@@ -136,9 +144,8 @@ def verify_dir(
 ) -> Report:
     """Verify a replica's log without opening it for writing (the CLI, a copied data dir)."""
     rid = replica or (data_dir / "replica_id").read_text().strip()
-    return verify(
-        log_files(data_dir), key, replica=rid, service=SERVICE, store=store, segments=segments
-    )
+    with open_files(log_files(data_dir)) as files:
+        return verify(files, key, replica=rid, service=SERVICE, store=store, segments=segments)
 
 
 def replica_id(data_dir: Path) -> str:

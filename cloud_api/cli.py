@@ -12,9 +12,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cloud_api.app import create_app, make_runner, ssl_context
+from cloud_api.app import create_app, ssl_context
 from cloud_api.audit import audit_key, verify_dir
 from cloud_api.auth import ROLES, TokenStore
+from cloud_api.runner import make_runner
 from shared.cli import entry_parser, load_entry_config
 from shared.config import Config, ConfigError
 from shared.errors import PacsError

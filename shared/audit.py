@@ -30,9 +30,10 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shared.config import ConfigError
 from shared.errors import ObjectExists
@@ -126,16 +127,23 @@ def log_files(directory: Path) -> list[Path]:
     return rotated + ([current] if current.exists() else [])
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_lines(fh: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of every non-empty line; an unparseable one is `{"corrupt": ...}`."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    rec = None
-                yield n, rec if isinstance(rec, dict) else {"corrupt": line.strip()[:200]}
+    for n, raw in enumerate(fh, start=1):
+        line = raw.decode("utf-8", errors="replace").strip()
+        if line:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            yield n, rec if isinstance(rec, dict) else {"corrupt": line[:200]}
+
+
+@contextmanager
+def open_files(paths: list[Path]) -> Iterator[list[tuple[str, BinaryIO]]]:
+    """The files opened (name, handle): a rotation after this renames them, the handles stay."""
+    with ExitStack() as stack:
+        yield [(p.name, stack.enter_context(open(p, "rb"))) for p in paths]
 
 
 def retire_legacy(directory: Path) -> bool:
@@ -189,7 +197,10 @@ class AuditChain:
             last = _last_record(files[-1]) if files and files[-1] != self.path else None
         if last is not None:  # resume the chain after a restart
             self._seq, self._prev = int(last["seq"]), str(last.get("mac", ""))
-        self._first = _first_seq(self.path) or self._seq + 1
+        self._first = self._seq + 1
+        if self.path.exists():
+            with open(self.path, "rb") as fh:
+                self._first = _first_seq(CURRENT, fh) or self._first
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the process)
         if self._fh.tell() > 0:
             with open(self.path, "rb") as fh:
@@ -248,6 +259,19 @@ class AuditChain:
         with self._lock:
             return log_files(self.dir)
 
+    @contextmanager
+    def opened(self) -> Iterator[list[tuple[str, BinaryIO]]]:
+        """Every file of the chain, opened under the writer's lock so that no rotation can
+        rename one between listing and opening (shipping and verify run in worker threads)."""
+        with ExitStack() as stack:
+            with self._lock:
+                self._fh.flush()
+                files = log_files(self.dir)
+                handles: list[tuple[str, BinaryIO]] = [
+                    (p.name, stack.enter_context(open(p, "rb"))) for p in files
+                ]
+            yield handles
+
     def ship(self, store: ObjectStore) -> list[Shipment]:
         """Upload the records not shipped yet: segments of at most SEGMENT_MAX_BYTES, each
         followed by its checkpoint, both create-only. Resumes where the last call stopped
@@ -279,13 +303,13 @@ class AuditChain:
 
     def _unshipped(self, state: dict[str, int]) -> Iterator[tuple[int, int, bytes]]:
         """(first seq of the file, offset after the line, line) for records past state.seq."""
-        files = [(_first_seq(p), p) for p in self.files()]
-        for i, (first, path) in enumerate(files):
-            nxt = files[i + 1][0] if i + 1 < len(files) else None
-            if first is None or (nxt is not None and nxt - 1 <= state["seq"]):
-                continue  # empty, or wholly shipped
-            offset = state["offset"] if first == state["first"] else 0
-            with open(path, "rb") as fh:
+        with self.opened() as handles:
+            files = [(_first_seq(name, fh), fh) for name, fh in handles]
+            for i, (first, fh) in enumerate(files):
+                nxt = files[i + 1][0] if i + 1 < len(files) else None
+                if first is None or (nxt is not None and nxt - 1 <= state["seq"]):
+                    continue  # empty, or wholly shipped
+                offset = state["offset"] if first == state["first"] else 0
                 fh.seek(offset)
                 for raw in fh:
                     if not raw.endswith(b"\n"):
@@ -343,13 +367,13 @@ def _load_state(path: Path) -> dict[str, int] | None:
         return None
 
 
-def _first_seq(path: Path) -> int | None:
-    m = _ROTATED.match(path.name)
+def _first_seq(name: str, fh: BinaryIO) -> int | None:
+    """A rotated file's first seq is in its name; the current file's in its first record."""
+    m = _ROTATED.match(name)
     if m:
         return int(m.group(1))
-    if not path.exists():
-        return None
-    with open(path, "rb") as fh:
+    fh.seek(0)
+    try:
         for raw in fh:
             try:
                 seq = json.loads(raw).get("seq")
@@ -357,7 +381,9 @@ def _first_seq(path: Path) -> int | None:
                 continue
             if isinstance(seq, int):
                 return seq
-    return None
+        return None
+    finally:
+        fh.seek(0)
 
 
 def _last_record(path: Path, tail_bytes: int = 65536) -> dict[str, Any] | None:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shared.audit import GENESIS, AuditKey, read_lines
 from shared.errors import ObjectStoreError
@@ -114,10 +113,10 @@ def list_checkpoints(store: ObjectStore, service: str, replica: str) -> list[Che
     return out
 
 
-def read_local(files: Iterable[Path]) -> Iterator[Located]:
-    for path in files:
-        for n, rec in read_lines(path):
-            yield f"{path.name}:{n}", rec
+def read_local(files: Iterable[tuple[str, BinaryIO]]) -> Iterator[Located]:
+    for name, fh in files:
+        for n, rec in read_lines(fh):
+            yield f"{name}:{n}", rec
 
 
 def read_shipped(store: ObjectStore, service: str, replica: str) -> Iterator[Located]:
@@ -254,7 +253,7 @@ class _Shipped:
 
 
 def verify(
-    files: Iterable[Path],
+    files: Iterable[tuple[str, BinaryIO]],
     key: AuditKey,
     *,
     replica: str,

@@ -19,8 +19,9 @@ from pathlib import Path
 from aiohttp import web
 from pydicom.dataset import Dataset
 
-from cloud_api.app import SERVICES, create_app, make_runner
+from cloud_api.app import SERVICES, create_app
 from cloud_api.auth import TokenStore
+from cloud_api.runner import make_runner
 from shared.catalog import CatalogRow, encode_batch
 from shared.checksum import crc32c_bytes
 from shared.config import CloudConfig
