@@ -207,6 +207,8 @@ class SyncConfig:
     evict_interval_s: float = checked(30.0, positive)
     status_log_interval_s: float = checked(60.0, positive)
     recall_concurrency: int = checked(8, positive)
+    # background re-verification of cached files (sync/scrub.py); 0 turns the scrub off
+    scrub_bytes_per_s: int = checked(8 * 1024 * 1024, non_negative)
     # "http://127.0.0.1:4443": talk to a GCS emulator (anonymous credentials) instead of Google
     emulator_host: str = checked("", emulator_url)
 

@@ -265,13 +265,14 @@ class Recaller:
     def _failed(self, iid: int, key: str, exc: BaseException) -> None:
         """`recalling -> evicted` (try again later), or `-> lost` when the store has no object."""
         lost = isinstance(exc, NotFound)
+        text = " ".join(str(exc).split())[:300]  # store errors can span lines
         with self.db.write() as conn:
             transition(
                 conn,
                 iid,
                 State.RECALLING,
                 State.LOST if lost else State.EVICTED,
-                last_error=f"recall: {exc}"[:500],
+                last_error=f"recall: {text}",
             )
         if lost:
             log.error(
@@ -279,8 +280,8 @@ class Recaller:
                 "nor the object store holds it; %s",
                 self._uid(iid),
                 key,
-                exc,
+                text,
                 LOST_ADVICE,
             )
         else:
-            log.warning("recall failed object_key=%s error=%s", key, exc)
+            log.warning("recall failed object_key=%s error=%s", key, text)
