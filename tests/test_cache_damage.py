@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 
+from edge.forwarder import dimse_sender
+from edge.routequeue import Job
+from shared.registry import Node
 from shared.rows import Origin
 from shared.store import open_store
-from tests.support.damage import dataset_of, destination, flip_byte, messages, rig
-from tests.support.dcmtk import movescu
+from tests.support.damage import Rig, dataset_of, destination, flip_byte, messages, rig
+from tests.support.dcmtk import movescu, run
 from tests.support.retrieve import dataset_bytes, move, study_identifier, uid_list
 
 FAILED_SUBOPS_WARNING = 0xB000
@@ -140,3 +144,52 @@ def test_upload_of_a_damaged_file_marks_it_lost_at_once_and_a_resend_revives_it(
         assert open_store(f"file://{tmp_path / 'bucket'}").open(row["object_key"]).read() == (
             original
         )
+
+
+def _synced_study(r: Rig, n: int) -> tuple[str, list[Any], dict[str, bytes]]:
+    uid = r.site.add_study(n)
+    rows = r.rows(uid)
+    originals = {row["sop_instance_uid"]: r.cache_file(row).read_bytes() for row in rows}
+    agent = r.site.agent()
+    try:
+        agent.drain()
+    finally:
+        agent.close()
+    return uid, rows, originals
+
+
+def test_cget_and_routing_send_the_cloud_copy_of_a_damaged_synced_file(tmp_path: Path) -> None:
+    with rig(tmp_path, f"file://{tmp_path / 'bucket'}") as r:
+        uid, rows, originals = _synced_study(r, 3)
+        flip_byte(r.cache_file(rows[0]))
+        # C-GET (DCMTK getscu): every instance intact
+        fetched = tmp_path / "fetched"
+        fetched.mkdir()
+        res = run(
+            "getscu", "-S", "-aet", "GETSCU", "-aec", "HPACS", "-od", fetched,
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+            "127.0.0.1", r.server.ports[0],
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        got = _received(fetched)
+        for sop, raw in originals.items():
+            assert got[sop] == dataset_of(raw, tmp_path / "orig.dcm")
+        assert r.site.states(uid) == {"synced": 3}
+
+        # routing (the forwarder's sender) to a DCMTK storescp: the same
+        flip_byte(r.cache_file(rows[1]))
+        send = dimse_sender("HPACS", r.server.db, r.server.cache, recaller=r.server.recaller)
+        node = Node("STORESCP", "127.0.0.1", r.dest_port)
+        batch = [
+            Job(i, "r", "STORESCP", uid, row["sop_instance_uid"], 0, 3, row["path"], "synced")
+            for i, row in enumerate(rows)
+        ]
+        out = tmp_path / "routed"
+        with destination(r.dest_port, out):
+            results = send(node, batch)
+        assert all(res.ok for res in results.values())
+        got = _received(out)
+        for sop, raw in originals.items():
+            assert got[sop] == dataset_of(raw, tmp_path / "orig.dcm")
+        assert len(r.quarantined()) == 2 and len(r.events()) == 2
+        assert r.site.states(uid) == {"synced": 3}
