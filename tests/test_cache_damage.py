@@ -17,7 +17,9 @@ import pydicom
 import pytest
 
 from edge.forwarder import dimse_sender
+from edge.locate import InstanceRef, Locator
 from edge.routequeue import Job
+from shared.errors import CorruptInstance
 from shared.registry import Node
 from shared.rows import Origin
 from shared.store import open_store
@@ -193,3 +195,22 @@ def test_cget_and_routing_send_the_cloud_copy_of_a_damaged_synced_file(tmp_path:
             assert got[sop] == dataset_of(raw, tmp_path / "orig.dcm")
         assert len(r.quarantined()) == 2 and len(r.events()) == 2
         assert r.site.states(uid) == {"synced": 3}
+
+
+def test_a_verifying_stream_quarantines_and_repairs_before_it_reports_the_damage(
+    tmp_path: Path,
+) -> None:
+    """`Locator.open`, the stream the new DIMSE send path reads: the damage is reported at the
+    end of the stream (nothing complete was handed over), and the next read is the repair."""
+    with rig(tmp_path, f"file://{tmp_path / 'bucket'}") as r:
+        _, rows, originals = _synced_study(r, 2)
+        flip_byte(r.cache_file(rows[0]))
+        locator = Locator(r.server.db, r.server.cache, r.server.recaller)
+        ref = InstanceRef.from_row(r.row(rows[0]["sop_instance_uid"]))
+        with pytest.raises(CorruptInstance), locator.open(ref) as stream:
+            while stream.read(4096):
+                pass
+        assert len(r.quarantined()) == 1
+        assert r.row(ref.sop_instance_uid)["state"] == "synced"
+        assert locator.read(ref) == originals[ref.sop_instance_uid]
+        locator.verify(ref)  # Storage Commitment: held intact
