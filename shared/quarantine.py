@@ -90,6 +90,10 @@ def quarantine(
     qdir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
     target = qdir / f"{stamp}-{Path(row.path).name}"
+    n = 1
+    while target.exists():  # the same file damaged again within a second: keep both
+        n += 1
+        target = qdir / f"{stamp}.{n}-{Path(row.path).name}"
     reason = [
         f"sop_instance_uid: {row.sop_instance_uid}",
         f"cache_path: {row.path}",
