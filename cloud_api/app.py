@@ -67,6 +67,8 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("GET", IN + "/frames/{frames}", h.wado_frames, Need.READ, "wado-frames"),
     ("GET", IN + "/frames/{frames}/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
     ("GET", IN + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
+    ("GET", SE + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
+    ("GET", S + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
     ("GET", IN + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
     ("GET", S + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
     ("GET", SE + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
@@ -369,6 +371,7 @@ def create_app(
         middlewares=[metrics.http_metrics_middleware(), cors, guard], client_max_size=1024**2
     )
     app[SERVICES] = svc
+    h.attach_read_pool(app)  # one bounded pool for every WADO request's object reads
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:
         route = app.router.add_route(method, path, handler)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from shared.dicomweb.urls import check_base_url, parse_networks
 from shared.uids import is_valid_ae_title
 
 PERMISSIONS = ("echo", "store", "find", "move", "get", "commit")
@@ -79,6 +80,14 @@ def watermark(v: str) -> str | None:
         return f'must be a size like "20GB" or a percent of the disk like "90%", got {v!r}'
     if v.strip().endswith("%") and not 0 < float(v.strip()[:-1]) <= 100:
         return f"a percent must be in (0, 100], got {v!r}"
+    return None
+
+
+def cidr_list(v: list[str]) -> str | None:
+    try:
+        parse_networks(v)
+    except ValueError as exc:
+        return f'must be a list of IP networks like "10.0.0.0/8": {exc}'
     return None
 
 
@@ -233,6 +242,10 @@ class CloudConfig:
     tls_key_file: str = ""
     dev_admin_token_file: str = ""  # dev only: mint an admin token at start and write it here
     cors_origins: list[str] = checked(default_factory=list)  # web viewers (OHIF) on other origins
+    # where clients reach the API ("https://pacs.example.org"): RetrieveURL/BulkDataURI start
+    # with it; empty: from trusted proxies' Forwarded/X-Forwarded-* headers or the request
+    public_base_url: str = checked("", check_base_url)
+    trusted_proxies: list[str] = checked(default_factory=list, check=cidr_list)  # CIDRs
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     # The audit trail (shared/audit.py): HMAC key ("": <data_dir>/audit.key, a path or
     # file:///path; gcp-kms://... is refused until implemented), rotation and shipping.

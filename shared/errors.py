@@ -119,6 +119,10 @@ class TooManyRequests(PacsError):
         self.retry_after_s = retry_after_s
 
 
+class UnsupportedMediaType(PacsError):
+    hint = "the client sent a request body of a media type this service does not take"
+
+
 # Named DIMSE statuses (PS3.7 Annex C and the service classes of PS3.4).
 SUCCESS = 0x0000
 REFUSED_NOT_AUTHORIZED = 0x0124
@@ -157,6 +161,7 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     NoConversion: UNABLE_TO_PROCESS,
     PayloadTooLarge: OUT_OF_RESOURCES,
     TooManyRequests: OUT_OF_RESOURCES,
+    UnsupportedMediaType: CANNOT_UNDERSTAND,
 }
 
 HTTP_STATUS: dict[type[PacsError], int] = {
@@ -181,6 +186,7 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     NoConversion: 406,
     PayloadTooLarge: 413,
     TooManyRequests: 429,
+    UnsupportedMediaType: 415,
 }
 
 

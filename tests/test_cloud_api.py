@@ -504,11 +504,11 @@ def test_wado_streams_large_objects_in_chunks(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Objects over SMALL_OBJECT are streamed chunk by chunk instead of read whole."""
-    from cloud_api import handlers
+    from shared.dicomweb import stream
 
-    monkeypatch.setattr(handlers, "SMALL_OBJECT", 0)
-    monkeypatch.setattr(handlers, "CHUNK", 1000)
-    monkeypatch.setattr(handlers, "SEGMENT", 3000)
+    monkeypatch.setattr(stream, "SMALL_OBJECT", 0)
+    monkeypatch.setattr(stream, "CHUNK", 1000)
+    monkeypatch.setattr(stream, "SEGMENT", 3000)
     study = world.studies["s1"]
     r = get(world, f"/dicomweb/studies/{study}", "reader_a")
     parts = split_multipart(r)
