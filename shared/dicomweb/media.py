@@ -167,11 +167,23 @@ def _qvalue(text: str) -> float:
 
 
 def parse_accept(header: str | None) -> list[MediaRange]:
-    """Media ranges by preference (q descending, then order); q=0 ranges are dropped.
-    No header (or an empty one) is `*/*`."""
-    if header is None or not header.strip():
+    """Media ranges by preference (q descending, then order); q=0 ranges are dropped, and so
+    are malformed ones (RFC 9110 lets a server ignore them). No header, or nothing usable in
+    it, is `*/*`."""
+    ranges = []
+    try:
+        pieces = _split(header or "", ",")
+    except BadRequest:
+        pieces = []
+    for piece in pieces:
+        if not piece.strip():
+            continue
+        try:
+            ranges.append(parse_media_type(piece))
+        except BadRequest:
+            continue
+    if not ranges:
         return [MediaRange("*/*")]
-    ranges = [parse_media_type(p) for p in _split(header, ",") if p.strip()]
     ranges = [r for r in ranges if r.q > 0]
     return sorted(ranges, key=lambda r: -r.q)  # sorted() is stable: equal q keep their order
 

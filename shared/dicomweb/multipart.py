@@ -61,6 +61,10 @@ def body(parts: list[tuple[str, bytes]], boundary: str) -> bytes:
 def stow_boundary(header: str | None, part_type: str = "application/dicom") -> str:
     """The boundary of a STOW request's Content-Type; 415 unless multipart/related of
     `part_type` parts (or no type), 400 when the boundary is missing, repeated or unusable."""
+    if header is None or not header.strip():
+        raise UnsupportedMediaType(
+            "STOW-RS takes multipart/related; the request has no Content-Type"
+        )
     ctype: MediaRange = parse_content_type(header)
     if ctype.type != "multipart/related":
         raise UnsupportedMediaType(f"STOW-RS takes multipart/related, not {ctype.type}")
@@ -181,6 +185,8 @@ class MultipartParser:
                 if len(buf) > MAX_HEADER_BYTES:
                     raise BadRequest("a part's header fields are too long")
                 return
+            if end > MAX_HEADER_BYTES:
+                raise BadRequest("a part's header fields are too long")
             block, rest = buf[:end], buf[end + 4 :]
         headers: dict[str, str] = {}
         for line in block.split(b"\r\n") if block else []:
