@@ -371,7 +371,7 @@ def create_app(
         middlewares=[metrics.http_metrics_middleware(), cors, guard], client_max_size=1024**2
     )
     app[SERVICES] = svc
-    h.attach_read_pool(app)  # one bounded pool for every WADO request's object reads
+    h.attach_dicomweb(app)  # one bounded read pool and the metadata cache
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:
         route = app.router.add_route(method, path, handler)

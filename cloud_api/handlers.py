@@ -160,11 +160,15 @@ def _instances(request: web.Request) -> list[dict[str, Any]]:
 
 READ_POOL = web.AppKey("read_pool", ThreadPoolExecutor)
 READ_THREADS = 16  # object reads (and conversions) of every WADO request share this pool
+METADATA_CACHE = web.AppKey("metadata_cache", metadata.EncodedCache)
+METADATA_CACHE_BYTES = 64 * 1024**2  # encoded instance headers kept per replica
 
 
-def attach_read_pool(app: web.Application) -> None:
-    """One bounded pool per app for object reads: a request never starts threads of its own."""
+def attach_dicomweb(app: web.Application) -> None:
+    """Per app: one bounded pool for object reads (a request never starts threads of its own)
+    and the cache of encoded instance metadata."""
     app[READ_POOL] = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="dicomweb-read")
+    app[METADATA_CACHE] = metadata.EncodedCache(METADATA_CACHE_BYTES)
 
     async def close(app: web.Application) -> None:
         app[READ_POOL].shutdown(wait=False, cancel_futures=True)
@@ -241,9 +245,9 @@ def _read_object(svc: Services, ref: InstanceRef, header_only: bool) -> bytes:
         return fh.read()
 
 
-def _metadata_one(svc: Services, ref: InstanceRef, probe: bytes, base: str) -> bytes:
-    """One instance's DICOM JSON, encoded; the whole object is read only when its header is
-    longer than the probe."""
+def _metadata_one(svc: Services, ref: InstanceRef, probe: bytes) -> bytes:
+    """One instance's DICOM JSON, encoded with relative URLs; the whole object is read only
+    when its header is longer than the probe."""
     try:
         ds = metadata.parse_header(probe)
         complete = metadata.header_complete(ds, len(probe))
@@ -253,17 +257,26 @@ def _metadata_one(svc: Services, ref: InstanceRef, probe: bytes, base: str) -> b
             raise
     if not complete:
         ds = metadata.parse_header(_read_object(svc, ref, header_only=False))
-    url = f"{base}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/"
-    doc = metadata.instance_json(ds, url + ref.sop_instance_uid, ref.transfer_syntax)
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    path = f"/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_instance_uid}"
+    return metadata.encode_instance(ds, path, ref.transfer_syntax)
 
 
-def _metadata_all(svc: Services, refs: list[InstanceRef], base: str, pool: Executor) -> bytes:
-    """Header probes are read a few at a time in the shared pool (bucket latency), parsed and
-    encoded here: one worker thread per request, whatever the study size."""
-    probes = stream.read_ahead(refs, lambda r: _read_object(svc, r, True), pool)
-    docs = [_metadata_one(svc, ref, probe, base) for ref, probe in zip(refs, probes, strict=True)]
-    return b"[" + b",".join(docs) + b"]"
+def _metadata_all(
+    svc: Services, refs: list[InstanceRef], cache: metadata.EncodedCache, pool: Executor
+) -> bytes:
+    """Cached instances as they are; the others' header probes are read a few at a time in the
+    shared pool (bucket latency), parsed and encoded here: one worker thread per request."""
+    docs: list[bytes | None] = [cache.get((r.locator, r.size)) for r in refs]
+    missing = [r for r, d in zip(refs, docs, strict=True) if d is None]
+    probes = stream.read_ahead(missing, lambda r: _read_object(svc, r, True), pool)
+    fresh = iter([_metadata_one(svc, r, p) for r, p in zip(missing, probes, strict=True)])
+    out = []
+    for ref, doc in zip(refs, docs, strict=True):
+        if doc is None:
+            doc = next(fresh)
+            cache.put((ref.locator, ref.size), doc)
+        out.append(doc)
+    return b"[" + b",".join(out) + b"]"
 
 
 async def wado_metadata(request: web.Request) -> web.Response:
@@ -271,10 +284,10 @@ async def wado_metadata(request: web.Request) -> web.Response:
     if not media.accepts_json(_accept(request)):
         raise NoConversion("metadata is served as application/dicom+json only")
     refs = await asyncio.to_thread(_refs, request)
-    base = _base_url(request)
-    body = await asyncio.to_thread(_metadata_all, svc, refs, base, request.app[READ_POOL])
+    cache, pool = request.app[METADATA_CACHE], request.app[READ_POOL]
+    body = await asyncio.to_thread(_metadata_all, svc, refs, cache, pool)
     request[AUDIT]["detail"] = f"WADO metadata instances={len(refs)}"
-    return web.Response(body=body, content_type=DICOM_JSON)
+    return web.Response(body=metadata.with_base(body, _base_url(request)), content_type=DICOM_JSON)
 
 
 def _pick(refs: list[InstanceRef]) -> InstanceRef:

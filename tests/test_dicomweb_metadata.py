@@ -16,7 +16,14 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
-from shared.dicomweb.metadata import BULK_THRESHOLD_BYTES, dataset_json, instance_json
+from shared.dicomweb.metadata import (
+    BULK_THRESHOLD_BYTES,
+    EncodedCache,
+    dataset_json,
+    encode_instance,
+    instance_json,
+    with_base,
+)
 from tests.support.cloud import dataset_bytes
 from tests.support.dicomweb import study
 
@@ -88,3 +95,27 @@ def test_a_malformed_value_loses_its_value_not_the_response() -> None:
     doc = instance_json(header, "u")
     assert doc["00281050"] == {"vr": "DS"}
     assert doc["00100020"]["Value"] == ["P0001"]
+
+
+def test_cached_encoding_is_completed_by_each_requests_base() -> None:
+    ds = study(1)[0]
+    ds.PatientName = 'X"BulkDataURI":"@dicomweb-base@'  # a value cannot forge the key
+    header = pydicom.dcmread(io.BytesIO(dataset_bytes(ds)), stop_before_pixels=True)
+    encoded = encode_instance(header, "/studies/1/series/2/instances/3")
+    for base in ("http://a:1/dicomweb", "https://pacs.example.org/dicomweb"):
+        doc = json.loads(with_base(encoded, base))
+        assert doc == instance_json(header, base + "/studies/1/series/2/instances/3")
+        assert doc["00100010"]["Value"][0]["Alphabetic"] == ds.PatientName
+
+
+def test_encoded_cache_keeps_within_its_budget() -> None:
+    cache = EncodedCache(max_bytes=1600)
+    for i in range(20):
+        cache.put((f"k{i}", 1), bytes(100))
+    assert cache.get(("k0", 1)) is None and cache.get(("k19", 1)) == bytes(100)
+    cache.get(("k4", 1))  # recently used: survives the next insertions
+    for i in range(20, 24):
+        cache.put((f"k{i}", 1), bytes(100))
+    assert cache.get(("k4", 1)) == bytes(100) and cache.get(("k5", 1)) is None
+    cache.put(("huge", 1), bytes(1000))  # over 1/16 of the budget: not cached
+    assert cache.get(("huge", 1)) is None

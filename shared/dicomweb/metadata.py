@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -210,3 +213,56 @@ def _slow(ds: Dataset, tag: Any, bulk: BulkUri | None) -> Any:
         bulk_data_element_handler=handler if bulk is not None else None,
         bulk_data_threshold=BULK_THRESHOLD_BYTES,
     )
+
+
+# ---- cache of encoded instances -----------------------------------------------------------------
+
+# Instance URLs are encoded relative to this marker and completed per response (the public
+# base depends on the request). In JSON text `"BulkDataURI":"` can only be that key: a quote
+# inside a value is always escaped, so a value can never forge the pattern replaced below.
+_BASE_MARK = "@dicomweb-base@"
+_URI_KEY = b'"BulkDataURI":"'
+
+
+def encode_instance(ds: Dataset, url_path: str, transfer_syntax: str = "") -> bytes:
+    """JSON text of `instance_json` with URLs relative to the public base (see `with_base`);
+    `url_path` is `/studies/{s}/series/{se}/instances/{i}`."""
+    doc = instance_json(ds, _BASE_MARK + url_path, transfer_syntax)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def with_base(encoded: bytes, base: str) -> bytes:
+    """Encoded instance(s) with their BulkDataURIs completed by the public DICOMweb root."""
+    return encoded.replace(_URI_KEY + _BASE_MARK.encode(), _URI_KEY + base.encode())
+
+
+class EncodedCache:
+    """Encoded instances by object identity, least recently used out first, within a byte
+    budget. Stored objects never change under their key (create-only writes; a correction
+    gets a new version key), so an entry never goes stale."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, int], value: bytes) -> None:
+        if len(value) > self.max_bytes // 16:
+            return  # one huge header does not evict everything else
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old)
+            self._entries[key] = value
+            self._bytes += len(value)
+            while self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= len(dropped)
