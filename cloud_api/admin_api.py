@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,6 @@ from aiohttp import web
 
 import shared
 from cloud_api import ops
-from cloud_api.audit import read_records, verify_records
 from shared.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -70,10 +68,18 @@ async def api_sites(request: web.Request) -> web.Response:
     return web.json_response({"sites": await asyncio.to_thread(site_summaries, svc)})
 
 
-def recent_audit(path: Path, limit: int) -> list[dict[str, Any]]:
-    """The last `limit` records, newest first, read from the end of the log (it only grows)."""
-    if not path.exists():
-        return []
+def recent_audit(files: list[Path], limit: int) -> list[dict[str, Any]]:
+    """The last `limit` records, newest first, read from the end of the newest files (the log
+    only grows; a rotation may have just started a new file)."""
+    out: list[dict[str, Any]] = []
+    for path in reversed(files):
+        out.extend(_tail(path, limit - len(out)))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _tail(path: Path, limit: int) -> list[dict[str, Any]]:
     with open(path, "rb") as fh:
         size = fh.seek(0, os.SEEK_END)
         start = max(0, size - AUDIT_TAIL_BYTES)
@@ -90,12 +96,15 @@ def recent_audit(path: Path, limit: int) -> list[dict[str, Any]]:
         except ValueError:
             continue  # empty, or a torn last write
         if isinstance(rec, dict):
-            out.append({k: v for k, v in rec.items() if k not in ("prev", "hash")})
+            out.append({k: v for k, v in rec.items() if k not in ("prev", "mac", "key")})
     return out
 
 
 async def api_audit(request: web.Request) -> web.Response:
-    """Admin: recent audit events of this replica, newest first."""
+    """Admin: recent audit events of this replica, newest first. Open windows of refused
+    requests are recorded first, so an admin never reads a trail that hides a flood."""
+    from cloud_api.app import record_denials
+
     svc = _svc(request)
     try:
         limit = int(request.query.get("limit", "200"))
@@ -103,33 +112,19 @@ async def api_audit(request: web.Request) -> web.Response:
         raise BadRequest("limit must be an integer") from exc
     if not 1 <= limit <= AUDIT_LIMIT_MAX:
         raise BadRequest(f"limit must be 1-{AUDIT_LIMIT_MAX}")
-    recs = await asyncio.to_thread(recent_audit, svc.audit.path, limit)
+    record_denials(svc, all_now=True)
+    recs = await asyncio.to_thread(recent_audit, svc.audit.files(), limit)
     return web.json_response({"replica": svc.audit.replica, "events": recs})
 
 
-def verify_local(svc: Services) -> dict[str, Any]:
-    """One pass over this replica's log (the whole chain: a break anywhere must show)."""
-    svc.audit.sync()
-    seen = 0
-
-    def counted() -> Iterator[dict[str, Any]]:
-        nonlocal seen
-        for rec in read_records(svc.audit.path):
-            seen += 1
-            yield rec
-
-    problems = verify_records(counted())
-    return {
-        "replica": svc.audit.replica,
-        "records": seen,
-        "ok": not problems,
-        "problems": [{"line": p.line, "seq": p.seq, "reason": p.reason} for p in problems[:50]],
-    }
-
-
 async def api_audit_verify(request: web.Request) -> web.Response:
-    """Admin: check this replica's hash chain, as `hpacs-cloud audit verify` does on the file."""
-    return web.json_response(await asyncio.to_thread(verify_local, _svc(request)))
+    """Admin: the report `hpacs-cloud audit verify` prints: the chain under its key, against
+    every checkpoint in the bucket; `?bucket=1` also compares each record with its shipped
+    copy (`--bucket`)."""
+    svc = _svc(request)
+    segments = request.query.get("bucket", "") in ("1", "true")
+    report = await asyncio.to_thread(svc.audit.verify, svc.audit_store, segments=segments)
+    return web.json_response(report.to_json())
 
 
 async def console_index(request: web.Request) -> web.FileResponse:

@@ -120,10 +120,12 @@ class TokenStore:
         self._mtime = None
 
     def authenticate(self, header: str | None) -> Principal:
-        """The principal for an `Authorization: Bearer ...` header, or Unauthenticated."""
-        if not header or not header.startswith("Bearer "):
+        """The principal for an `Authorization: Bearer ...` header, or Unauthenticated. The
+        scheme name is case-insensitive (RFC 9110 section 11.1), as the edge has it."""
+        scheme, _, token = (header or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("a bearer token is required")
-        token = header[len("Bearer ") :].strip()
         with self._lock:
             self._load()
             rec = self._by_hash.get(hash_token(token))

@@ -26,13 +26,11 @@ from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from edge.assoc import assoc_info
-from edge.cache import Cache
 from edge.handlers import permitted
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator
 from edge.scu import associate, node_ssl_context
 from edge.sender import reactor_held, tune
-from shared.checksum import crc32c_file
-from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
-from shared.lifecycle import State
+from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS, PacsError
 from shared.registry import Node, get_node
 
 if TYPE_CHECKING:
@@ -62,13 +60,15 @@ class Verdict:
 
 
 def verify(
-    conn: sqlite3.Connection, cache: Cache, refs: Iterable[tuple[str, str]]
+    conn: sqlite3.Connection, locator: Locator, refs: Iterable[tuple[str, str]]
 ) -> list[Verdict]:
-    """Check each (SOP class, SOP instance) against the index and the cache file's checksum."""
+    """Check each (SOP class, SOP instance) against the index and the cache file's checksum
+    (edge/locate.py: a damaged file is quarantined and repaired from its cloud copy, or the
+    instance is lost and the commitment fails)."""
     out = []
     for sop_class, sop_instance in refs:
         row = conn.execute(
-            "SELECT sop_class_uid, path, state, crc32c FROM instances WHERE sop_instance_uid = ?",
+            f"SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.sop_instance_uid = ?",
             (sop_instance,),
         ).fetchone()
         if row is None:
@@ -79,12 +79,11 @@ def verify(
                 Verdict(sop_class, sop_instance, CLASS_INSTANCE_CONFLICT, "SOP class differs")
             )
             continue
-        if row["state"] == State.EVICTED.value:
-            out.append(Verdict(sop_class, sop_instance))  # verified in the bucket before eviction
-            continue
         try:
-            ok = crc32c_file(cache.path(row["path"])) == row["crc32c"]
-            detail = "" if ok else "checksum mismatch"
+            locator.verify(InstanceRef.from_row(row))  # evicted: verified before eviction
+            ok, detail = True, ""
+        except PacsError as exc:
+            ok, detail = False, str(exc)
         except (OSError, ValueError) as exc:
             ok, detail = False, f"cache file unreadable: {exc}"
         out.append(Verdict(sop_class, sop_instance, 0 if ok else PROCESSING_FAILURE, detail))
@@ -168,7 +167,8 @@ class CommitmentHandlers:
 
     def _complete(self, assoc: Association, calling_ae: str, tx: str, refs: list[Any]) -> None:
         try:
-            verdicts = verify(self.server.db.reader(), self.server.cache, refs)
+            locator = Locator(self.server.db, self.server.cache, self.server.recaller)
+            verdicts = verify(self.server.db.reader(), locator, refs)
             event_type, ds = event_report(tx, verdicts, self.server.cfg.edge.ae_title)
             failed = sum(1 for v in verdicts if v.failure_reason)
             how = self._report(assoc, calling_ae, event_type, ds)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edge.cache import Cache
 from edge.ingest import Ingestor
-from edge.locate import INSTANCE_COLUMNS, InstanceRef, Recaller, ensure_local
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator, Recaller
 from edge.routequeue import (
     Job,
     JobState,
@@ -273,7 +273,7 @@ def dimse_sender(
             our_ae_title,
             node,
             refs,
-            lambda ref: ensure_local(cache, ref, recaller),
+            lambda ref: Locator(db, cache, recaller).read_at(ref, reader="routing"),
             timeout_s=timeout_s,
             ssl_context=ssl_context,
         )

@@ -38,6 +38,7 @@ _SUBQUERY_SOP_CLASSES = (
 )
 _PATIENT_SCOPE = "FROM studies p WHERE p.patient_id = st.patient_id"
 _NEARLINE = "'evicted', 'recalling'"
+_UNAVAILABLE = "'lost'"  # no intact copy anywhere (shared.lifecycle State.LOST)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ _COMPUTED: dict[str, tuple[str, str]] = {
     "SOPClassesInStudy": (_SUBQUERY_SOP_CLASSES, ""),
     "NumberOfSeriesRelatedInstances": ("se.num_instances", ""),
     "InstanceAvailability": (
-        f"CASE WHEN i.state IN ({_NEARLINE}) THEN 'NEARLINE' ELSE 'ONLINE' END",
+        f"CASE WHEN i.state IN ({_NEARLINE}) THEN 'NEARLINE' "
+        f"WHEN i.state = {_UNAVAILABLE} THEN 'UNAVAILABLE' ELSE 'ONLINE' END",
         "",
     ),
 }

@@ -18,6 +18,7 @@ from shared.dicom import read_header
 from shared.errors import PacsError
 from shared.index import Database
 from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.quarantine import QUARANTINE_DIR
 from shared.rows import Origin, index_instance
 
 log = logging.getLogger("hpacs.edge.reconcile")
@@ -41,7 +42,7 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
     on_disk: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(cache.root):
         if dirpath == str(cache.root):
-            dirnames[:] = [d for d in dirnames if d not in ("tmp", "lost+found")]
+            dirnames[:] = [d for d in dirnames if d not in ("tmp", "lost+found", QUARANTINE_DIR)]
         for name in filenames:
             rel = os.path.relpath(os.path.join(dirpath, name), cache.root)
             on_disk.add(rel)

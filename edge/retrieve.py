@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from edge.assoc import assoc_info
 from edge.handlers import permitted
-from edge.locate import INSTANCE_COLUMNS, InstanceRef, ensure_local
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator
 from edge.scu import node_ssl_context, tls_args
 from edge.sender import (
     FilePlaceholder,
@@ -210,8 +210,9 @@ class RetrieveHandlers:
         self.server = server
 
     # ---- shared steps ------------------------------------------------------------------
-    def locate(self, ref: InstanceRef) -> Path:
-        return ensure_local(self.server.cache, ref, self.server.recaller)
+    def locate(self, ref: InstanceRef) -> tuple[Path, bytes]:
+        """The instance's cache path and its bytes, verified (damaged: repaired or failed)."""
+        return Locator(self.server.db, self.server.cache, self.server.recaller).read_at(ref)
 
     def _matches(self, identifier: Dataset) -> list[InstanceRef]:
         refs = resolve(self.server.db.reader(), identifier)

@@ -10,6 +10,7 @@ association, and use `requested_contexts`, `accepted_syntaxes` and `prepare` fro
 
 from __future__ import annotations
 
+import io
 import logging
 import select
 import socket
@@ -55,7 +56,8 @@ FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Im
 # poll made them hold the GIL ~10,000 times a second against the sending thread.
 DUL_LOOP_DELAY_S = 0.0005
 
-Locate = Callable[[InstanceRef], Path]
+# An instance's cache path and its bytes, verified against the index (edge.locate.Locator.read_at)
+Locate = Callable[[InstanceRef], tuple[Path, bytes]]
 
 
 def requested_contexts(refs: Iterable[InstanceRef]) -> list[PresentationContext]:
@@ -104,17 +106,21 @@ def accepted_syntaxes(assoc: Association) -> dict[str, list[str]]:
     return out
 
 
-def prepare(ref: InstanceRef, path: Path, accepted: dict[str, list[str]]) -> tuple[Dataset, Plan]:
+def prepare(
+    ref: InstanceRef, located: tuple[Path, bytes], accepted: dict[str, list[str]]
+) -> tuple[Dataset, Plan]:
     """The dataset to C-STORE for `ref`, converted when the peer needs another syntax.
 
-    When the peer accepted the stored syntax, the result is a placeholder naming the cache
-    file: an association with `install_file_send` streams the file's dataset bytes unchanged
+    `located` is the cache path and the bytes already verified against the index
+    (edge/locate.py). When the peer accepted the stored syntax, the result is a placeholder
+    carrying them: an association with `install_file_send` sends those dataset bytes unchanged
     (bit-identical, no decode or re-encode). Raises NoConversion or InvalidDataset.
     """
+    path, data = located
     plan = choose(ref.transfer_syntax, accepted.get(ref.sop_class_uid, []))
     if plan.as_is:
-        return file_placeholder(ref, path), plan
-    ds = pydicom.dcmread(path)
+        return file_placeholder(ref, path, data), plan
+    ds = pydicom.dcmread(io.BytesIO(data))
     return convert(ds, plan), plan
 
 
@@ -135,9 +141,10 @@ class FilePlaceholder(Dataset):
         return str(self.hpacs_uids[1])
 
 
-def file_placeholder(ref: InstanceRef, path: Path) -> Dataset:
+def file_placeholder(ref: InstanceRef, path: Path, data: bytes | None = None) -> Dataset:
     ds = FilePlaceholder()
     object.__setattr__(ds, "hpacs_path", path)
+    object.__setattr__(ds, "hpacs_data", data)  # the verified file bytes, when read already
     object.__setattr__(
         ds, "hpacs_uids", (ref.sop_class_uid, ref.sop_instance_uid, ref.transfer_syntax)
     )
@@ -253,6 +260,8 @@ def install_file_send(assoc: Association) -> None:
         if _can_stream(assoc):
             uids = getattr(dataset, "hpacs_uids", None)
             return stream_file(assoc, path, *args, uids=uids, placeholder=dataset, **kwargs)
+        # TLS or an inbound association: pynetdicom re-reads the file it was just verified
+        # from (the page cache), until the DIMSE rewrite sends the verified bytes themselves.
         return original(path, *args, **kwargs)
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
@@ -325,7 +334,7 @@ def stream_file(
     """
     framed = getattr(placeholder, "hpacs_framed", None)
     if framed is None:
-        framed = _frame_dataset(assoc, path, uids)
+        framed = _frame_dataset(assoc, path, uids, getattr(placeholder, "hpacs_data", None))
     cx_id, frag, (sop_class, sop_instance, _), data_parts = framed
     command = store_command(
         sop_class, sop_instance, msg_id, priority, originator_aet, originator_id
@@ -361,9 +370,12 @@ def stream_file(
 Framed = tuple[int, int, tuple[str, str, str], list[Any]]
 
 
-def _frame_dataset(assoc: Association, path: Path, uids: tuple[str, str, str] | None) -> Framed:
-    """The dataset bytes of a cache file as P-DATA-TF PDUs for `assoc`'s context."""
-    with open(path, "rb") as fh:  # one open: where the dataset starts, then its bytes
+def _frame_dataset(
+    assoc: Association, path: Path, uids: tuple[str, str, str] | None, data: bytes | None = None
+) -> Framed:
+    """The dataset bytes of a cache file (or of its verified `data`) as P-DATA-TF PDUs for
+    `assoc`'s context."""
+    with open(path, "rb") if data is None else io.BytesIO(data) as fh:  # where the dataset starts
         offset = _dataset_offset(fh) if uids is not None else None
         if offset is None or uids is None:
             fh.seek(0)
@@ -393,7 +405,8 @@ def _prefetch(assoc: Association, nxt: Dataset | None) -> None:
     if nxt is None or path is None:
         return
     try:
-        framed = _frame_dataset(assoc, path, getattr(nxt, "hpacs_uids", None))
+        uids = getattr(nxt, "hpacs_uids", None)
+        framed = _frame_dataset(assoc, path, uids, getattr(nxt, "hpacs_data", None))
     except Exception:
         return
     object.__setattr__(nxt, "hpacs_framed", framed)

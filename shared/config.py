@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from shared.dicomweb.urls import check_base_url, parse_networks
 from shared.uids import is_valid_ae_title
 
 PERMISSIONS = ("echo", "store", "find", "move", "get", "commit")
@@ -86,6 +87,14 @@ def watermark(v: str) -> str | None:
         return f'must be a size like "20GB" or a percent of the disk like "90%", got {v!r}'
     if v.strip().endswith("%") and not 0 < float(v.strip()[:-1]) <= 100:
         return f"a percent must be in (0, 100], got {v!r}"
+    return None
+
+
+def cidr_list(v: list[str]) -> str | None:
+    try:
+        parse_networks(v)
+    except ValueError as exc:
+        return f'must be a list of IP networks like "10.0.0.0/8": {exc}'
     return None
 
 
@@ -214,6 +223,8 @@ class SyncConfig:
     evict_interval_s: float = checked(30.0, positive)
     status_log_interval_s: float = checked(60.0, positive)
     recall_concurrency: int = checked(8, positive)
+    # background re-verification of cached files (sync/scrub.py); 0 turns the scrub off
+    scrub_bytes_per_s: int = checked(8 * 1024 * 1024, non_negative)
     # "http://127.0.0.1:4443": talk to a GCS emulator (anonymous credentials) instead of Google
     emulator_host: str = checked("", emulator_url)
 
@@ -240,7 +251,23 @@ class CloudConfig:
     tls_key_file: str = ""
     dev_admin_token_file: str = ""  # dev only: mint an admin token at start and write it here
     cors_origins: list[str] = checked(default_factory=list)  # web viewers (OHIF) on other origins
+    # where clients reach the API ("https://pacs.example.org"): RetrieveURL/BulkDataURI start
+    # with it; empty: from trusted proxies' Forwarded/X-Forwarded-* headers or the request
+    public_base_url: str = checked("", check_base_url)
+    trusted_proxies: list[str] = checked(default_factory=list, check=cidr_list)  # CIDRs
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    # The audit trail (shared/audit.py): HMAC key ("": <data_dir>/audit.key, a path or
+    # file:///path; gcp-kms://... is refused until implemented), rotation and shipping.
+    audit_key: str = ""
+    audit_max_bytes: int = checked(64 * 1024**2, positive)
+    audit_ship_interval_s: float = checked(60.0, positive)
+    audit_store_url: str = ""  # "": store_url; a bucket of its own can carry a retention policy
+    # Requests refused before a route (no valid token): one audit record per client address and
+    # window, and a token bucket per address (429 with Retry-After beyond it).
+    denied_window_s: float = checked(60.0, positive)
+    denied_rate_per_s: float = checked(2.0, positive)
+    denied_burst: int = checked(20, positive)
+    denied_max_clients: int = checked(10000, positive)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,20 @@ class PayloadTooLarge(PacsError):
     hint = "the request body is over the configured limit (cloud.max_body_bytes)"
 
 
+class TooManyRequests(PacsError):
+    """A client over its rate limit; `retry_after_s` goes to the peer (HTTP Retry-After)."""
+
+    hint = "a client keeps sending refused requests; see the audit trail's denied records"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnsupportedMediaType(PacsError):
+    hint = "the client sent a request body of a media type this service does not take"
+
+
 # Named DIMSE statuses (PS3.7 Annex C and the service classes of PS3.4).
 SUCCESS = 0x0000
 REFUSED_NOT_AUTHORIZED = 0x0124
@@ -146,6 +160,8 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     CorruptInstance: UNABLE_TO_PROCESS,
     NoConversion: UNABLE_TO_PROCESS,
     PayloadTooLarge: OUT_OF_RESOURCES,
+    TooManyRequests: OUT_OF_RESOURCES,
+    UnsupportedMediaType: CANNOT_UNDERSTAND,
 }
 
 HTTP_STATUS: dict[type[PacsError], int] = {
@@ -169,6 +185,8 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     CorruptInstance: 502,
     NoConversion: 406,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
+    UnsupportedMediaType: 415,
 }
 
 

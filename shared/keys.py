@@ -94,3 +94,17 @@ def audit_key(service: str, date: str, name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise BadRequest("bad audit object name")
     return f"audit/{service}/{date}/{name}"
+
+
+def audit_checkpoints_prefix(service: str, replica: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_-]+", service) or not re.fullmatch(r"[A-Za-z0-9_]+", replica):
+        raise BadRequest("bad audit checkpoint key parts")
+    return f"audit/{service}/checkpoints/{replica}-"
+
+
+def audit_checkpoint_key(service: str, replica: str, seq: int, mac: str) -> str:
+    """The name carries the witness (seq and MAC of the chain's record), so `verify` lists
+    checkpoints without reading them."""
+    if not re.fullmatch(r"[0-9a-f]{64}", mac):
+        raise BadRequest("bad audit checkpoint MAC")
+    return f"{audit_checkpoints_prefix(service, replica)}{seq:012d}-{mac}.json"

@@ -127,15 +127,18 @@ async function tokens() {
 async function audit(render) {
   const [log, chain] = await Promise.all([api("/api/audit?limit=200"), api("/api/audit/verify")]);
   const verdict = chain.ok
-    ? el("div", { class: "big", id: "chain-state" }, pill("intact", "ok"), ` ${chain.records} records`)
-    : el("div", { class: "big", id: "chain-state" }, pill("broken", "bad"), ` ${chain.problems.length} problem(s)`);
-  const problems = chain.problems.map((p) => el("div", { class: "sub" }, `line ${p.line}: ${p.reason}`));
+    ? el("div", { class: "big", id: "chain-state" }, pill("intact", "ok"),
+      ` ${chain.records} records, ${chain.checkpoints} checkpoints`)
+    : el("div", { class: "big", id: "chain-state" }, pill("broken", "bad"), ` ${chain.problems_total} problem(s)`);
+  const problems = chain.problems.map((p) => el("div", { class: "sub" },
+    `${p.where}${p.seq === null ? "" : ` seq ${p.seq}`}: ${p.reason}`));
   const refresh = el("button", { type: "button" }, "Verify again");
   refresh.addEventListener("click", () => render());
   const out = [el("h2", {}, "Audit trail"),
     el("div", { class: "cards" }, el("div", { class: "card", id: "card-chain" },
-      el("h3", {}, `Hash chain · replica ${chain.replica}`), verdict, problems,
-      el("div", { class: "sub" }, "Shipped copies in the bucket: ",
+      el("h3", {}, `Audit chain · replica ${chain.replica}`), verdict, problems,
+      el("div", { class: "sub" }, "Checked with the audit key against every checkpoint in the bucket; "
+        + "each record against its shipped copy: ",
         el("span", { class: "mono" }, "hpacs-cloud audit verify --bucket")), el("p", {}, refresh)))];
   if (!log.events.length) {
     out.push(el("p", { class: "empty" }, "No audit event yet."));
@@ -147,7 +150,8 @@ async function audit(render) {
       el("td", { class: "mono" }, e.token || "(none)"), el("td", {}, e.role || "–"),
       el("td", { class: "mono" }, e.client), el("td", {}, e.action),
       el("td", { class: "mono" }, e.study_uid || ""),
-      el("td", {}, pill(`${e.outcome} ${e.status}`, e.outcome === "ok" ? "ok" : e.outcome === "denied" ? "bad" : "warn")),
+      el("td", {}, pill(`${e.outcome} ${e.status}${e.count ? ` ×${e.count}` : ""}`,
+        e.outcome === "ok" ? "ok" : e.outcome === "denied" ? "bad" : "warn")),
       el("td", { class: "mono" }, e.detail)))));
   return out;
 }
