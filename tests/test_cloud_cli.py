@@ -67,3 +67,13 @@ def test_catalog_rebuild_gives_the_same_answers(
     assert [r for r in after[0] if r["PatientID"] != "P9"] == before[0]
     assert len(after[2]) == len(before[2]) + 1
     catalog.close()
+
+
+def test_catalog_urls_are_logged_without_their_password() -> None:
+    from cloud_api.app import _safe_url
+
+    assert (
+        _safe_url("postgresql://hpacs:s3cret@db:5432/hpacs") == "postgresql://hpacs@db:5432/hpacs"
+    )
+    assert _safe_url("postgresql://db/hpacs") == "postgresql://db/hpacs"
+    assert _safe_url("sqlite:///var/cloud/catalog.sqlite") == "sqlite:///var/cloud/catalog.sqlite"
