@@ -121,7 +121,7 @@ class SqliteCatalog:
         """Refresh the statistics once the catalog grew by a tenth (at least 10k rows)."""
         with self._lock:
             self._writer.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
-            self._writer.execute("ANALYZE")
+            self._writer.execute("ANALYZE main")  # not the stage tables: their plans are right
             total = self._writer.execute("SELECT max(id) FROM instances").fetchone()[0] or 0
             self._since_analyze = 0
             self._analyze_at = max(ANALYZE_EVERY_ROWS, total // 10)
