@@ -117,6 +117,10 @@ def check_uids(*uids: str) -> None:
 def element(keyword: str, value: Any) -> dict[str, Any]:
     """One DICOM JSON attribute (PS3.18 F.2); empty values carry only the VR."""
     vr = BY_KEYWORD[keyword].vr
+    return _element(vr, value)
+
+
+def _element(vr: str, value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"vr": vr}
     if value is None or value == "" or value == []:
         return out
@@ -131,14 +135,18 @@ def element(keyword: str, value: Any) -> dict[str, Any]:
     return out
 
 
+_TAG_VR = {a.keyword: (f"{a.tag:08X}", a.vr) for a in BY_KEYWORD.values()}
+
+
 def render(level: str, row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
     """A catalog row ({keyword: value}) as a DICOM JSON dataset, with RetrieveURL at its level."""
     out: dict[str, Any] = {}
     for kw, value in row.items():
         if kw == "SpecificCharacterSet" and not value:
             continue
-        if kw in BY_KEYWORD:
-            out[f"{BY_KEYWORD[kw].tag:08X}"] = element(kw, value)
+        tag_vr = _TAG_VR.get(kw)
+        if tag_vr is not None:
+            out[tag_vr[0]] = _element(tag_vr[1], value)
     url = f"{base_url}/studies/{row['StudyInstanceUID']}"
     if level != STUDY:
         url += f"/series/{row['SeriesInstanceUID']}"

@@ -20,6 +20,7 @@ Computed attributes (no column) are answered from counters or lower levels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -43,13 +44,13 @@ class Attribute:
     match: bool = True  # a matching key; False: returned only
     multi: bool = False  # multi-valued (computed lists)
 
-    @property
+    @cached_property
     def tag(self) -> int:
         tag = tag_for_keyword(self.keyword)
         assert tag is not None, self.keyword
         return tag
 
-    @property
+    @cached_property
     def vr(self) -> str:
         return str(dictionary_VR(self.tag))
 
