@@ -34,6 +34,10 @@ SCHEMA_LOCK = 0x6870616373_0003
 STATEMENT_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 10
 READY_TIMEOUT_S = 2.0
+# A rebuild grows the tables faster than autovacuum re-analyses them; with stale statistics the
+# planner hash-joins whole tables per object. The applying replica analyses the catalog itself
+# each time it grew by a tenth (at least this many rows).
+ANALYZE_EVERY_ROWS = 50_000
 
 
 class _Tx:
@@ -79,6 +83,8 @@ class PostgresCatalog:
         self._writer_lock = threading.RLock()
         self._writer: psycopg.Connection[Any] | None = None
         self._leading = False
+        self._since_analyze = 0
+        self._analyze_at = ANALYZE_EVERY_ROWS
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
             self._migrate()
@@ -152,10 +158,20 @@ class PostgresCatalog:
             try:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPLY_LOCK,))
-                    return apply.apply_batch(_Tx(conn), POSTGRES, site, rows, key)
+                    n = apply.apply_batch(_Tx(conn), POSTGRES, site, rows, key)
+                self._since_analyze += n
+                if self._since_analyze >= self._analyze_at:
+                    self._analyze(conn)
+                return n
             except psycopg.OperationalError as exc:
                 conn.close()  # a new connection (and a new lead) next time
                 raise IndexUnavailable(f"the catalog database did not answer: {exc}") from exc
+
+    def _analyze(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("ANALYZE studies, series, instances, copies, study_sites")
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'instances'").fetchone()
+        self._since_analyze = 0
+        self._analyze_at = max(ANALYZE_EVERY_ROWS, int((row[0] if row else 0) // 10))
 
     def reset(self) -> None:
         with self._writer_lock:
