@@ -12,8 +12,9 @@ defaults), so `includefield` is accepted and needs no work.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,18 +136,53 @@ def _element(vr: str, value: Any) -> dict[str, Any]:
     return out
 
 
-_TAG_VR = {a.keyword: (f"{a.tag:08X}", a.vr) for a in BY_KEYWORD.values()}
+_INTS = frozenset({"IS", "US", "UL", "SL", "SS"})
+
+
+def _maker(vr: str) -> Callable[[Any], dict[str, Any]]:
+    """The DICOM JSON element builder of one VR (the rules of `element`, without dispatch)."""
+    empty = {"vr": vr}
+
+    def pn(v: Any) -> dict[str, Any]:
+        if v is None or v == "":
+            return dict(empty)
+        return {"vr": vr, "Value": [{"Alphabetic": x} for x in str(v).split("\\")]}
+
+    def integer(v: Any) -> dict[str, Any]:
+        return dict(empty) if v is None or v == "" else {"vr": vr, "Value": [int(v)]}
+
+    def code(v: Any) -> dict[str, Any]:
+        if v is None or v == "" or v == []:
+            return dict(empty)
+        return {"vr": vr, "Value": v if isinstance(v, list) else str(v).split("\\")}
+
+    def text(v: Any) -> dict[str, Any]:
+        if v is None or v == "" or v == []:
+            return dict(empty)
+        return {"vr": vr, "Value": v if isinstance(v, list) else [str(v)]}
+
+    return pn if vr == "PN" else integer if vr in _INTS else code if vr == "CS" else text
+
+
+_MAKERS = {a.keyword: (f"{a.tag:08X}", _maker(a.vr)) for a in BY_KEYWORD.values()}
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(keywords: tuple[str, ...]) -> tuple[tuple[str, str, Callable[[Any], Any]], ...]:
+    """For the columns a search returns (always the same per level): their elements in tag
+    order, computed once."""
+    known = [(tag, kw, make) for kw in keywords if kw in _MAKERS for tag, make in [_MAKERS[kw]]]
+    return tuple((kw, tag, make) for tag, kw, make in sorted(known))
 
 
 def render(level: str, row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
     """A catalog row ({keyword: value}) as a DICOM JSON dataset, with RetrieveURL at its level."""
     out: dict[str, Any] = {}
-    for kw, value in row.items():
+    for kw, tag, make in _plan(tuple(row)):
+        value = row[kw]
         if kw == "SpecificCharacterSet" and not value:
             continue
-        tag_vr = _TAG_VR.get(kw)
-        if tag_vr is not None:
-            out[tag_vr[0]] = _element(tag_vr[1], value)
+        out[tag] = make(value)
     url = f"{base_url}/studies/{row['StudyInstanceUID']}"
     if level != STUDY:
         url += f"/series/{row['SeriesInstanceUID']}"
