@@ -109,6 +109,10 @@ class PostgresCatalog:
                 connect_timeout=CONNECT_TIMEOUT_S,
                 prepare_threshold=None,
             )
+            # derived data, like the SQLite file's synchronous=OFF: a database crash can only lose
+            # the last commits, each with its cursor, so those objects are applied again; the
+            # commit no longer waits for the WAL flush (one fsync per journal object)
+            conn.execute("SET synchronous_commit = off")
             for stmt in apply.stage_ddl(POSTGRES):
                 conn.execute(stmt)
             self._writer = conn
