@@ -44,6 +44,7 @@ from typing import Any, BinaryIO
 from pydicom.datadict import DicomDictionary, keyword_for_tag
 
 from shared.errors import InvalidDataset
+from shared.uids import is_valid_uid
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -264,6 +265,8 @@ def _file_meta(buf: Any, size: int, pos: int) -> tuple[str, int]:
         pos = end
     if not ts:
         raise InvalidDataset("the File Meta has no Transfer Syntax UID")
+    if not is_valid_uid(ts):
+        raise InvalidDataset(f"the File Meta's Transfer Syntax UID is not a UID: {ts[:80]!r}")
     return ts, pos
 
 

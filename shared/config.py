@@ -92,7 +92,7 @@ def cidr_list(v: list[str]) -> str | None:
 
 
 def emulator_url(v: str) -> str | None:
-    if v and not re.match(r"^https?://[^/\s]+/?$", v):
+    if v and not re.fullmatch(r"https?://[^/\s]+/?", v):
         return f'must be empty or a URL like "http://127.0.0.1:4443", got {v!r}'
     return None
 

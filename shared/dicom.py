@@ -51,6 +51,10 @@ INSTANCE_TAGS = {
     "SpecificCharacterSet": "specific_character_set",
 }
 _INT_FIELDS = {"series_number", "instance_number", "rows", "columns", "number_of_frames"}
+# UIDs are read from their raw bytes and lose only their padding (trailing NUL or space):
+# pydicom's UID type strips all whitespace, so "1.2.3\n" would be indexed as "1.2.3" while the
+# file keeps the newline; kept whole, the newline makes the value invalid and it is refused.
+_UID_FIELDS = {"sop_instance_uid", "sop_class_uid", "study_uid", "series_uid"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,16 @@ def _text(value: Any) -> str:
     if isinstance(value, pydicom.multival.MultiValue):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
+
+
+def _raw_uid(ds: Dataset, tag: int) -> str:
+    """A UID as its bytes say, without its padding (see _UID_FIELDS)."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return ""
+    if isinstance(elem.value, bytes):
+        return elem.value.decode("latin-1").rstrip("\0 ")
+    return _text(elem.value)  # already converted by pydicom
 
 
 def _int(value: Any) -> int | None:
@@ -175,6 +189,9 @@ def header_from_dataset(ds: Dataset, transfer_syntax: str, *, fast: bool = True)
     try:
         for name, (keyword, tag) in _TAGS.items():
             is_int = name in _INT_FIELDS
+            if name in _UID_FIELDS:
+                values[name] = _raw_uid(ds, tag)
+                continue
             value = _fast_value(elems, tag, is_int) if elems is not None else _SLOW
             if value is _SLOW:
                 raw = ds.get(keyword)

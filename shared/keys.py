@@ -12,7 +12,7 @@ import re
 from shared.errors import BadRequest, InvalidUID
 from shared.uids import is_valid_uid
 
-_SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SITE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: `$` lets a final "\n" in
 
 
 def _uid(value: str, what: str) -> str:
@@ -22,7 +22,7 @@ def _uid(value: str, what: str) -> str:
 
 
 def check_site(site: str) -> str:
-    if not _SITE_RE.match(site):
+    if not _SITE_RE.fullmatch(site):
         raise BadRequest(f"site name must match {_SITE_RE.pattern}, got {site[:80]!r}")
     return site
 

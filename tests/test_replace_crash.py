@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +23,13 @@ from pynetdicom import _config
 import edge.ingest as ingest_module
 from shared import acceptance
 from shared.checksum import crc32c_file
-from shared.config import load_config
 from shared.errors import IndexUnavailable, InstanceBusy
 from shared.index import connect
 from shared.lifecycle import State, transition
 from shared.rows import Origin
 from shared.synthetic import StudySpec, write_study
 from tests.support.edge import association, edge_config, write_toml
-from tests.support.net import port_open, wait_for
+from tests.support.edgeproc import edge_process
 from tests.support.routing import EdgeParts, edge_parts, routing_config
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -44,26 +40,6 @@ CRASH = (
     "from edge.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
-
-
-@contextmanager
-def edge_process(config: Path, log: Path, crash_at: str = "") -> Iterator[subprocess.Popen[bytes]]:
-    """`hpacs-edge serve` in its own process (with a crash point, if named); killed at exit."""
-    code = CRASH if crash_at else "import sys; from edge.cli import main; sys.exit(main())"
-    argv = [sys.executable, "-c", code, *([crash_at] if crash_at else [])]
-    port = load_config(config).edge.port
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [*argv, "--config", str(config), "serve"], stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, 30, "hpacs-edge to listen")
-        assert proc.poll() is None, log.read_text()
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def _store(port: int, path: Path) -> int | None:
@@ -102,7 +78,7 @@ def test_kill_9_during_replace_leaves_old_or_new_consistently(
     ds.save_as(new, enforce_file_format=True)
     cache = Path(data["edge"]["data_dir"]) / "cache"
 
-    with edge_process(config, log, crash_at) as proc:
+    with edge_process(config, log, CRASH, crash_at) as proc:
         assert _store(port, old) == 0
         assert _store(port, new) is None  # the edge died before it could answer
         proc.wait(timeout=30)
