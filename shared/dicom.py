@@ -172,10 +172,16 @@ def _fast_ok(ds: Dataset) -> dict[Any, Any] | None:
     cs = elems.get(_CHARSET_TAG)
     if cs is None:
         return elems
-    raw = cs.value if isinstance(cs, RawDataElement) else None
-    if type(raw) is bytes and raw.rstrip(b"\0 ").strip() in _ASCII_CHARSETS:
-        return elems
-    return None
+    # dcmread converts (0008,0005) while reading (it needs the encodings), so the value is
+    # usually a str already; several values (ISO 2022 code extensions) never qualify.
+    value = cs.value
+    if type(value) is bytes:
+        name = value.rstrip(b"\0 ").strip()
+    elif type(value) is str:
+        name = value.strip().encode("ascii", "replace")
+    else:
+        return None
+    return elems if name in _ASCII_CHARSETS else None
 
 
 def header_from_dataset(ds: Dataset, transfer_syntax: str, *, fast: bool = True) -> Header:
