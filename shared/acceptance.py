@@ -9,14 +9,14 @@ never a value (no PHI).
 It runs on the ingest hot path, so it only walks element headers with `struct`: no value is
 decoded except the handful it checks (Rows, Columns, Samples per Pixel, Bits Allocated, Number
 of Frames, Photometric Interpretation, and the SOP Class/Instance UIDs at the top level).
-Objects up to 1 MiB are read with one `read`; larger ones are mapped (`mmap`), so a 1 GB object
-only ever has its element headers paged in.
+Objects up to 1 MiB are read with one `pread`; larger ones are mapped (`mmap`, see
+shared/mapped.py), so a 1 GB object only ever has its element headers paged in.
 
 Transfer syntaxes:
 - Implicit VR LE, Explicit VR LE, Explicit VR BE: scanned in place. In implicit VR an element is
   a sequence when it has undefined length or the data dictionary says SQ.
 - Deflated Explicit VR LE: inflated as a stream into an anonymous temp file (refused beyond
-  `MAX_INFLATED_BYTES`), then scanned like explicit VR LE.
+  `shared.mapped.MAX_INFLATED_BYTES`), then scanned like explicit VR LE.
 - Every other syntax (JPEG, JPEG-LS, JPEG 2000, RLE, unknown): explicit VR LE with encapsulated
   Pixel Data (undefined length, Basic Offset Table item first, fragments, sequence delimiter).
 
@@ -29,14 +29,9 @@ File Meta, so only Part-10 objects are ever stored.
 
 from __future__ import annotations
 
-import io
-import mmap
 import os
 import struct
 import tempfile
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,6 +39,7 @@ from typing import Any, BinaryIO
 from pydicom.datadict import DicomDictionary, keyword_for_tag
 
 from shared.errors import InvalidDataset
+from shared.mapped import buffer, inflated
 from shared.uids import is_valid_uid
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -53,8 +49,6 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 NATIVE_SYNTAXES = frozenset({IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE})
 
 MAX_SEQUENCE_DEPTH = 64  # real objects nest a handful of levels; SR trees a few dozen at most
-MAX_INFLATED_BYTES = 2 << 30
-_MAP_ABOVE = 1 << 20  # read smaller objects at once; map larger ones
 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -92,7 +86,7 @@ class Accepted:
 def check(source: str | os.PathLike[str] | BinaryIO) -> Accepted:
     """Accept a Part-10 file or a bare dataset (a path or a binary file object), or raise
     `InvalidDataset` with the reason."""
-    with _buffer(source) as (buf, size):
+    with buffer(source) as (buf, size):
         return check_buffer(buf, size)
 
 
@@ -110,7 +104,7 @@ def check_buffer(buf: Any, size: int) -> Accepted:
     if start >= size:
         raise InvalidDataset("the object holds a File Meta but no dataset")
     if ts == DEFLATED_LE:
-        with _inflated(buf, start, size) as (plain, plain_size):
+        with inflated(buf, start, size) as (plain, plain_size):
             top = _Scan(plain, plain_size, ts).run(0)
     else:
         top = _Scan(buf, size, ts).run(start)
@@ -162,73 +156,6 @@ def rewrite_as_part10(path: str | os.PathLike[str], accepted: Accepted) -> Accep
             pass
         raise
     return replace(accepted, part10=True, dataset_offset=offset, size=path.stat().st_size)
-
-
-# ---- buffers ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def _buffer(source: str | os.PathLike[str] | BinaryIO) -> Iterator[tuple[Any, int]]:
-    if isinstance(source, str | os.PathLike):
-        with open(source, "rb") as fh, _buffer_of(fh) as got:
-            yield got
-        return
-    with _buffer_of(source) as got:
-        yield got
-
-
-@contextmanager
-def _buffer_of(fh: BinaryIO) -> Iterator[tuple[Any, int]]:
-    if isinstance(fh, io.BytesIO):
-        data = fh.getvalue()
-        yield data, len(data)
-        return
-    try:
-        fd = fh.fileno()
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        fh.seek(0)
-        data = fh.read()
-        yield data, len(data)
-        return
-    size = os.fstat(fd).st_size
-    if size <= _MAP_ABOVE:
-        yield os.pread(fd, size, 0), size
-        return
-    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
-        yield mapped, size
-
-
-@contextmanager
-def _inflated(buf: Any, start: int, size: int) -> Iterator[tuple[Any, int]]:
-    """The deflated dataset inflated into an anonymous temp file, streamed and bounded."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    with tempfile.TemporaryFile() as out:
-        total = 0
-        try:
-            for pos in range(start, size, 1 << 20):
-                chunk = inflater.decompress(buf[pos : min(pos + (1 << 20), size)], 1 << 24)
-                while True:
-                    total += len(chunk)
-                    if total > MAX_INFLATED_BYTES:
-                        raise InvalidDataset(
-                            f"deflated dataset inflates beyond {MAX_INFLATED_BYTES} bytes"
-                        )
-                    out.write(chunk)
-                    if not inflater.unconsumed_tail:
-                        break
-                    chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
-                if inflater.eof:
-                    break
-            out.write(inflater.flush())
-        except zlib.error as exc:
-            raise InvalidDataset(f"deflated dataset is not a valid deflate stream: {exc}") from exc
-        if not inflater.eof:
-            raise InvalidDataset("deflated dataset is truncated (the deflate stream never ends)")
-        # Bytes after the end of the deflate stream (padding, a gzip-style trailer some
-        # writers leave) are not part of the dataset; pydicom and DCMTK ignore them too.
-        out.flush()
-        with _buffer_of(out) as got:  # type: ignore[arg-type]
-            yield got
 
 
 # ---- the scan ---------------------------------------------------------------------------------
