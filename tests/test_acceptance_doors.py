@@ -57,14 +57,28 @@ def _truncated_part10(tmp_path: Path, name: str) -> Path:
 # ---- C-STORE ------------------------------------------------------------------------------
 
 
-def test_cstore_of_a_ut_longer_than_the_object_is_0xc000(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+_SQ_OPEN = b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+_SQ_CLOSE = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("case", "tail", "reason"),
+    [
+        ("huge UT", b"\x40\x00\x60\xa1UT\x00\x00\xf0\xff\xff\xff" + b"abc",
+         "(0040,A160) TextValue at offset"),
+        ("unclosed sequence", _SQ_OPEN, "item not closed"),
+        ("1,000-deep sequences", _SQ_OPEN * 1000 + _SQ_CLOSE * 1000, "nested deeper than 64"),
+    ],
+)  # fmt: skip
+def test_cstore_of_a_malformed_dataset_is_0xc000_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str, tail: bytes, reason: str
 ) -> None:
     caplog.set_level(logging.WARNING)
     ds = _dataset()
+    del ds.PixelData  # the malformed element ends the dataset
     path = part10_with_raw_dataset(
-        tmp_path / "in" / "huge-ut.dcm",
-        _huge_text_value(ds),
+        tmp_path / "in" / "bad.dcm",
+        encoded_dataset(ds) + tail,
         sop_class_uid=str(ds.SOPClassUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
     )
@@ -77,7 +91,7 @@ def test_cstore_of_a_ut_longer_than_the_object_is_0xc000(
         assert status == CANNOT_UNDERSTAND, hex(status)
         assert server.db.reader().execute("SELECT count(*) FROM instances").fetchone()[0] == 0
     line = next(r.getMessage() for r in caplog.records if "store failed" in r.getMessage())
-    assert "(0040,A160) TextValue" in line and "declares 4294967280 bytes" in line
+    assert reason in line
     assert "DOE" not in line  # the reason names tags and offsets, never values
 
 
