@@ -143,11 +143,25 @@ async def console_redirect(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console")
 
 
+SHARED_ASSETS = {".css": "text/css", ".js": "text/javascript"}
+
+
+async def shared_asset(request: web.Request) -> web.FileResponse:
+    """A style sheet or script of shared/web (its Python modules live there too: not served)."""
+    name = request.match_info["name"]
+    path = SHARED_WEB_DIR / name
+    if "/" in name or name.startswith(".") or path.suffix not in SHARED_ASSETS:
+        raise web.HTTPNotFound()
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Content-Type": SHARED_ASSETS[path.suffix]})
+
+
 def mount_console(app: web.Application) -> frozenset[Any]:
     """Add the console shell; returns its resources, the only public ones besides the probes."""
     r = app.router
     index = r.add_get("/console", console_index, allow_head=False).resource
     root = r.add_get("/", console_redirect, allow_head=False).resource  # a bare host: the console
     assets = r.add_static("/console/assets/", CONSOLE_DIR)
-    look = r.add_static("/console/shared/", SHARED_WEB_DIR)
+    look = r.add_get("/console/shared/{name}", shared_asset, allow_head=False).resource
     return frozenset({root, index, assets, look})

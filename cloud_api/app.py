@@ -25,6 +25,8 @@ from aiohttp import web
 
 from cloud_api import admin_api, ops
 from cloud_api import handlers as h
+from cloud_api import session as se
+from cloud_api import shares as sh
 from cloud_api.audit import AuditLog, audit_key
 from cloud_api.auth import Need, Principal, TokenStore
 from cloud_api.catalog_index import CatalogIndex
@@ -41,6 +43,8 @@ from shared.errors import (
     problem_json,
 )
 from shared.store.base import ObjectStore, open_store
+from shared.web import viewer
+from shared.web.session import Credentials
 
 log = logging.getLogger("hpacs.cloud.app")
 
@@ -88,6 +92,11 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
         Need.RESTORE_READ,
         "restore-status",
     ),
+    ("GET", "/api/session", se.api_session, Need.READ, "session"),
+    ("POST", "/api/session", se.api_session_create, Need.READ, "session-create"),
+    ("POST", "/api/shares", sh.api_share_create, Need.SHARE, "share-create"),
+    ("GET", "/api/shares", sh.api_share_list, Need.SHARE, "share-list"),
+    ("DELETE", "/api/shares/{share_id}", sh.api_share_revoke, Need.SHARE, "share-revoke"),
 ]
 
 
@@ -103,11 +112,14 @@ class Services:
     audit: AuditLog
     audit_store: ObjectStore  # where audit segments and checkpoints go (cloud.audit_store_url)
     denials: DenialGate
+    shares: sh.ShareStore
+    sessions: se.Sessions
 
 
 SERVICES = web.AppKey("services", Services)
 NEEDS = web.AppKey("needs", dict)
-PUBLIC = web.AppKey("public", frozenset)  # the console shell's resources: no data, no token
+# the console's and the viewer's static shells, the login page, share links: no data, no token
+PUBLIC = web.AppKey("public", frozenset)
 
 
 def problem(err: BaseException) -> web.Response:
@@ -173,10 +185,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     client = request.remote or ""
     route = request.match_info.route
     action = request.app[NEEDS].get(route, (None, "unrouted"))[1]
-    try:
-        principal = await asyncio.to_thread(
-            svc.tokens.authenticate, request.headers.get("Authorization")
-        )
+    try:  # bearer token or session cookie (cloud_api/session.py)
+        principal = await asyncio.to_thread(svc.sessions.authenticate, Credentials.of(request))
     except Unauthenticated as exc:
         wait = svc.denials.deny(client, f"{request.method} {request.path}")
         if wait:
@@ -352,12 +362,13 @@ def create_app(
     """The app for one replica; its index and audit log live under `cfg.data_dir`. Refuses
     (ConfigError) an audit key file that others may read."""
     data = Path(cfg.data_dir)
+    tokens, shares = TokenStore(cfg.tokens_file), sh.ShareStore(store)
     svc = Services(
         cfg=cfg,
         restore=restore or RestoreConfig(),
         store=store,
         index=CatalogIndex(data / "catalog.sqlite"),
-        tokens=TokenStore(cfg.tokens_file),
+        tokens=tokens,
         audit=AuditLog(data, audit_key(cfg, create=True), max_bytes=cfg.audit_max_bytes),
         audit_store=audit_store or _audit_store(cfg, store),
         denials=DenialGate(
@@ -366,9 +377,12 @@ def create_app(
             burst=cfg.denied_burst,
             max_clients=cfg.denied_max_clients,
         ),
+        shares=shares,
+        sessions=se.Sessions(cfg, tokens, shares),
     )
     app = web.Application(
-        middlewares=[metrics.http_metrics_middleware(), cors, guard], client_max_size=1024**2
+        middlewares=[metrics.http_metrics_middleware(), cors, guard, sh.scope],
+        client_max_size=1024**2,
     )
     app[SERVICES] = svc
     h.attach_dicomweb(app)  # one bounded read pool and the metadata cache
@@ -377,13 +391,34 @@ def create_app(
         route = app.router.add_route(method, path, handler)
         needs[route] = (need, action)
     ops.mount(app, SERVICES, needs)  # /healthz, /readyz, /metrics
-    app[PUBLIC] = admin_api.mount_console(app)  # /console: HTML/JS/CSS, data only via /api
+    app[PUBLIC] = (
+        admin_api.mount_console(app)  # /console: HTML/JS/CSS, data only via /api
+        | se.mount_public(app)  # /login, /logout, /share/{token}: each audits itself
+        | _mount_viewer(app, cfg, svc.sessions)  # /viewer/: the OHIF build, no data
+    )
     app[NEEDS] = needs
     app.on_response_prepare.append(_on_prepare)
     app.cleanup_ctx.append(_audit_housekeeping)  # before on_startup/on_cleanup: see its docstring
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app
+
+
+def _mount_viewer(app: web.Application, cfg: CloudConfig, sessions: se.Sessions) -> frozenset[Any]:
+    """The OHIF viewer at /viewer/ on this origin's /dicomweb; absent build: a 503 that says
+    how to install it (the API itself still serves)."""
+    try:
+        dist = viewer.locate_build(cfg.viewer_dir)
+    except viewer.ViewerBuildMissing as exc:
+        log.warning("viewer not served error=%s", exc)
+        reason = str(exc)
+
+        async def missing(request: web.Request) -> web.Response:
+            return web.Response(status=503, text=reason)
+
+        return frozenset({app.router.add_get("/viewer/{tail:.*}", missing).resource})
+    settings = viewer.ViewerSettings(dist=dist, login_path=se.LOGIN_PATH)
+    return viewer.mount(app, settings, sessions.authorized)
 
 
 def ssl_context(cfg: CloudConfig) -> ssl.SSLContext | None:

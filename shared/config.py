@@ -259,6 +259,10 @@ class CloudConfig:
     denied_rate_per_s: float = checked(2.0, positive)
     denied_burst: int = checked(20, positive)
     denied_max_clients: int = checked(10000, positive)
+    viewer_dir: str = ""  # the OHIF build (@ohif/app dist/); "": where `make viewer` installs it
+    session_ttl_s: float = checked(8 * 3600.0, positive)  # browser session lifetime
+    session_key_file: str = ""  # signing key; "": <data_dir>/session.key; replicas share one
+    session_cookie_secure: bool = False  # Secure cookie also over plain HTTP (TLS ends at a proxy)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ class UnsupportedMediaType(PacsError):
     hint = "the client sent a request body of a media type this service does not take"
 
 
+class Gone(PacsError):
+    hint = "the share link expired or was revoked: ask its sender for a new one"
+
+
 # Named DIMSE statuses (PS3.7 Annex C and the service classes of PS3.4).
 SUCCESS = 0x0000
 REFUSED_NOT_AUTHORIZED = 0x0124
@@ -162,6 +166,7 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     PayloadTooLarge: OUT_OF_RESOURCES,
     TooManyRequests: OUT_OF_RESOURCES,
     UnsupportedMediaType: CANNOT_UNDERSTAND,
+    Gone: UNABLE_TO_PROCESS,
 }
 
 HTTP_STATUS: dict[type[PacsError], int] = {
@@ -187,6 +192,7 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     PayloadTooLarge: 413,
     TooManyRequests: 429,
     UnsupportedMediaType: 415,
+    Gone: 410,
 }
 
 

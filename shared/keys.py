@@ -108,3 +108,13 @@ def audit_checkpoint_key(service: str, replica: str, seq: int, mac: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", mac):
         raise BadRequest("bad audit checkpoint MAC")
     return f"{audit_checkpoints_prefix(service, replica)}{seq:012d}-{mac}.json"
+
+
+SHARES_PREFIX = "shares/"
+
+
+def share_key(share_id: str) -> str:
+    """A share link's record (cloud API): one object per link, looked up by its id."""
+    if not re.fullmatch(r"[a-z0-9]{8,40}", share_id):
+        raise BadRequest(f"bad share id {share_id[:80]!r}")
+    return f"{SHARES_PREFIX}{share_id}.json"
