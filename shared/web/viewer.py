@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import html
 import json
 import re
 import threading
@@ -71,6 +72,7 @@ PAGE_HEADERS = {
     "Content-Security-Policy": "frame-ancestors 'none'",
 }
 NO_CACHE = "no-cache"
+HTML = "text/html; charset=utf-8"
 IMMUTABLE = "public, max-age=31536000, immutable"
 HASHED = re.compile(r"(^|[.])[0-9a-f]{16}\.(js|wasm|css|woff2?)$")
 PUBLIC_PATH = '__webpack_require__.p = "/";'
@@ -263,6 +265,21 @@ def cache_control(rel: str) -> str:
 
 Authorized = Callable[[web.Request], Awaitable[bool]]
 
+AGAIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>hpacs viewer</title>
+<meta http-equiv="refresh" content="0;url={url}"></head>
+<body><p><a href="{url}">Open the viewer</a></p></body></html>
+"""
+
+
+def again(path_qs: str) -> web.Response:
+    """The same URL once more, navigated from this origin. A link followed from another site
+    (a mail, a worklist) arrives without the SameSite=Strict session cookie; the navigation
+    this page starts is same-origin and carries it. Without a session it then goes to login."""
+    return web.Response(
+        text=AGAIN.format(url=html.escape(path_qs)),
+        headers={**PAGE_HEADERS, "Content-Type": HTML, "Cache-Control": "no-store"},
+    )
+
 
 def mount(app: web.Application, settings: ViewerSettings, authorized: Authorized) -> frozenset[Any]:
     """Add the viewer's routes; returns their resources (static shell: no patient data).
@@ -276,10 +293,12 @@ def mount(app: web.Application, settings: ViewerSettings, authorized: Authorized
     prefix = settings.prefix
 
     async def page(request: web.Request) -> web.StreamResponse:
-        if not await authorized(request):
-            target = quote(request.path_qs, safe="")
-            raise web.HTTPSeeOther(f"{settings.login_path}?next={target}")
-        return web.Response(body=files.index, content_type="text/html", headers=PAGE_HEADERS)
+        if await authorized(request):
+            return web.Response(body=files.index, headers={**PAGE_HEADERS, "Content-Type": HTML})
+        if request.headers.get("Sec-Fetch-Site") == "cross-site":
+            return again(request.path_qs)  # the session cookie may exist: it was withheld
+        target = quote(request.path_qs, safe="")
+        raise web.HTTPSeeOther(f"{settings.login_path}?next={target}")
 
     async def config(request: web.Request) -> web.Response:
         return web.Response(
