@@ -86,10 +86,16 @@ class Sessions:
         return request.secure or self.force_secure
 
     def start(
-        self, resp: web.StreamResponse, request: web.Request, kind: str, sub: str, until: float
+        self,
+        resp: web.StreamResponse,
+        request: web.Request,
+        kind: str,
+        sub: str,
+        until: float | None = None,
     ) -> float:
-        """Set a session cookie on `resp`; returns when it expires."""
-        ttl = max(1.0, min(self.ttl_s, until - time.time()))
+        """Set a session cookie on `resp` (ending at `until` if that is sooner than the
+        configured lifetime); returns when it expires."""
+        ttl = self.ttl_s if until is None else max(1.0, min(self.ttl_s, until - time.time()))
         value = self.signer.sign({"kind": kind, "sub": sub}, ttl)
         ws.set_cookie(resp, value, int(ttl), self.secure(request))
         return time.time() + ttl
@@ -139,7 +145,7 @@ async def login(request: web.Request) -> web.Response:
         query = urlencode({"error": str(exc), "next": target})
         raise web.HTTPSeeOther(f"{LOGIN_PATH}?{query}") from exc
     resp = web.HTTPSeeOther(target)
-    sessions.start(resp, request, "token", hash_token(token), time.time() + sessions.ttl_s)
+    sessions.start(resp, request, "token", hash_token(token))
     _audit(request, action="login", outcome="ok", token=p.name, role=p.role, status=303)
     raise resp
 
@@ -183,7 +189,7 @@ async def api_session_create(request: web.Request) -> web.Response:
     sessions = _svc(request).sessions
     resp = web.json_response(_whoami(p, "bearer"), status=201)
     token = header[len("Bearer ") :].strip()
-    sessions.start(resp, request, "token", hash_token(token), time.time() + sessions.ttl_s)
+    sessions.start(resp, request, "token", hash_token(token))
     return resp
 
 
