@@ -200,16 +200,18 @@ def test_audit_page_highlights_denied_requests_and_verifies_the_chain(
     screenshot(page, "audit")
 
 
-def test_reader_token_is_refused_the_admin_pages(page: Any, cloud: Cloud) -> None:
+def test_reader_token_lands_on_the_viewer_page_not_admin_pages(page: Any, cloud: Cloud) -> None:
     sign_in(page, cloud, "sites", cloud.reader)
     for section in ("sites", "restores", "tokens", "audit"):
         page.goto(f"{cloud.url}#{section}")
-        page.locator(f"main[data-page={section}]").wait_for()
-        alert = page.locator("main [role=alert]")
-        alert.get_by_text("Refused:").wait_for()
-        assert "rad-north" in alert.inner_text()
-        assert page.locator("main table").count() == 0
-    screenshot(page, "refused")
+        page.locator("main[data-page]").get_by_text("Signed in as rad-north").wait_for()
+        assert page.locator("main [role=alert]").count() == 0  # nothing refused
+        assert not page.get_by_role("link", name="Sites").is_visible()
+        assert page.get_by_role("link", name="Viewer").is_visible()
+    page.get_by_role("button", name="Open the viewer").click()
+    page.wait_for_url(cloud.server.url + "/viewer/")
+    assert any(c["name"] == "hpacs_session" for c in page.context.cookies())
+    screenshot(page, "reader")
 
 
 def test_audit_page_shows_an_edited_record_as_a_broken_chain(page: Any, tmp_path: Path) -> None:

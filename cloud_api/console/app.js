@@ -156,4 +156,84 @@ async function audit(render) {
   return out;
 }
 
-startConsole({ pages: { sites, restores, tokens, audit }, home: "sites" });
+// Who signed in (GET /api/session): a reader gets the viewer page, never admin pages it would be
+// refused.
+let me = null;
+
+async function whoami() {
+  if (!me) me = await api("/api/session");
+  return me;
+}
+
+function adminOnly(page) {
+  return async (render) => {
+    const who = await whoami();
+    if (who.role === "admin") return page(render);
+    history.replaceState(null, "", "#viewer");
+    showAdminLinks();
+    return viewer(render);
+  };
+}
+
+function showAdminLinks() {
+  for (const a of document.querySelectorAll("#nav a.admin-only")) a.hidden = !me || me.role !== "admin";
+  for (const a of document.querySelectorAll("#nav a")) {
+    a.classList.toggle("active", a.getAttribute("href") === location.hash);
+  }
+}
+
+async function viewer(render) {
+  const who = await whoami();
+  showAdminLinks();
+  const open = el("button", { type: "button", class: "primary", id: "open-viewer" }, "Open the viewer");
+  open.addEventListener("click", async () => {
+    await api("/api/session", { method: "POST" });  // a session cookie for this token
+    location.assign("/viewer/");
+  });
+  const study = el("input", { id: "share-study", size: "56", placeholder: "Study Instance UID",
+    "aria-label": "Study Instance UID" });
+  const hours = el("input", { id: "share-hours", type: "number", min: "1", value: "72", "aria-label": "Hours" });
+  const make = el("button", { type: "button", id: "share-create" }, "Create share link");
+  const result = el("p", { id: "share-result", class: "mono", role: "status" });
+  make.addEventListener("click", async () => {
+    try {
+      const s = await api("/api/shares", { method: "POST",
+        json: { study_uid: study.value.trim(), hours: Number(hours.value) } });
+      result.textContent = `${s.url}  (shown once; expires ${when(s.expires_at)})`;
+    } catch (err) {
+      result.textContent = `Failed: ${err.message}`;
+    }
+  });
+  const links = await api("/api/shares");
+  const out = [el("h2", {}, "Viewer"),
+    el("p", {}, `Signed in as ${who.name} (${who.role}; sites: ${who.role === "admin" ? "all" : who.sites.join(", ")}).`),
+    el("p", {}, open),
+    el("h3", {}, "Share a study"),
+    el("p", { class: "toolbar" }, study, " ", el("label", {}, "Hours ", hours), " ", make), result,
+    el("p", { class: "hint" }, "A share link opens the viewer on that one study, without an account, "
+      + "until it expires or is revoked; every use is audited.")];
+  if (!links.length) {
+    out.push(el("p", { class: "empty" }, "No share link yet."));
+    return out;
+  }
+  out.push(table(["Link", "Study UID", "Created by", "Expires", "State", ""], links.map((l) => {
+    const revoke = el("button", { type: "button" }, "Revoke");
+    revoke.disabled = l.state !== "active";
+    revoke.addEventListener("click", async () => {
+      await api(`/api/shares/${encodeURIComponent(l.id)}`, { method: "DELETE" });
+      render();
+    });
+    return el("tr", { "data-share": l.id }, el("td", { class: "mono" }, l.id),
+      el("td", { class: "mono" }, l.study_uid), el("td", {}, l.created_by), el("td", {}, when(l.expires_at)),
+      el("td", {}, pill(l.state, l.state === "active" ? "ok" : "bad")), el("td", {}, revoke));
+  })));
+  return out;
+}
+
+startConsole({
+  pages: { viewer, sites: adminOnly(sites), restores: adminOnly(restores), tokens: adminOnly(tokens),
+    audit: adminOnly(audit) },
+  home: "sites",
+  onRender: showAdminLinks,
+  onSignOut: () => { me = null; },
+});
