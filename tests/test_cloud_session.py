@@ -256,7 +256,7 @@ def test_viewer_config_is_ours(world: World) -> None:
     (source,) = config["dataSources"]
     c = source["configuration"]
     assert (c["qidoRoot"], c["wadoRoot"]) == ("/dicomweb", "/dicomweb")
-    assert "window.location.origin + c[k]" in text  # made absolute on the page's origin
+    assert "c[k] = window.location.origin + c[k]" in text  # made absolute on the page's origin
     assert c["supportsFuzzyMatching"] is False and config["routerBasename"] == "/viewer"
     assert "cloudfront" not in text
 

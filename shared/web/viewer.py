@@ -92,7 +92,7 @@ class ViewerSettings:
 
     dist: Path
     prefix: str = "/viewer/"  # must start and end with "/"
-    dicomweb_path: str = "/dicomweb"  # on the page's own origin
+    dicomweb_path: str = "/dicomweb"  # on the page's own origin (a URL: elsewhere, e.g. a bench)
     login_path: str = "/login"
     name: str = "hpacs"
     supports_fuzzy_matching: bool = False  # QIDO fuzzymatching=true is matched literally
@@ -170,7 +170,7 @@ def app_config_js(s: ViewerSettings) -> bytes:
         f"  var config = {data};\n"
         "  var c = config.dataSources[0].configuration;\n"
         "  ['qidoRoot', 'wadoRoot', 'wadoUriRoot'].forEach(function (k) {\n"
-        "    c[k] = window.location.origin + c[k];\n"
+        "    if (c[k].charAt(0) === '/') c[k] = window.location.origin + c[k];\n"
         "  });\n"
         "  window.config = config;\n"
         "})();\n"
