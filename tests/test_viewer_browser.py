@@ -141,12 +141,6 @@ def test_colour_ultrasound_jpeg_baseline_renders(world: World) -> None:
     assert problems == []
 
 
-@pytest.mark.xfail(
-    reason="WADO-RS labels JPEG-lossless frames bare image/jpeg, so OHIF decodes them as baseline "
-    "and shows a black viewport; the fix (transfer-syntax on the part) is on another branch "
-    "(issue 9, shared/dicomweb/): remove this mark when it lands",
-    strict=False,
-)
 def test_jpeg_lossless_renders(world: World) -> None:
     match, problems = open_case(world, "jpegll")
     assert match.ok, match
