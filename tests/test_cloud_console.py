@@ -7,6 +7,7 @@ test-artifacts/cloud-console/.
 
 from __future__ import annotations
 
+import http.client
 import re
 import time
 from collections.abc import Iterator
@@ -186,7 +187,16 @@ def test_tokens_page_lists_tokens_and_says_creation_is_cli_only(page: Any, cloud
 def test_audit_page_highlights_denied_requests_and_verifies_the_chain(
     page: Any, cloud: Cloud
 ) -> None:
-    requests.get(cloud.server.url + "/api/" + MARKUP, timeout=30)  # denied: no token
+    # Denied: no token. Refused requests are counted per client address and window, keeping
+    # the first few paths; earlier tests of this module (and the shell's own session probe)
+    # were refused from 127.0.0.1 in the same window, so this one comes from 127.0.0.2.
+    port = int(cloud.server.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0)
+    )
+    conn.request("GET", "/api/" + MARKUP.replace(" ", "%20"))
+    assert conn.getresponse().status == 401
+    conn.close()
     sign_in(page, cloud, "audit", cloud.admin)
     page.locator("#chain-state").get_by_text("intact").wait_for()
     denied = page.locator("tr.denied").filter(has_text="/api/<b>ops</b>")
