@@ -17,14 +17,17 @@ from edge.importer import run_import
 from edge.ingest import Ingestor
 from edge.reconcile import reconcile
 from edge.routequeue import retry, routes_report
+from edge.routestore import check_config_routes, removal_blockers, stored_routes
 from edge.scu import client_ssl_context, echo, node_ssl_context
 from edge.server import EdgeServer
 from shared.cli import entry_parser, load_entry_config
-from shared.config import PERMISSIONS, Config
+from shared.config import PERMISSIONS, Config, ConfigError
 from shared.errors import PacsError
 from shared.index import Database
 from shared.logs import setup_logging
 from shared.registry import (
+    CONFIG,
+    REGISTRY,
     Node,
     apply_config_nodes,
     get_node,
@@ -106,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(cfg: Config, ready: threading.Event | None = None) -> int:
     db = Database(cfg.edge.index_path)
-    with db.write() as conn:
-        apply_config_nodes(conn, cfg.nodes)
+    try:
+        with db.write() as conn:
+            apply_config_nodes(conn, cfg.nodes)
+            check_config_routes(conn, cfg.routes)  # destinations: [[nodes]] or the registry
+    except ConfigError as exc:
+        db.close()
+        print(f"hpacs-edge: {exc}", file=sys.stderr)
+        return 2
     server = EdgeServer(cfg, db)
     reconcile(db, server.cache)
     attach_routing(server.ingestor, cfg.routes)
@@ -195,33 +204,32 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
             tls=args.tls,
             permissions=perms,
             max_associations=args.max_associations,
+            source=REGISTRY,
+            added_by="cli",
         )
         with db.write() as conn:
             upsert_node(conn, node)
         print(f"registered {node.ae_title} {node.host}:{node.port} {','.join(sorted(perms))}")
         return 0
     if cmd == "list":
-        rows = list_nodes(db.reader())
-        print(f"{'AE TITLE':16} {'HOST':20} {'PORT':>5} {'TLS':3} {'MAX':>3} {'SOURCE':6} PERMS")
-        for n in rows:
-            print(
-                f"{n.ae_title:16} {n.host:20} {n.port:>5} {'yes' if n.tls else 'no':3} "
-                f"{n.max_associations:>3} {n.source:6} {','.join(sorted(n.permissions))}"
-            )
+        print(nodes_report(list_nodes(db.reader())))
         return 0
     if cmd == "remove":
-        existing = get_node(db.reader(), args.ae_title)
-        if existing is not None and existing.source == "config":
-            print(
-                f"hpacs-edge: {args.ae_title} comes from [[nodes]] in {cfg.source_path}: "
-                "remove it there (it would come back at the next start)",
-                file=sys.stderr,
-            )
-            return 1
         with db.write() as conn:
-            removed = remove_node(conn, args.ae_title)
+            used = removal_blockers(conn, cfg.routes, args.ae_title, REGISTRY)
+            removed = not used and remove_node(conn, args.ae_title, REGISTRY)
+        if used:
+            print(f"hpacs-edge: {args.ae_title} is a destination of {used}", file=sys.stderr)
+            return 1
         if not removed:
-            print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
+            if get_node(db.reader(), args.ae_title, CONFIG) is not None:
+                print(
+                    f"hpacs-edge: {args.ae_title} comes from [[nodes]] in {cfg.source_path}: "
+                    "remove it there (it would come back at the next start)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
             return 1
         print(f"removed {args.ae_title}")
         return 0
@@ -239,6 +247,21 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
         )
         return 0 if res.ok else 1
     return 2
+
+
+def nodes_report(rows: list[Node]) -> str:
+    """Both sources; a registry row under a config row of the same AE title is `shadowed`."""
+    lines = [f"{'AE TITLE':16} {'HOST':20} {'PORT':>5} {'TLS':3} {'MAX':>3} {'SOURCE':8} PERMS"]
+    configured = {n.ae_title for n in rows if n.source == CONFIG}
+    for n in rows:
+        source = "shadowed" if n.source == REGISTRY and n.ae_title in configured else n.source
+        lines.append(
+            f"{n.ae_title:16} {n.host:20} {n.port:>5} {'yes' if n.tls else 'no':3} "
+            f"{n.max_associations:>3} {source:8} {','.join(sorted(n.permissions))}"
+        )
+    if any(n.source == REGISTRY and n.ae_title in configured for n in rows):
+        lines.append("shadowed: a [[nodes]] entry of the same AE title is in force")
+    return "\n".join(lines)
 
 
 def studies_command(db: Database) -> int:
@@ -278,7 +301,8 @@ def routes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
             n = retry(conn, ids=args.ids or None, route=args.route, destination=args.destination)
         print(f"requeued {n} dead forward job(s)")
         return 0
-    print(routes_report(cfg.routes, db.reader()))
+    conn = db.reader()
+    print(routes_report(cfg.routes + [r for r, _, _ in stored_routes(conn)], conn))
     return 0
 
 

@@ -346,15 +346,32 @@ def _check_cross(cfg: Config) -> None:
         if node.ae_title in seen:
             raise ConfigError(f"nodes[{i}].ae_title", f"duplicate AE title {node.ae_title!r}")
         seen.add(node.ae_title)
+    # A route may name any registered node, from [[nodes]] or the registry (CLI, console): the
+    # registry lives in the index, so destinations are checked where it is known, at serve
+    # start-up and when a route is edited (edge/routestore.py), not here.
+    names: set[str] = set()
     for i, route in enumerate(cfg.routes):
-        for dest in route.destinations:
-            if dest not in seen:
-                raise ConfigError(f"routes[{i}].destinations", f"{dest!r} is not in [[nodes]]")
+        if route.name in names:
+            raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r}")
+        names.add(route.name)
     tls = cfg.edge.tls
     if bool(tls.cert_file) != bool(tls.key_file):
         raise ConfigError("edge.tls", "cert_file and key_file must be set together")
     if cfg.edge.tls.require_client_cert and not cfg.edge.tls.ca_file:
         raise ConfigError("edge.tls.require_client_cert", "needs edge.tls.ca_file")
+
+
+def parse_route(data: dict[str, Any]) -> RouteConfig:
+    """One route from a JSON object (the console's route form); errors name the field."""
+    route: RouteConfig = _build("", RouteConfig, data)
+    if not route.name.strip():
+        raise ConfigError("name", "required")
+    if not route.destinations:
+        raise ConfigError("destinations", "name at least one registered node")
+    for dest in route.destinations:
+        if not is_valid_ae_title(dest):
+            raise ConfigError("destinations", f"not a valid AE title: {dest[:40]!r}")
+    return route
 
 
 def load_config(path: str | Path) -> Config:
