@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import signal
 import sys
 import threading
+import time
 
 from edge.acceptors import Acceptors
+from edge.audit import EdgeAudit, cli_actor
 from edge.cache import Cache
 from edge.forwarder import Forwarder, Sender, attach_routing, dimse_sender
 from edge.hotfolder import HotFolder
@@ -20,6 +23,7 @@ from edge.routequeue import retry, routes_report
 from edge.routestore import check_config_routes, removal_blockers, stored_routes
 from edge.scu import client_ssl_context, echo, node_ssl_context
 from edge.server import EdgeServer
+from edge.users import ROLES, add_user, list_users, remove_user, set_password
 from shared.cli import entry_parser, load_entry_config
 from shared.config import PERMISSIONS, Config, ConfigError
 from shared.errors import PacsError
@@ -59,9 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_parser("list", help="list registered nodes")
     rm = nodes.add_parser("remove", help="remove a node")
     rm.add_argument("ae_title")
+    for p_ in (add, rm):
+        p_.add_argument("--reason", default="", help="recorded in the audit trail")
     ec = nodes.add_parser("echo", help="C-ECHO a registered node")
     ec.add_argument("ae_title")
     ec.add_argument("--timeout", type=float, default=10.0)
+    users = sub.add_parser("users", help="console accounts of this edge").add_subparsers(
+        dest="users_command", required=True
+    )
+    ua = users.add_parser("add", help="add a user; the password is read from stdin")
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=ROLES)
+    users.add_parser("list", help="list users and their roles")
+    ur = users.add_parser("remove", help="remove a user (ends their sessions)")
+    ur.add_argument("name")
+    up = users.add_parser("passwd", help="set a new password, read from stdin (ends sessions)")
+    up.add_argument("name")
+    for p_ in (ua, ur, up):
+        p_.add_argument("--reason", default="", help="recorded in the audit trail")
     sub.add_parser("studies", help="list the studies in the index")
     imp = sub.add_parser("import", help="import files and folders (recursive) into the index")
     imp.add_argument("paths", nargs="+", metavar="PATH")
@@ -93,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 with db.write() as conn:
                     apply_config_nodes(conn, cfg.nodes)
                 return nodes_command(cfg, db, args)
+            if args.command == "users":
+                return users_command(cfg, db, args)
             if args.command == "studies":
                 return studies_command(db)
             if args.command == "import":
@@ -209,6 +230,7 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
         )
         with db.write() as conn:
             upsert_node(conn, node)
+        _audit(cfg, "node-add", node.ae_title, args.reason)
         print(f"registered {node.ae_title} {node.host}:{node.port} {','.join(sorted(perms))}")
         return 0
     if cmd == "list":
@@ -231,6 +253,7 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
             else:
                 print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
             return 1
+        _audit(cfg, "node-remove", args.ae_title, args.reason)
         print(f"removed {args.ae_title}")
         return 0
     if cmd == "echo":
@@ -262,6 +285,46 @@ def nodes_report(rows: list[Node]) -> str:
     if any(n.source == REGISTRY and n.ae_title in configured for n in rows):
         lines.append("shadowed: a [[nodes]] entry of the same AE title is in force")
     return "\n".join(lines)
+
+
+def _audit(cfg: Config, action: str, target: str, reason: str) -> None:
+    audit = EdgeAudit(cfg)
+    try:
+        audit.record(action=action, actor=cli_actor(), target=target, reason=reason)
+    finally:
+        audit.close()
+
+
+def users_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
+    cmd = args.users_command
+    if cmd == "list":
+        print(f"{'USER':24} {'ROLE':10} CREATED")
+        for u in list_users(db.reader()):
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(u.created_at))
+            print(f"{u.name:24} {u.role:10} {created}")
+        return 0
+    if cmd == "remove":
+        with db.write() as conn:
+            remove_user(conn, args.name)
+        _audit(cfg, "user-remove", args.name, args.reason)
+        print(f"removed {args.name}")
+        return 0
+    password = _read_password()
+    with db.write() as conn:
+        if cmd == "add":
+            add_user(conn, args.name, args.role, password)
+        else:
+            set_password(conn, args.name, password)
+    _audit(cfg, "user-add" if cmd == "add" else "user-passwd", args.name, args.reason)
+    print(f"{'added' if cmd == 'add' else 'password set for'} {args.name}")
+    return 0
+
+
+def _read_password() -> str:
+    """The password from stdin: the first line (a terminal prompts without echo)."""
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def studies_command(db: Database) -> int:

@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
+from edge import events
 from edge.assoc import assoc_info
 from edge.handlers import permitted
 from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator
@@ -171,6 +172,9 @@ class CommitmentHandlers:
             verdicts = verify(self.server.db.reader(), locator, refs)
             event_type, ds = event_report(tx, verdicts, self.server.cfg.edge.ae_title)
             failed = sum(1 for v in verdicts if v.failure_reason)
+            if failed:
+                detail = f"{failed} of {len(verdicts)} instance(s) not committed, transaction {tx}"
+                events.record(self.server.db, events.COMMITMENT_FAILED, calling_ae, "", detail)
             how = self._report(assoc, calling_ae, event_type, ds)
             log.info(
                 "commitment reported calling_ae=%s transaction_uid=%s instances=%d failed=%d "
@@ -181,10 +185,12 @@ class CommitmentHandlers:
                 failed,
                 how,
             )
-        except Exception:
+        except Exception as exc:
             log.exception(
                 "commitment report failed calling_ae=%s transaction_uid=%s", calling_ae, tx
             )
+            detail = f"report for transaction {tx} not delivered: {exc}"
+            events.record(self.server.db, events.COMMITMENT_FAILED, calling_ae, "", detail)
 
     def _report(self, assoc: Association, calling_ae: str, event_type: int, ds: Dataset) -> str:
         if _waits_on_same_association(assoc):

@@ -153,6 +153,22 @@ class EdgeConfig:
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
     console_token_file: str = ""  # empty: <data_dir>/console_token, generated at first start
+    # Console sign-in (edge/webauth.py): signed session cookies, their lifetime and key file
+    # ("": <data_dir>/session.key), Secure cookies also over plain HTTP (behind a TLS proxy),
+    # and failed sign-ins allowed per user name and per client address within a window.
+    session_ttl_s: float = checked(8 * 3600.0, positive)
+    session_key_file: str = ""
+    session_cookie_secure: bool = False
+    login_max_failures_per_user: int = checked(5, positive)
+    login_max_failures_per_client: int = checked(20, positive)
+    login_window_s: float = checked(900.0, positive)
+    # The edge's audit trail (edge/audit.py): HMAC key ("": <data_dir>/audit.key), rotation,
+    # and how often serve ships it to audit/<sync.site>/ (no store_url: it stays local).
+    audit_key: str = ""
+    audit_max_bytes: int = checked(64 * 1024**2, positive)
+    audit_ship_interval_s: float = checked(60.0, positive)
+    # Dashboard: a small write+fsync probe of the cache disk every this many seconds (0: off)
+    disk_probe_interval_s: float = checked(30.0, non_negative)
     readyz_timeout_s: float = checked(2.0, positive)  # per readiness check (index lock, store)
     import_dir: str = ""
     import_settle_s: float = checked(2.0, positive)  # a hot-folder file must stop growing this long
