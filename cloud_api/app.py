@@ -81,6 +81,8 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("POST", S, h.stow, Need.WRITE, "stow"),
     ("GET", "/api/sites", admin_api.api_sites, Need.ADMIN, "sites"),
     ("GET", "/api/tokens", h.api_tokens, Need.ADMIN, "tokens"),
+    ("POST", "/api/tokens", h.api_token_create, Need.ADMIN, "token-create"),
+    ("DELETE", "/api/tokens/{name}", h.api_token_revoke, Need.ADMIN, "token-revoke"),
     ("GET", "/api/audit", admin_api.api_audit, Need.ADMIN, "audit-read"),
     ("GET", "/api/audit/verify", admin_api.api_audit_verify, Need.ADMIN, "audit-verify"),
     ("POST", "/api/sites/{site}/restores", h.api_restore_create, Need.ADMIN, "restore"),

@@ -22,7 +22,7 @@ from cloud_api.runner import make_runner
 from cloud_api.shares import ShareStore, link_path
 from shared.cli import entry_parser, load_entry_config
 from shared.config import Config, ConfigError
-from shared.errors import PacsError
+from shared.errors import PacsError, Unauthenticated
 from shared.fsutil import write_atomic
 from shared.logs import setup_logging
 from shared.store.base import open_store
@@ -181,15 +181,26 @@ def audit_command(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _dev_token(cfg: Config) -> None:
-    """Dev only: a fresh admin token, printed and written where `make up` users find it."""
+def _dev_token(cfg: Config) -> str:
+    """Dev only: the admin token `make up` users find in the file. The one written there by an
+    earlier start is reused while it is still an active admin token (so each start no longer
+    adds a revoked `dev-admin` row); otherwise the old one is revoked and a new one minted."""
     path = Path(cfg.cloud.dev_admin_token_file)
     tokens = TokenStore(cfg.cloud.tokens_file)
+    try:
+        kept = path.read_text().strip()
+        p = tokens.authenticate(f"Bearer {kept}")
+        if p.name == DEV_TOKEN_NAME and p.role == "admin":
+            print(f"dev admin token (reused, in {path}): {kept}", flush=True)
+            return kept
+    except (FileNotFoundError, Unauthenticated):
+        pass
     if any(r.name == DEV_TOKEN_NAME and r.revoked_at is None for r in tokens.list()):
         tokens.revoke(DEV_TOKEN_NAME)
     token = tokens.create(DEV_TOKEN_NAME, "admin", ["*"])
     write_atomic(path, (token + "\n").encode())
     print(f"dev admin token (also in {path}): {token}", flush=True)
+    return token
 
 
 def serve(cfg: Config) -> int:

@@ -365,6 +365,7 @@ def _fill(path: str, w: World) -> str:
         "site": "a",
         "restore_id": "x1",
         "share_id": "0123456789abcdef",
+        "name": "nosuch",
     }
     return re.sub(r"\{(\w+)\}", lambda m: uids[m.group(1)], path)
 
