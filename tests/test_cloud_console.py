@@ -25,6 +25,7 @@ from shared.store.base import ObjectStore, open_store
 from shared.synthetic import StudySpec
 from tests.support.cloud import CloudServer, cloud_config, make_token, running_cloud, seed_site
 from tests.support.console import chromium
+from tests.support.net import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "cloud-console"
 MARKUP = "<b>ops</b><img src=x onerror=alert(1)>"  # shown as text, never parsed
@@ -242,17 +243,21 @@ def test_audit_page_filters_and_pages_on_the_server(page: Any, cloud: Cloud) -> 
     page.get_by_label("Outcome").select_option("denied")
     page.get_by_role("button", name="Filter").click()
     pager = page.locator("#audit-pager")
-    pager.get_by_text("records 1–50 (more older)").wait_for()
     rows = page.locator("main tbody tr")
-    assert rows.count() == 50
-    assert all("rad-north" in t and "denied" in t for t in rows.all_inner_texts())
+
+    def filtered() -> bool:  # the unfiltered first page also reads "records 1–50"
+        texts = rows.all_inner_texts()
+        return len(texts) == 50 and all("rad-north" in t and "denied" in t for t in texts)
+
+    wait_for(filtered, 15, "the filtered page")
+    pager.get_by_text("records 1–50 (more older)").wait_for()
     page.get_by_role("button", name="Older").click()
     pager.get_by_text("records 51–").wait_for()
     page.get_by_role("button", name="Clear").click()
     page.get_by_label("Study UID").fill(study[:20])
     page.get_by_role("button", name="Filter").click()
     pager.get_by_text("records 1–3").wait_for()
-    assert all(study in t for t in page.locator("main tbody tr").all_inner_texts())
+    wait_for(lambda: all(study in t for t in rows.all_inner_texts()), 15, "study filter")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 1300, width  # long cells wrap or are cut, the page fits the window
     screenshot(page, "audit-filtered")
