@@ -215,12 +215,16 @@ def test_dashboard_compares_each_watermark_with_its_figure(tmp_path: Path) -> No
             events.forget()
             events.record(edge.db, "store_refused", "CT01", "10.0.0.5", "C-STORE refused (0x0124)")
             events.record(edge.db, "store_refused", "CT01", "10.0.0.5", "again, within a minute")
+            before = shutil.disk_usage(edge.cfg.edge.cache_dir)
             s = call_json(http, "/api/status")[1]
+            du = shutil.disk_usage(edge.cfg.edge.cache_dir)
         w = s["watermarks"]
-        du = shutil.disk_usage(edge.cfg.edge.cache_dir)
         assert w["basis"] == basis
         if basis == "disk":
-            assert abs(w["compared_bytes"] - (du.total - du.free)) < 64 * 1024**2
+            # the disk is shared with whatever else runs: bracket the reading, with 1% slack
+            used = sorted((before.total - before.free, du.total - du.free))
+            slack = du.total // 100
+            assert used[0] - slack <= w["compared_bytes"] <= used[1] + slack
             assert w["high"]["bytes"] == int(du.total * 0.9)
         else:
             assert w["compared_bytes"] == s["cache"]["bytes"] == 0
