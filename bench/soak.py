@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from soak_check import CheckReport, FinalCheck, index_rows, wait_drained
 from soak_faults import FaultOptions, Faults
 from soak_load import Ledger, RateLimit, Sender
-from soak_qr import QR, Destination, Retriever
+from soak_qr import QR, Destination, Reader
 from soak_site import BUCKET, DEST_AE, EDGE_AE, QR_AE, SENDER_AES, Site, SiteOptions
 
 from tests.support.gcs import gcs_store, running_emulator
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--outages", type=int, default=1, help="GCS outages, spread over the run")
     a("--outage-s", type=float, default=120.0, help="length of each outage")
     a("--outage-mode", choices=["refuse", "hang", "alternate"], default="alternate")
-    a("--moves-per-min", type=float, default=2.0, help="C-MOVEs of random studies mid-run")
+    a("--reads-per-min", type=float, default=2.0, help="C-FIND/C-MOVE/QIDO of a study mid-run")
     a("--cache-high", default="40MB", help="sync.cache_high_watermark (eviction pressure)")
     a("--cache-low", default="25MB", help="sync.cache_low_watermark")
     a("--min-cache-age-s", type=float, default=5.0)
@@ -119,17 +119,18 @@ def soak(args: argparse.Namespace, work: Path, site: Site, emulator_url: str) ->
     ]
     duration = args.minutes * 60.0
     faults = Faults(site, fault_options(args), args.seed, duration, stop)
-    retriever = Retriever(
+    reader = Reader(
         QR(QR_AE, edge, DEST_AE),
         dest,
         ledger,
-        args.moves_per_min,
+        (site.cloud_url, site.token),
+        args.reads_per_min,
         args.seed + 7,
         stop,
         faults.recent_corrupted_studies,
     )
     t = time.monotonic()
-    for th in [*senders, faults, retriever]:
+    for th in [*senders, faults, reader]:
         th.start()
     try:
         while not stop.wait(30.0) and time.monotonic() - t < duration:
@@ -140,10 +141,11 @@ def soak(args: argparse.Namespace, work: Path, site: Site, emulator_url: str) ->
     except KeyboardInterrupt:
         print("interrupted: checking what was acknowledged so far", flush=True)
     stop.set()
-    for th in [*senders, retriever]:
+    for th in [*senders, reader]:
         th.join(300)
     faults.join()  # its finish(): outages over, killed services back
     timings["fault phase (ingest)"] = time.monotonic() - t
+    (work / "reads.log").write_text("".join(line + "\n" for line in reader.moves))
     ledger.close()
     acked, studies = ledger.snapshot()
     print(f"fault phase over: {len(acked)} acknowledged; waiting for the agent", flush=True)
@@ -167,10 +169,12 @@ def soak(args: argparse.Namespace, work: Path, site: Site, emulator_url: str) ->
     report = check.run(args.qido_timeout_s)
     qr.close()
     dest.stop()
+    status = site.cli("hpacs-sync", "status").stdout.strip().splitlines()
     cloud_code = site.cloud.stop()  # ships the rest of the audit trail
     audit = [audit_verify(site, *extra) for extra in ((), ("--bucket",))]
     codes = {"cloud": cloud_code, "edge": site.edge.stop(), "sync": site.sync.stop()}
-    lines, ok = summary(args, ledger, faults, retriever, report, pending, audit, codes, timings)
+    lines, ok = summary(args, ledger, faults, reader, report, pending, audit, codes, timings)
+    lines += ["hpacs-sync status at the end:", *(f"  {line}" for line in status)]
     lines += log_findings(site)
     text = "\n".join(lines)
     print("\n" + text, flush=True)
@@ -204,7 +208,7 @@ def summary(
     args: argparse.Namespace,
     ledger: Ledger,
     faults: Faults,
-    retriever: Retriever,
+    reader: Reader,
     report: CheckReport,
     pending: dict[str, int],
     audit: list[tuple[bool, str]],
@@ -236,7 +240,9 @@ def summary(
         f"sync ({len(report.destroyed)} of those destroyed the instance: the damage hit the only "
         "copy; excluded from lost)"
     )
-    out.append("mid-run C-MOVEs: " + _counts(retriever.stats))
+    if report.destroyed:
+        out.append("destroyed by an injected fault: " + ", ".join(report.destroyed[:10]))
+    out.append("mid-run reads: " + _counts(reader.stats))
     out.append(f"drain pending at the deadline: {pending or 'none'}")
     out.append("states before the final C-MOVEs: " + _counts(report.states_before))
     out.append("states after: " + _counts(report.states_after))
@@ -251,8 +257,7 @@ def summary(
     out.append("check timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()))
     for kind, sops in sorted(report.problems.items()):
         out.append(f"PROBLEM {kind}: {len(sops)} e.g. {', '.join(sops[:5])}")
-    for at, study, sop in retriever.differ[:10]:
-        out.append(f"PROBLEM mid-run C-MOVE delivered other bytes: {sop} (study {study}) at {at}")
+    out += [f"PROBLEM mid-run: {p}" for p in reader.problems[:20]]
     lost = report.lost()
     out.append(f"checked: {report.checked} acknowledged, lost: {len(lost)}")
     ok = (
@@ -260,7 +265,7 @@ def summary(
         and not report.problems
         and not pending
         and all(a[0] for a in audit)
-        and not retriever.differ
+        and not reader.problems
         and not log.problems
     )
     out.append("RESULT: " + ("OK" if ok else "FAILED"))

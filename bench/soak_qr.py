@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,31 +179,51 @@ def qido_sops(base_url: str, token: str, study: str) -> set[str]:
     return {str(item["00080018"]["Value"][0]) for item in json.loads(body)}
 
 
-class Retriever(threading.Thread):
-    """While the soak runs: C-MOVE a random study every so often (half of the time one that
-    just had a cache file corrupted, so the damage meets a reader) and check what arrives.
+def http_status(base_url: str, token: str, study: str) -> str:
+    """The status of a QIDO-RS request, for requests expected to be refused."""
+    req = urllib.request.Request(
+        f"{base_url}/dicomweb/studies/{study}/instances",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return str(r.status)
+    except urllib.error.HTTPError as exc:
+        return str(exc.code)
+    except OSError as exc:
+        return type(exc).__name__
 
-    Missing sub-operations are expected while the edge or the bucket is down; bytes that arrive
-    different from what was acknowledged are a defect and are listed."""
+
+class Reader(threading.Thread):
+    """While the soak runs, every so often and for one random study (half of the time one that
+    just had a cache file corrupted, so the damage meets a reader): C-FIND, C-MOVE, QIDO-RS,
+    and a QIDO-RS with a wrong token (the cloud's audit trail grows during the outages too).
+
+    Failures are expected while the edge or the bucket is down. Defects, listed in `problems`:
+    a C-FIND that succeeds without an acknowledged instance (the index is local, invariant 3),
+    a C-MOVE delivering bytes other than the acknowledged ones, and a C-MOVE answering success
+    while acknowledged instances did not arrive."""
 
     def __init__(
         self,
         qr: QR,
         dest: Destination,
         ledger: Ledger,
+        cloud: tuple[str, str],  # base URL, admin token
         rate_per_min: float,
         seed: int,
         stop: threading.Event,
-        corrupted_studies: Any,  # a callable returning recently damaged study UIDs
+        corrupted_studies: Callable[[], list[str]],
     ) -> None:
-        super().__init__(name="retriever", daemon=True)
-        self.qr, self.dest, self.ledger = qr, dest, ledger
+        super().__init__(name="reader", daemon=True)
+        self.qr, self.dest, self.ledger, self.cloud = qr, dest, ledger, cloud
         self.rate_per_min = rate_per_min
         self.rng = random.Random(seed)
         self.stop_event = stop
         self.corrupted_studies = corrupted_studies
         self.stats: Counter[str] = Counter()
-        self.differ: list[tuple[float, str, str]] = []  # (time, study, sop)
+        self.problems: list[str] = []
+        self.moves: list[str] = []  # one line per C-MOVE, written to reads.log
 
     def run(self) -> None:
         if self.rate_per_min <= 0:
@@ -214,15 +235,49 @@ class Retriever(threading.Thread):
             damaged = [s for s in self.corrupted_studies() if s in studies]
             pick = damaged if damaged and self.rng.random() < 0.5 else list(studies)
             study = self.rng.choice(pick)
-            self.dest.take()  # nothing left over from an earlier move
-            res = self.qr.move_study(study)
-            got = self.dest.take()
             expected = [acked[s] for s in studies[study]]
-            same, missing, differ = compare(got, expected)
-            self.stats["moves"] += 1
-            self.stats["identical"] += same
-            self.stats["missing (faults)"] += len(missing)
-            self.stats["no final status"] += res.status is None
-            for sop in differ:
-                self.differ.append((time.time(), study, sop))
+            self._find(study, expected)
+            self._move(study, expected)
+            self._qido(study)
         self.qr.close()
+
+    def _find(self, study: str, expected: list[Acked]) -> None:
+        try:
+            found = self.qr.find_sops(study)
+        except Exception:  # the edge is down or restarting
+            self.stats["C-FIND failed (faults)"] += 1
+            return
+        self.stats["C-FIND"] += 1
+        missed = [a.sop for a in expected if a.sop not in found]
+        if missed:
+            self.problems.append(f"C-FIND of {study} missed acknowledged {missed[:3]}")
+
+    def _move(self, study: str, expected: list[Acked]) -> None:
+        self.dest.take()  # nothing left over from an earlier move
+        res = self.qr.move_study(study)
+        same, missing, differ = compare(self.dest.take(), expected)
+        self.stats["C-MOVE"] += 1
+        self.stats["C-MOVE identical"] += same
+        self.stats["C-MOVE missing (faults)"] += len(missing)
+        self.stats["C-MOVE without final status"] += res.status is None
+        status = "none" if res.status is None else f"0x{res.status:04X}"
+        self.moves.append(
+            f"{time.time():.3f} {study} status={status} completed={res.completed} "
+            f"failed={res.failed} expected={len(expected)} identical={same} "
+            f"missing={len(missing)} differ={len(differ)} seconds={res.seconds:.2f}"
+        )
+        for sop in differ:
+            self.problems.append(f"C-MOVE of {study} delivered other bytes for {sop}")
+        if missing and res.status == 0x0000:
+            self.problems.append(
+                f"C-MOVE of {study} answered success but {len(missing)} acknowledged "
+                f"instances did not arrive, e.g. {missing[0]}"
+            )
+
+    def _qido(self, study: str) -> None:
+        try:
+            qido_sops(*self.cloud, study)
+            self.stats["QIDO-RS answered"] += 1
+        except (OSError, ValueError):
+            self.stats["QIDO-RS failed"] += 1
+        self.stats[f"QIDO-RS wrong token: {http_status(self.cloud[0], 'hpacs_wrong', study)}"] += 1
