@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -70,15 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.dir) if args.dir else ROOT / "var" / time.strftime("soak-%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
     print(f"soak: {args.minutes:g} min, seed {args.seed}, work dir {work}", flush=True)
+    signal.signal(signal.SIGTERM, _terminate)
+    stop = threading.Event()
     with running_emulator(bucket=BUCKET) as emu:
         site = Site(work, emu.port, site_options(args))
+        dest = Destination(DEST_AE, site.dest_port, work / "moved", work / "logs" / "storescp.log")
         try:
-            ok = soak(args, work, site, emu.url)
+            ok = soak(args, work, site, dest, emu.url, stop)
         finally:
+            stop.set()  # senders and readers stop talking to the edge
+            dest.stop()
             site.stop()
     if ok and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
+
+
+def _terminate(_sig: int, _frame: object) -> None:
+    """SIGTERM (`timeout`, a service manager): stop every child on the way out. `timeout`
+    signals its process group too, so a second SIGTERM must not cut the clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
 
 
 def site_options(args: argparse.Namespace) -> SiteOptions:
@@ -102,15 +115,20 @@ def fault_options(args: argparse.Namespace) -> FaultOptions:
     )
 
 
-def soak(args: argparse.Namespace, work: Path, site: Site, emulator_url: str) -> bool:
+def soak(
+    args: argparse.Namespace,
+    work: Path,
+    site: Site,
+    dest: Destination,
+    emulator_url: str,
+    stop: threading.Event,
+) -> bool:
     timings: dict[str, float] = {}
     t = time.monotonic()
     site.start()
     timings["start-up of the site"] = time.monotonic() - t
     edge = ("127.0.0.1", site.edge_port, EDGE_AE)
-    dest = Destination(DEST_AE, site.dest_port, work / "moved", work / "logs" / "storescp.log")
     ledger = Ledger(work / "acked.jsonl")
-    stop = threading.Event()
     limit = RateLimit(args.rate)
     spool = work / "spool"
     senders = [
@@ -168,7 +186,6 @@ def soak(args: argparse.Namespace, work: Path, site: Site, emulator_url: str) ->
     )
     report = check.run(args.qido_timeout_s)
     qr.close()
-    dest.stop()
     status = site.cli("hpacs-sync", "status").stdout.strip().splitlines()
     cloud_code = site.cloud.stop()  # ships the rest of the audit trail
     audit = [audit_verify(site, *extra) for extra in ((), ("--bucket",))]

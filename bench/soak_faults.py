@@ -80,8 +80,10 @@ class Faults(threading.Thread):
 
     # ---- schedule -------------------------------------------------------------------------
     def _outage_windows(self) -> list[Window]:
-        """Outages spread over the middle of the run, each outage_s long, jittered."""
-        n, d, length = self.opts.outages, self.duration_s, self.opts.outage_s
+        """Outages spread over the middle of the run, each outage_s long (at most the run's
+        share of each), jittered."""
+        n, d = self.opts.outages, self.duration_s
+        length = min(self.opts.outage_s, 0.8 * d / max(n, 1))
         out = []
         for i in range(n):
             centre = d * (0.15 + 0.7 * (i + 0.5) / n) + self.rng.uniform(-0.05, 0.05) * d
