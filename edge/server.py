@@ -62,6 +62,18 @@ spool.install()
 DUL_LOOP_DELAY_S = 0.0001
 
 
+def _stop_awaiting_request(assoc: Association) -> None:
+    """End an acceptor thread still waiting for its A-ASSOCIATE-RQ.
+
+    pynetdicom's acceptor blocks on the DUL's to_user_queue for `acse_timeout` (60 s) even when
+    the connection has closed before any request (a port probe) or the server is stopping;
+    a None there is its own "no request came" path: kill the DUL, close the socket, return.
+    Without it every probe held a thread for a minute and stop() waited 10 s for it.
+    """
+    if assoc.is_acceptor and assoc.requestor.primitive is None and assoc.dul.to_user_queue.empty():
+        assoc.dul.to_user_queue.put(None)
+
+
 class _ReusePortServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with SO_REUSEPORT set before bind (edge.acceptors > 1)."""
 
@@ -200,6 +212,8 @@ class EdgeServer:
             srv.shutdown()
         self._servers.clear()
         self.ae.shutdown()
+        for waiting in self.ae.active_associations:
+            _stop_awaiting_request(waiting)  # abort() cannot end a wait for the A-ASSOCIATE-RQ
         deadline = time.monotonic() + join_timeout_s
         # A released association's DUL thread can outlive its Association thread (it still
         # fires EVT_CONN_CLOSE), so wait for every association or DUL thread of this AE.
@@ -298,6 +312,7 @@ class EdgeServer:
             log.exception("could not record event kind=%s", kind)
 
     def _on_conn_close(self, event: evt.Event) -> None:
+        _stop_awaiting_request(event.assoc)
         info = getattr(event.assoc, "hpacs_info", None)
         if info is None or not info.counted:
             return
