@@ -19,7 +19,7 @@ from shared.checksum import crc32c_file
 from shared.dicom import read_header
 from shared.errors import PacsError
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.lifecycle import LOCAL_STATES, RECOVERY, State, transition
 from shared.quarantine import QUARANTINE_DIR
 from shared.rows import Origin, index_instance
 
@@ -167,5 +167,5 @@ def _reset_recalls(db: Database) -> int:
         for row in conn.execute(
             "SELECT id FROM instances WHERE state = ?", (State.RECALLING.value,)
         ).fetchall():
-            n += transition(conn, row["id"], State.RECALLING, State.EVICTED)
+            n += transition(conn, row["id"], State.RECALLING, RECOVERY[State.RECALLING])
     return n
