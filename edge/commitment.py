@@ -1,11 +1,12 @@
 """Storage Commitment Push Model (PS3.4 Annex J): N-ACTION in, N-EVENT-REPORT out.
 
 A modality asks "do you hold these instances safely?". We answer the N-ACTION at once and
-verify in a background thread: committed means the instance has an index row and either its
-cache file's crc32c equals the crc stored at ingest, or it was evicted (eviction requires a
-verified cloud copy, DESIGN.md invariant 2). The report goes back on the same association
-while the requester keeps it open, else on a new association to the requesting node's
-registered address. `verify` is the decision, free of network I/O.
+verify on a small shared pool (COMMIT_WORKERS threads; more requests wait their turn, so a
+burst of N-ACTIONs cannot start a thread each): committed means the instance has an index
+row and either its cache file's crc32c equals the crc stored at ingest, or it was evicted
+(eviction requires a verified cloud copy, DESIGN.md invariant 2). The report goes back on
+the same association while the requester keeps it open, else on a new association to the
+requesting node's registered address. `verify` is the decision, free of network I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlite3
 import ssl
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -132,10 +134,15 @@ def parse_request(info: Dataset) -> tuple[str, list[tuple[str, str]]]:
     return tx, refs
 
 
+COMMIT_WORKERS = 4  # verifications and reports in flight at once, all associations together
+
+
 class CommitmentHandlers:
     def __init__(self, server: EdgeServer) -> None:
         self.server = server
-        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(COMMIT_WORKERS, thread_name_prefix="commit")
+        self._pending: set[Future[None]] = set()
+        self._lock = threading.Lock()
 
     def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
         info = assoc_info(event.assoc)
@@ -150,21 +157,21 @@ class CommitmentHandlers:
         except Exception as exc:
             log.warning("commitment refused calling_ae=%s reason=%s", info.calling_ae, exc)
             return INVALID_ARGUMENT, None
-        t = threading.Thread(
-            target=self._complete,
-            args=(event.assoc, info.calling_ae, tx, refs),
-            name=f"commit-{tx[-12:]}",
-            daemon=True,
-        )
-        self._threads = [th for th in self._threads if th.is_alive()]
-        self._threads.append(t)
-        t.start()
+        fut = self._pool.submit(self._complete, event.assoc, info.calling_ae, tx, refs)
+        with self._lock:
+            self._pending.add(fut)
+        fut.add_done_callback(self._forget)
         return SUCCESS, None
+
+    def _forget(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(fut)
 
     def join(self, timeout_s: float = 10.0) -> None:
         """Wait for pending reports (server shutdown, tests)."""
-        for t in list(self._threads):
-            t.join(timeout_s)
+        with self._lock:
+            pending = list(self._pending)
+        wait(pending, timeout=timeout_s)
 
     def _complete(self, assoc: Association, calling_ae: str, tx: str, refs: list[Any]) -> None:
         try:
