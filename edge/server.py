@@ -18,6 +18,7 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from edge import reactor, spool
@@ -78,6 +79,7 @@ class _ReusePortServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with SO_REUSEPORT set before bind (edge.acceptors > 1)."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None  # socketserver created it in __init__
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -121,7 +123,7 @@ class EdgeServer:
         )
         self.retrieve = RetrieveHandlers(self)
         self.commitment = CommitmentHandlers(self)
-        self.extra_handlers: list[tuple[Any, Any]] = []
+        self.extra_handlers: list[EventHandlerType] = []
 
     # ---- set-up ------------------------------------------------------------------------
     def _make_ae(self) -> AE:
@@ -146,7 +148,7 @@ class EdgeServer:
         )
         return ae
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
