@@ -39,6 +39,7 @@ from shared.registry import (
     remove_node,
     upsert_node,
 )
+from shared.signals import call_on_signals
 
 log = logging.getLogger("hpacs.edge")
 
@@ -145,12 +146,12 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
     hotfolder = _hotfolder(cfg, server.ingestor)
     stop = threading.Event()
 
-    def _stop(signum: int, _frame: object) -> None:
-        log.info("stopping on signal %s", signal.Signals(signum).name)
+    def _stop(signum: int) -> None:
+        if not stop.is_set():
+            log.info("stopping on signal %s", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    call_on_signals(_stop)  # not in the handler itself: Event.set() there can deadlock
     # edge.acceptors > 1: child processes serve DIMSE on the port (edge/acceptors.py); this
     # process keeps reconcile (done above, before any child starts), HTTP, hot folder, forwarder.
     acceptors = Acceptors(cfg, cfg.edge.acceptors) if cfg.edge.acceptors > 1 else None

@@ -65,7 +65,18 @@ def _config(tmp_path: Path, dimse_port: int, http_port: int) -> Path:
     )
 
 
-@pytest.mark.parametrize("dimse_peer", ["none", "probe_closed", "connection_held"])
+def _burst(pid: int) -> None:
+    """SIGTERMs spread over about a second: some land while the previous one is handled (the
+    handler used to call Event.set(), which deadlocks when signals nest)."""
+    for _ in range(2000):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        time.sleep(0.0005)  # the spacing of the injected signals, not a synchronisation
+
+
+@pytest.mark.parametrize("dimse_peer", ["none", "probe_closed", "connection_held", "sigterm_burst"])
 def test_serve_stops_within_2_s_of_sigterm_when_idle(tmp_path: Path, dimse_peer: str) -> None:
     dimse_port, http_port = free_port(), free_port()
     config = _config(tmp_path, dimse_port, http_port)
@@ -80,7 +91,7 @@ def test_serve_stops_within_2_s_of_sigterm_when_idle(tmp_path: Path, dimse_peer:
     try:
         # HTTP opens last in serve(): once it answers, every part of the node is running
         wait_for(lambda: port_open(http_port), timeout_s=60, what="edge http")
-        if dimse_peer != "none":
+        if dimse_peer not in ("none", "sigterm_burst"):
             conn = socket.create_connection(("127.0.0.1", dimse_port), timeout=5)
             held = conn
             wait_for(lambda: _accepted(proc.pid, conn), timeout_s=30, what="accept")
@@ -88,7 +99,10 @@ def test_serve_stops_within_2_s_of_sigterm_when_idle(tmp_path: Path, dimse_peer:
             held.close()
             held = None
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        if dimse_peer == "sigterm_burst":
+            threading.Thread(target=_burst, args=(proc.pid,), daemon=True).start()
+        else:
+            proc.send_signal(signal.SIGTERM)
         try:
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -101,7 +115,10 @@ def test_serve_stops_within_2_s_of_sigterm_when_idle(tmp_path: Path, dimse_peer:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err
+    # a SIGTERM that lands after the graceful stop, during the interpreter's exit, ends the
+    # process by the signal's default action: still a clean stop
+    clean = (0, -signal.SIGTERM) if dimse_peer == "sigterm_burst" else (0,)
+    assert proc.returncode in clean, err
     assert "edge node stopped" in err
     assert took < STOP_WITHIN_S, f"stopped after {took:.2f} s"
 
