@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from edge.acceptors import Acceptors
 from edge.audit import EdgeAudit, cli_actor
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.edge.log_level, "edge")
     try:
         if args.command == "serve":
-            return serve(cfg)
+            _exit_now(serve(cfg))
         db = Database(cfg.edge.index_path)
         try:
             if args.command == "nodes":
@@ -127,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpacs-edge: {exc}", file=sys.stderr)
         return 1
     return 2
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End `serve` once it has stopped cleanly, without the interpreter's teardown.
+
+    Listeners, associations, forwarder, hot folder, HTTP and the index are closed by then;
+    what remains is freeing every imported module, which took 0.6-4 s on a loaded machine
+    (most of a SIGTERM's stop time, against `make up`'s and systemd's kill deadlines)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def serve(cfg: Config, ready: threading.Event | None = None) -> int:
