@@ -61,7 +61,9 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
     if rep.missing_files:
         log.error(
             "index rows without their file count=%d first=%s: the cache was altered outside "
-            "hpacs; if the instances were synced, restore them with `hpacs-sync recall`",
+            "hpacs; put the same files back with `hpacs-edge import PATH` (from the modality, "
+            "a backup, or for synced instances their verified copy under instances/ in the "
+            "bucket): identical bytes restore the cache file",
             len(rep.missing_files),
             rep.missing_files[:5],
         )
