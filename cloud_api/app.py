@@ -25,23 +25,29 @@ from aiohttp import web
 
 from cloud_api import admin_api, ops
 from cloud_api import handlers as h
+from cloud_api import session as se
+from cloud_api import shares as sh
 from cloud_api.audit import AuditLog, audit_key
 from cloud_api.auth import Need, Principal, TokenStore
 from cloud_api.catalog import Catalog, open_catalog
 from cloud_api.catalog.poller import Poller
 from cloud_api.denials import DenialGate
-from shared import metrics
+from shared import health, metrics
 from shared.config import CloudConfig, RestoreConfig
 from shared.errors import (
     NotAuthorized,
+    NotFound,
     ObjectStoreError,
     PacsError,
     TooManyRequests,
+    TransientStoreError,
     Unauthenticated,
     http_status,
     problem_json,
 )
 from shared.store.base import ObjectStore, open_store
+from shared.web import viewer
+from shared.web.session import Credentials
 
 log = logging.getLogger("hpacs.cloud.app")
 
@@ -78,6 +84,8 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("POST", S, h.stow, Need.WRITE, "stow"),
     ("GET", "/api/sites", admin_api.api_sites, Need.ADMIN, "sites"),
     ("GET", "/api/tokens", h.api_tokens, Need.ADMIN, "tokens"),
+    ("POST", "/api/tokens", h.api_token_create, Need.ADMIN, "token-create"),
+    ("DELETE", "/api/tokens/{name}", h.api_token_revoke, Need.ADMIN, "token-revoke"),
     ("GET", "/api/audit", admin_api.api_audit, Need.ADMIN, "audit-read"),
     ("GET", "/api/audit/verify", admin_api.api_audit_verify, Need.ADMIN, "audit-verify"),
     ("POST", "/api/sites/{site}/restores", h.api_restore_create, Need.ADMIN, "restore"),
@@ -89,6 +97,11 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
         Need.RESTORE_READ,
         "restore-status",
     ),
+    ("GET", "/api/session", se.api_session, Need.READ, "session"),
+    ("POST", "/api/session", se.api_session_create, Need.READ, "session-create"),
+    ("POST", "/api/shares", sh.api_share_create, Need.SHARE, "share-create"),
+    ("GET", "/api/shares", sh.api_share_list, Need.SHARE, "share-list"),
+    ("DELETE", "/api/shares/{share_id}", sh.api_share_revoke, Need.SHARE, "share-revoke"),
 ]
 
 
@@ -105,11 +118,14 @@ class Services:
     audit: AuditLog
     audit_store: ObjectStore  # where audit segments and checkpoints go (cloud.audit_store_url)
     denials: DenialGate
+    shares: sh.ShareStore
+    sessions: se.Sessions
 
 
 SERVICES = web.AppKey("services", Services)
 NEEDS = web.AppKey("needs", dict)
-PUBLIC = web.AppKey("public", frozenset)  # the console shell's resources: no data, no token
+# the console's and the viewer's static shells, the login page, share links: no data, no token
+PUBLIC = web.AppKey("public", frozenset)
 
 
 def problem(err: BaseException) -> web.Response:
@@ -175,10 +191,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     client = request.remote or ""
     route = request.match_info.route
     action = request.app[NEEDS].get(route, (None, "unrouted"))[1]
-    try:
-        principal = await asyncio.to_thread(
-            svc.tokens.authenticate, request.headers.get("Authorization")
-        )
+    try:  # bearer token or session cookie (cloud_api/session.py)
+        principal = await asyncio.to_thread(svc.sessions.authenticate, Credentials.of(request))
     except Unauthenticated as exc:
         wait = svc.denials.deny(client, f"{request.method} {request.path}")
         if wait:
@@ -254,24 +268,27 @@ async def _poll_loop(app: web.Application) -> None:
 
 
 async def _on_startup(app: web.Application) -> None:
-    """Bring the catalog up to date before the port opens, so no replica answers from a partial
-    index. On PostgreSQL a replica that does not hold the lead starts at once: the shared
-    database is already current (another replica applies)."""
-    svc = app[SERVICES]
-    delay = STARTUP_RETRY_INITIAL_S
-    while True:  # the bucket (or its emulator, under `make up`) may come up after us
-        try:
-            res = await asyncio.to_thread(svc.poller.poll)
-            break
-        except ObjectStoreError as exc:
-            log.warning(
-                "object store not answering; catalog not current, retry in %.1fs error=%s hint=%s",
-                delay,
-                exc,
-                exc.hint,
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, STARTUP_RETRY_MAX_S)
+    """Bring the catalog up to date before the port opens when the store answers, so no replica
+    answers from a partial catalog (on PostgreSQL a replica that does not hold the lead starts
+    at once: another replica applies). When the store does not answer (its emulator or bucket
+    comes up after us), open the port anyway, alive but not ready (/readyz and data routes
+    503), and catch up in the background once it answers: never exit for a store that is not
+    ready yet."""
+    startup = app[ops.STARTUP]
+    if not await _build_index(app):
+        startup.task = asyncio.create_task(_build_when_ready(app))
+
+
+async def _build_index(app: web.Application) -> bool:
+    svc, startup = app[SERVICES], app[ops.STARTUP]
+    if not await asyncio.to_thread(startup.store.check):
+        return False
+    try:
+        res = await asyncio.to_thread(svc.poller.poll)
+    except (ObjectStoreError, NotFound) as exc:  # gone again mid-build: wait once more
+        startup.store.ready = False
+        startup.store.reason = f"{type(exc).__name__}: {exc}"[:200]
+        return False
     log.info(
         "catalog ready url=%s applied=%s objects=%d rows=%d seconds=%.2f",
         _safe_url(svc.catalog.url),
@@ -280,20 +297,40 @@ async def _on_startup(app: web.Application) -> None:
         res.rows,
         res.seconds,
     )
+    startup.index_built = True
     app[POLLER] = asyncio.create_task(_poll_loop(app))
+    return True
 
 
-STARTUP_RETRY_INITIAL_S = 0.2
-STARTUP_RETRY_MAX_S = 10.0
+async def _build_when_ready(app: web.Application) -> None:
+    for delay in health.retry_delays():
+        await asyncio.sleep(delay)
+        if await _build_index(app):
+            return
+
+
+@web.middleware
+async def starting(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Until the catalog is current, every route but the probes and the console shell
+    answers 503 (inside the guard: authenticated and audited like any other answer)."""
+    if (
+        not request.app[ops.STARTUP].index_built
+        and request.path not in ops.OPEN_PATHS
+        and request.match_info.route.resource not in request.app[PUBLIC]
+    ):
+        raise TransientStoreError(
+            "starting: the catalog is not current yet (the object store is not ready)"
+        )
+    return await handler(request)
 
 
 async def _on_cleanup(app: web.Application) -> None:
     svc = app[SERVICES]
-    task = app.get(POLLER)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for task in (app[ops.STARTUP].task, app.get(POLLER)):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     svc.catalog.close()
 
 
@@ -358,9 +395,10 @@ def create_app(
     restore: RestoreConfig | None = None,
     audit_store: ObjectStore | None = None,
 ) -> web.Application:
-    """The app for one replica; its audit log (and a SQLite catalog) live under
-    `cfg.data_dir`. Refuses (ConfigError) an audit key file that others may read."""
+    """The app for one replica; its audit log (and a SQLite catalog) live under `cfg.data_dir`.
+    Refuses (ConfigError) an audit key file that others may read."""
     data = Path(cfg.data_dir)
+    tokens, shares = TokenStore(cfg.tokens_file), sh.ShareStore(store)
     catalog = open_catalog(cfg.catalog, data, pool_size=cfg.catalog_pool_size)
     svc = Services(
         cfg=cfg,
@@ -368,7 +406,7 @@ def create_app(
         store=store,
         catalog=catalog,
         poller=Poller(catalog, store),
-        tokens=TokenStore(cfg.tokens_file),
+        tokens=tokens,
         audit=AuditLog(data, audit_key(cfg, create=True), max_bytes=cfg.audit_max_bytes),
         audit_store=audit_store or _audit_store(cfg, store),
         denials=DenialGate(
@@ -377,24 +415,49 @@ def create_app(
             burst=cfg.denied_burst,
             max_clients=cfg.denied_max_clients,
         ),
+        shares=shares,
+        sessions=se.Sessions(cfg, tokens, shares),
     )
     app = web.Application(
-        middlewares=[metrics.http_metrics_middleware(), cors, guard], client_max_size=1024**2
+        middlewares=[metrics.http_metrics_middleware(), cors, guard, starting, sh.scope],
+        client_max_size=1024**2,
     )
     app[SERVICES] = svc
+    app[ops.STARTUP] = ops.Startup(health.StoreReadiness(store, log))
     h.attach_dicomweb(app)  # one bounded read pool and the metadata cache
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:
         route = app.router.add_route(method, path, handler)
         needs[route] = (need, action)
     ops.mount(app, SERVICES, needs)  # /healthz, /readyz, /metrics
-    app[PUBLIC] = admin_api.mount_console(app)  # /console: HTML/JS/CSS, data only via /api
+    app[PUBLIC] = (
+        admin_api.mount_console(app)  # /console: HTML/JS/CSS, data only via /api
+        | se.mount_public(app)  # /login, /logout, /share/{token}: each audits itself
+        | _mount_viewer(app, cfg, svc.sessions)  # /viewer/: the OHIF build, no data
+    )
     app[NEEDS] = needs
     app.on_response_prepare.append(_on_prepare)
     app.cleanup_ctx.append(_audit_housekeeping)  # before on_startup/on_cleanup: see its docstring
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app
+
+
+def _mount_viewer(app: web.Application, cfg: CloudConfig, sessions: se.Sessions) -> frozenset[Any]:
+    """The OHIF viewer at /viewer/ on this origin's /dicomweb; absent build: a 503 that says
+    how to install it (the API itself still serves)."""
+    try:
+        dist = viewer.locate_build(cfg.viewer_dir)
+    except viewer.ViewerBuildMissing as exc:
+        log.warning("viewer not served error=%s", exc)
+        reason = str(exc)
+
+        async def missing(request: web.Request) -> web.Response:
+            return web.Response(status=503, text=reason)
+
+        return frozenset({app.router.add_get("/viewer/{tail:.*}", missing).resource})
+    settings = viewer.ViewerSettings(dist=dist, login_path=se.LOGIN_PATH)
+    return viewer.mount(app, settings, sessions.authorized)
 
 
 def _safe_url(url: str) -> str:

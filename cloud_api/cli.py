@@ -1,16 +1,18 @@
-"""`hpacs-cloud`: serve the DICOMweb/admin API, manage tokens, rebuild the catalog, verify the
-audit trail."""
+"""`hpacs-cloud`: serve the DICOMweb/admin API, manage tokens and share links, rebuild the
+catalog, verify the audit trail."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import signal
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -20,12 +22,14 @@ from cloud_api.auth import ROLES, TokenStore
 from cloud_api.catalog import open_catalog
 from cloud_api.catalog.poller import Poller
 from cloud_api.runner import make_runner
+from cloud_api.shares import ShareStore, link_path
 from shared.cli import entry_parser, load_entry_config
 from shared.config import Config, ConfigError
-from shared.errors import PacsError
+from shared.errors import PacsError, Unauthenticated
 from shared.fsutil import write_atomic
 from shared.logs import setup_logging
 from shared.store.base import open_store
+from shared.uids import is_valid_uid
 
 log = logging.getLogger("hpacs.cloud")
 
@@ -51,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_parser("list", help="list tokens (never their values)")
     r = tok.add_parser("revoke", help="revoke a token by name")
     r.add_argument("name")
+    _share_parser(sub)
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
         dest="audit_command", required=True
     )
@@ -65,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--replica", help="the replica id (default: <dir>/replica_id)")
     return p
+
+
+def _share_parser(sub: Any) -> None:
+    sh = sub.add_parser("share", help="share links to one study").add_subparsers(
+        dest="share_command", required=True
+    )
+    c = sh.add_parser("create", help="a time-limited link to one study (printed once)")
+    c.add_argument("study_uid")
+    c.add_argument("--hours", type=float, default=72.0, help="valid for this long (default 72)")
+    c.add_argument("--by", default="", help="who asked for it (default: cli:<user>)")
+    c.add_argument("--base-url", default="", help="the API's public URL (default from [cloud])")
+    ls = sh.add_parser("list", help="share links (never their secrets)")
+    ls.add_argument("--all", action="store_true", help="also expired and revoked links")
+    r = sh.add_parser("revoke", help="revoke a link by its id")
+    r.add_argument("share_id")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             return rebuild_command(cfg)
         if args.command == "token":
             return token_command(cfg, args)
+        if args.command == "share":
+            return share_command(cfg, args)
         return audit_command(cfg, args)
     except PacsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -132,6 +154,47 @@ def rebuild_command(cfg: Config) -> int:
     return 0
 
 
+def _base_url(cfg: Config) -> str:
+    host = "127.0.0.1" if cfg.cloud.host in ("0.0.0.0", "::", "") else cfg.cloud.host
+    scheme = "https" if cfg.cloud.tls_cert_file else "http"
+    return f"{scheme}://{host}:{cfg.cloud.port}"
+
+
+def share_command(cfg: Config, args: argparse.Namespace) -> int:
+    """Share links straight in the bucket, as the API keeps them (an admin's act: all sites).
+    The CLI has no audit log of its own; the record says who made or revoked the link, and
+    every opening of it is audited by the API."""
+    store = open_store(cfg.cloud.store_url, emulator_host=cfg.sync.emulator_host)
+    shares = ShareStore(store)
+    if args.share_command == "create":
+        if not is_valid_uid(args.study_uid):
+            print(f"error: not a valid Study Instance UID: {args.study_uid!r}", file=sys.stderr)
+            return 2
+        if next(iter(store.list(f"instances/{args.study_uid}/")), None) is None:
+            print(f"error: no instance of study {args.study_uid} in the bucket", file=sys.stderr)
+            return 1
+        by = args.by or f"cli:{getpass.getuser()}"
+        rec, token = shares.create(args.study_uid, ["*"], by, args.hours)
+        url = (args.base_url or _base_url(cfg)).rstrip("/") + link_path(token)
+        print(f"{rec.id}\texpires {_when(rec.expires_at)}\t{url}")
+        print("the link is shown once: send it now", file=sys.stderr)
+    elif args.share_command == "list":
+        for rec in shares.list():
+            if args.all or rec.state() == "active":
+                print(
+                    f"{rec.id}\t{rec.study_uid}\t{rec.state()}\t{rec.created_by}\t"
+                    f"expires {_when(rec.expires_at)}"
+                )
+    else:
+        rec = shares.revoke(args.share_id, f"cli:{getpass.getuser()}")
+        print(f"revoked {rec.id}")
+    return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 def audit_command(cfg: Config, args: argparse.Namespace) -> int:
     """The same report as `/api/audit/verify` and the console; `--bucket` also walks the
     shipped segments record by record."""
@@ -152,15 +215,26 @@ def audit_command(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _dev_token(cfg: Config) -> None:
-    """Dev only: a fresh admin token, printed and written where `make up` users find it."""
+def _dev_token(cfg: Config) -> str:
+    """Dev only: the admin token `make up` users find in the file. The one written there by an
+    earlier start is reused while it is still an active admin token (so each start no longer
+    adds a revoked `dev-admin` row); otherwise the old one is revoked and a new one minted."""
     path = Path(cfg.cloud.dev_admin_token_file)
     tokens = TokenStore(cfg.cloud.tokens_file)
+    try:
+        kept = path.read_text().strip()
+        p = tokens.authenticate(f"Bearer {kept}")
+        if p.name == DEV_TOKEN_NAME and p.role == "admin":
+            print(f"dev admin token (reused, in {path}): {kept}", flush=True)
+            return kept
+    except (FileNotFoundError, Unauthenticated):
+        pass
     if any(r.name == DEV_TOKEN_NAME and r.revoked_at is None for r in tokens.list()):
         tokens.revoke(DEV_TOKEN_NAME)
     token = tokens.create(DEV_TOKEN_NAME, "admin", ["*"])
     write_atomic(path, (token + "\n").encode())
     print(f"dev admin token (also in {path}): {token}", flush=True)
+    return token
 
 
 def serve(cfg: Config) -> int:

@@ -24,7 +24,7 @@ from aiohttp import web
 from pydicom.dataset import Dataset
 
 from cloud_api import catalog, qido
-from cloud_api.auth import Need, Principal
+from cloud_api.auth import ROLES, Need, Principal
 from cloud_api.stow import STOW_SITE, StowOutcome, append_catalog, store_part
 from shared.dicomweb import frames, media, metadata, multipart, render, stream, urls
 from shared.dicomweb import stow as dw_stow
@@ -32,6 +32,7 @@ from shared.dicomweb.source import InstanceRef
 from shared.errors import (
     BadRequest,
     InvalidDataset,
+    InvalidField,
     NoConversion,
     NotAuthorized,
     NotFound,
@@ -487,10 +488,54 @@ async def api_tokens(request: web.Request) -> web.Response:
     )
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequest("the body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+async def api_token_create(request: web.Request) -> web.Response:
+    """Admin: a new token; its secret is in this answer only (stored as a hash)."""
+    svc = _svc(request)
+    body = await _json_body(request)
+    name, role, sites = body.get("name"), body.get("role"), body.get("sites", [])
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidField("name", "1-64 characters")
+    if role not in ROLES:
+        raise InvalidField("role", f"one of {', '.join(ROLES)}")
+    if isinstance(sites, str):
+        sites = [x.strip() for x in sites.split(",") if x.strip()]
+    if not isinstance(sites, list) or not all(isinstance(x, str) for x in sites):
+        raise InvalidField("sites", "a list of site names")
+    for site in sites:
+        if site != "*":
+            check_site(site)
+    token = await asyncio.to_thread(svc.tokens.create, name.strip(), role, sites)
+    request[AUDIT]["detail"] = f"token created name={name.strip()} role={role} sites={sites}"
+    return _json(
+        {"name": name.strip(), "role": role, "sites": sorted(set(sites)), "token": token},
+        status=201,
+    )
+
+
+async def api_token_revoke(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    name = request.match_info["name"]
+    await asyncio.to_thread(svc.tokens.revoke, name)
+    request[AUDIT]["detail"] = f"token revoked name={name}"
+    return _json({"revoked": name})
+
+
 async def api_restore_create(request: web.Request) -> web.Response:
     svc, p = _svc(request), _principal(request)
     site = check_site(request.match_info["site"])
     p.require(Need.ADMIN, site)
+    if site == STOW_SITE:
+        raise BadRequest(f"site {STOW_SITE!r} holds STOW uploads to this API: no edge restores it")
     body: dict[str, Any] = {}
     if request.can_read_body:
         try:

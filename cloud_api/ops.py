@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,22 @@ from shared.store.base import ObjectStore
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READYZ_TIMEOUT_S = 2.0
 REGISTRY = web.AppKey("metrics_registry", metrics.Registry)
+
+
+@dataclass
+class Startup:
+    """Whether the replica's catalog is current (it waits for the store to catch up)."""
+
+    store: health.StoreReadiness
+    index_built: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def check_index(self) -> None:
+        if not self.index_built:
+            raise RuntimeError(f"not current yet: object store not ready ({self.store.reason})")
+
+
+STARTUP = web.AppKey("startup", Startup)
 
 
 def site_lags_s(catalog: Catalog, store: ObjectStore) -> dict[str, float]:
@@ -54,8 +71,12 @@ def mount(app: web.Application, services_key: Any, needs: dict[Any, Any]) -> Non
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
+        def catalog_ready() -> None:
+            app[STARTUP].check_index()  # current (start-up caught up with the journals)
+            svc.catalog.check_ready()  # and answering (the database or the file)
+
         checks: dict[str, health.Check] = {
-            "catalog": (svc.catalog.check_ready, ()),
+            "catalog": (catalog_ready, ()),
             "store": (health.store_reachable, (svc.store,)),
         }
         ok, body = await health.readiness(checks, READYZ_TIMEOUT_S)

@@ -18,15 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
+from shared import acceptance
 from shared.catalog import CatalogRow
 from shared.checksum import crc32c_file
 from shared.dicom import Header, read_header
 from shared.errors import (
     DuplicateConflict,
-    InvalidDataset,
     ObjectExists,
     PacsError,
     UIDMismatch,
@@ -60,26 +57,12 @@ class StowOutcome:
 
 
 def _normalise(path: Path) -> Header:
-    """Headers of a Part-10 file; a bare dataset (no preamble, as some clients send) is
+    """The acceptance rule every door applies (shared/acceptance.py), then the headers. A bare
+    dataset (no preamble, as dicomweb-client may send) is accepted, like on the edge, and
     rewritten as Part-10 in place so the bucket only ever holds Part-10 objects."""
-    try:
-        return read_header(path)
-    except InvalidDataset:
-        pass
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        meta = getattr(ds, "file_meta", None)
-        if meta is None or "TransferSyntaxUID" not in meta:
-            ds.file_meta = meta or pydicom.dataset.FileMetaDataset()
-            implicit = ds.original_encoding[0] if ds.original_encoding else False
-            ds.file_meta.TransferSyntaxUID = (
-                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-            )
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(path, enforce_file_format=True)
-    except Exception as exc:
-        raise InvalidDataset(f"part is not a DICOM dataset: {exc}") from exc
+    accepted = acceptance.check(path)
+    if not accepted.part10:
+        acceptance.rewrite_as_part10(path, accepted)
     return read_header(path)
 
 

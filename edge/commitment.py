@@ -1,11 +1,12 @@
 """Storage Commitment Push Model (PS3.4 Annex J): N-ACTION in, N-EVENT-REPORT out.
 
 A modality asks "do you hold these instances safely?". We answer the N-ACTION at once and
-verify in a background thread: committed means the instance has an index row and either its
-cache file's crc32c equals the crc stored at ingest, or it was evicted (eviction requires a
-verified cloud copy, DESIGN.md invariant 2). The report goes back on the same association
-while the requester keeps it open, else on a new association to the requesting node's
-registered address. `verify` is the decision, free of network I/O.
+verify on a small shared pool (COMMIT_WORKERS threads; more requests wait their turn, so a
+burst of N-ACTIONs cannot start a thread each): committed means the instance has an index
+row and either its cache file's crc32c equals the crc stored at ingest, or it was evicted
+(eviction requires a verified cloud copy, DESIGN.md invariant 2). The report goes back on
+the same association while the requester keeps it open, else on a new association to the
+requesting node's registered address. `verify` is the decision, free of network I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlite3
 import ssl
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
+from edge import events
 from edge.assoc import assoc_info
 from edge.handlers import permitted
 from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator
@@ -131,10 +134,15 @@ def parse_request(info: Dataset) -> tuple[str, list[tuple[str, str]]]:
     return tx, refs
 
 
+COMMIT_WORKERS = 4  # verifications and reports in flight at once, all associations together
+
+
 class CommitmentHandlers:
     def __init__(self, server: EdgeServer) -> None:
         self.server = server
-        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(COMMIT_WORKERS, thread_name_prefix="commit")
+        self._pending: set[Future[None]] = set()
+        self._lock = threading.Lock()
 
     def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
         info = assoc_info(event.assoc)
@@ -149,21 +157,21 @@ class CommitmentHandlers:
         except Exception as exc:
             log.warning("commitment refused calling_ae=%s reason=%s", info.calling_ae, exc)
             return INVALID_ARGUMENT, None
-        t = threading.Thread(
-            target=self._complete,
-            args=(event.assoc, info.calling_ae, tx, refs),
-            name=f"commit-{tx[-12:]}",
-            daemon=True,
-        )
-        self._threads = [th for th in self._threads if th.is_alive()]
-        self._threads.append(t)
-        t.start()
+        fut = self._pool.submit(self._complete, event.assoc, info.calling_ae, tx, refs)
+        with self._lock:
+            self._pending.add(fut)
+        fut.add_done_callback(self._forget)
         return SUCCESS, None
+
+    def _forget(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(fut)
 
     def join(self, timeout_s: float = 10.0) -> None:
         """Wait for pending reports (server shutdown, tests)."""
-        for t in list(self._threads):
-            t.join(timeout_s)
+        with self._lock:
+            pending = list(self._pending)
+        wait(pending, timeout=timeout_s)
 
     def _complete(self, assoc: Association, calling_ae: str, tx: str, refs: list[Any]) -> None:
         try:
@@ -171,6 +179,9 @@ class CommitmentHandlers:
             verdicts = verify(self.server.db.reader(), locator, refs)
             event_type, ds = event_report(tx, verdicts, self.server.cfg.edge.ae_title)
             failed = sum(1 for v in verdicts if v.failure_reason)
+            if failed:
+                detail = f"{failed} of {len(verdicts)} instance(s) not committed, transaction {tx}"
+                events.record(self.server.db, events.COMMITMENT_FAILED, calling_ae, "", detail)
             how = self._report(assoc, calling_ae, event_type, ds)
             log.info(
                 "commitment reported calling_ae=%s transaction_uid=%s instances=%d failed=%d "
@@ -181,10 +192,12 @@ class CommitmentHandlers:
                 failed,
                 how,
             )
-        except Exception:
+        except Exception as exc:
             log.exception(
                 "commitment report failed calling_ae=%s transaction_uid=%s", calling_ae, tx
             )
+            detail = f"report for transaction {tx} not delivered: {exc}"
+            events.record(self.server.db, events.COMMITMENT_FAILED, calling_ae, "", detail)
 
     def _report(self, assoc: Association, calling_ae: str, event_type: int, ds: Dataset) -> str:
         if _waits_on_same_association(assoc):

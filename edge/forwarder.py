@@ -33,7 +33,8 @@ from edge.routequeue import (
     prune_sent,
     recover,
 )
-from edge.routing import Rule, backoff_s, rules_from_config
+from edge.routestore import RouteTable
+from edge.routing import backoff_s
 from edge.sender import send_instances
 from shared.config import Config, RouteConfig
 from shared.dicom import Header
@@ -44,6 +45,7 @@ from shared.rows import Origin
 log = logging.getLogger("hpacs.edge.forwarder")
 
 SENT_RETENTION_S = 7 * 86400
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,19 @@ class SendResult:
 Sender = Callable[[Node, list[Job]], dict[int, SendResult]]
 
 
-def attach_routing(ingestor: Ingestor, routes: list[RouteConfig]) -> list[Rule]:
-    """Enqueue forward jobs for every stored instance that matches a rule (no-op without rules)."""
-    rules = rules_from_config(routes)
-    if not rules:
-        return rules
+def attach_routing(ingestor: Ingestor, routes: list[RouteConfig]) -> RouteTable:
+    """Enqueue forward jobs for every stored instance that matches a rule: the config's
+    `routes` and the console's (edge/routestore.py), re-read inside the ingest transaction
+    when they changed, so an edit applies to the next instance without a restart."""
+    table = RouteTable(routes)
 
     def _enqueue(conn: sqlite3.Connection, header: Header, origin: Origin) -> None:
-        enqueue(conn, rules, header, origin.calling_ae, time.time())
+        rules = table.rules(conn)
+        if rules:
+            enqueue(conn, rules, header, origin.calling_ae, time.time())
 
     ingestor.on_indexed.append(_enqueue)
-    return rules
+    return table
 
 
 class Forwarder:
@@ -87,20 +91,16 @@ class Forwarder:
         self.send = send
         self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
-        self.routes = {r.name: r for r in cfg.routes}
-        self.limits: dict[str, int] = {}
-        for r in cfg.routes:
-            for dest in r.destinations:
-                self.limits[dest] = max(self.limits.get(dest, 1), r.concurrency)
+        # the config's routes and the console's, reloaded at each dispatch when they changed
+        self.table = RouteTable(cfg.routes)
         self._active: dict[str, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Reused worker threads (each keeps one index reader): at most the sum of the limits.
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, sum(self.limits.values())), thread_name_prefix="forward"
-        )
+        # Reused worker threads (each keeps one index reader), started on demand; the limits
+        # per destination bound what runs, this only caps threads when routes are added live.
+        self._pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="forward")
         self._futures: set[Future[None]] = set()
         self._last_prune = 0.0
 
@@ -153,10 +153,12 @@ class Forwarder:
                 prune_sent(conn, now - SENT_RETENTION_S)
             self._last_prune = now
         started = 0
+        self.table.refresh(self.db.reader())
+        limits = self.table.limits()
         for dest in due_destinations(self.db.reader(), now):
             while not self._stop.is_set():
                 with self._lock:
-                    if self._active.get(dest, 0) >= self.limits.get(dest, 1):
+                    if self._active.get(dest, 0) >= limits.get(dest, 1):
                         break
                 with self.db.write() as conn:
                     jobs = claim(conn, dest, time.time(), self.batch_size)
@@ -197,21 +199,23 @@ class Forwarder:
 
     def _record(self, dest: str, jobs: list[Job], results: dict[int, SendResult]) -> None:
         now = time.time()
-        sent = dead = retrying = 0
+        sent = dead = retrying = lost = 0
         last_error = ""
         delays: dict[tuple[str, int], float] = {}
         with self.db.write() as conn:
             for job in jobs:
                 res = results.get(job.id, SendResult(False, "no result from the sender"))
                 if res.ok:
-                    mark_sent(conn, job.id, now)
-                    sent += 1
+                    if mark_sent(conn, job.id, now):
+                        sent += 1
+                    else:
+                        lost += 1
                     continue
                 last_error = res.error
                 # One delay per route and attempt count: the batch stays together next time.
                 key = (job.route, job.attempts)
                 if key not in delays:
-                    rc = self.routes.get(job.route)
+                    rc = self.table.route(job.route)
                     delays[key] = backoff_s(
                         job.attempts + 1,
                         rc.backoff_initial_s if rc else 5.0,
@@ -219,10 +223,19 @@ class Forwarder:
                     )
                 delay = delays[key]
                 state = mark_failed(conn, job, res.error, now, delay, res.permanent)
-                if state is JobState.DEAD:
+                if state is None:
+                    lost += 1
+                elif state is JobState.DEAD:
                     dead += 1
                 else:
                     retrying += 1
+        if lost:  # another actor changed these jobs while they were ours: its change stands
+            log.warning(
+                "forward outcomes not recorded destination=%s count=%d: the jobs were no "
+                "longer in state sending (requeued by another process?)",
+                dest,
+                lost,
+            )
         if dead or retrying:
             log.warning(
                 "forward failed destination=%s sent=%d retrying=%d dead=%d error=%s",

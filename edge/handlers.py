@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from edge import spool
+from edge import events, spool
 from edge.assoc import assoc_info
 from edge.ingest import Origin, Outcome
 from shared import metrics
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from edge.server import EdgeServer
 
 log = logging.getLogger("hpacs.edge.store")
+
+STORE_REFUSED = "C-STORE refused (0x0124): the node lacks the store permission"
 
 
 def permitted(event: evt.Event, permission: str) -> bool:
@@ -56,6 +58,9 @@ class StoreHandlers:
         if not permitted(event, "store"):
             info.failed += 1
             metrics.store_failed(REFUSED_NOT_AUTHORIZED)
+            events.record(
+                self.server.db, events.STORE_REFUSED, info.calling_ae, info.peer, STORE_REFUSED
+            )
             return REFUSED_NOT_AUTHORIZED
         origin = Origin("dimse", calling_ae=info.calling_ae, peer=info.peer)
         try:

@@ -225,8 +225,9 @@ def _create_file_meta(**kwargs: Any) -> Any:
     values = [kwargs.get(k) for k in ("sop_class_uid", "sop_instance_uid", "transfer_syntax")]
     if set(kwargs) != _META_KEYS or not all(_plain(v) for v in (*values, impl_uid, impl_version)):
         return _slow_create_file_meta(**kwargs)
+    cls, inst, syntax = (str(v) for v in values)
     try:
-        return _MetaBytes(encode_file_meta(*values, str(impl_uid), str(impl_version)))
+        return _MetaBytes(encode_file_meta(cls, inst, syntax, str(impl_uid), str(impl_version)))
     except (UnicodeEncodeError, struct.error):
         return _slow_create_file_meta(**kwargs)
 
@@ -249,7 +250,7 @@ def install(assoc: Association) -> None:
     if not ENABLED:
         return
     assoc.dimse.msg_queue = _InlineQueue(assoc)
-    assoc.dimse.send_msg = _fast_send_msg(assoc)  # type: ignore[method-assign]
+    assoc.dimse.send_msg = _fast_send_msg(assoc)  # type: ignore[method-assign,assignment]
     dul = assoc.dul
     rfd, wfd = os.pipe()
     os.set_blocking(rfd, False)
@@ -270,7 +271,8 @@ def _wait_for_work(dul: DULServiceProvider, rfd: int) -> None:
         return
     else:
         try:
-            select.select([sock, rfd], [], [], DUL_IDLE_WAIT_S)
+            readable: list[Any] = [sock, rfd]
+            select.select(readable, [], [], DUL_IDLE_WAIT_S)
         except (OSError, ValueError):  # closed under us: the next loop reports Evt17
             return
     try:

@@ -1,8 +1,10 @@
 """Start-up reconciliation of the cache against the index (invariant 4, edge side).
 
 Temp files are removed; files without rows are re-indexed (a crash between the link and the
-index commit, before any success was sent); rows whose file is missing are reported loudly;
-rows left in `recalling` by a crash go back to `evicted` (the recall never finished).
+index commit, before any success was sent); a file without a row whose instance's row points at
+another file is the loser of an interrupted replace (edge/ingest.py) and is removed; rows whose
+file is missing are reported loudly; rows left in `recalling` by a crash go back to `evicted`
+(the recall never finished).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from shared.checksum import crc32c_file
 from shared.dicom import read_header
 from shared.errors import PacsError
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.lifecycle import LOCAL_STATES, RECOVERY, State, transition
 from shared.quarantine import QUARANTINE_DIR
 from shared.rows import Origin, index_instance
 
@@ -31,6 +33,7 @@ class ReconcileReport:
     unreadable: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     recalls_reset: int = 0
+    replace_leftovers: int = 0
 
 
 def reconcile(db: Database, cache: Cache) -> ReconcileReport:
@@ -48,32 +51,66 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
             on_disk.add(rel)
             if rel not in rows and name.endswith(".dcm"):
                 _reindex(db, cache, rel, rep)
-    for rel, (uid, state) in rows.items():
-        if State(state) in LOCAL_STATES and rel not in on_disk:
-            rep.missing_files.append(uid)
+    rep.missing_files = _still_missing(
+        db,
+        cache,
+        [(uid, rel) for rel, (uid, state) in rows.items() if State(state) in LOCAL_STATES],
+        on_disk,
+    )
     rep.recalls_reset = _reset_recalls(db)
     if rep.missing_files:
         log.error(
             "index rows without their file count=%d first=%s: the cache was altered outside "
-            "hpacs; if the instances were synced, restore them with `hpacs-sync recall`",
+            "hpacs; put the same files back with `hpacs-edge import PATH` (from the modality, "
+            "a backup, or for synced instances their verified copy under instances/ in the "
+            "bucket): identical bytes restore the cache file",
             len(rep.missing_files),
             rep.missing_files[:5],
         )
     log.info(
-        "reconciled temp_removed=%d reindexed=%d unreadable=%d missing_files=%d recalls_reset=%d",
+        "reconciled temp_removed=%d reindexed=%d unreadable=%d missing_files=%d recalls_reset=%d "
+        "replace_leftovers=%d",
         rep.temp_removed,
         rep.reindexed,
         len(rep.unreadable),
         len(rep.missing_files),
         rep.recalls_reset,
+        rep.replace_leftovers,
     )
     return rep
+
+
+def _still_missing(
+    db: Database, cache: Cache, local: list[tuple[str, str]], on_disk: set[str]
+) -> list[str]:
+    """SOP UIDs of local rows whose file is missing, each confirmed after the walk.
+
+    The sync agent runs while the edge starts: a study it evicts between our reading of the
+    rows and the walk has files gone whose rows were `synced` in our snapshot. An eviction
+    commits `evicting` before it unlinks, so checking the file again and only then reading
+    the row again shows those rows out of the local states: never reported as missing."""
+    out = []
+    reader = db.reader()
+    for uid, rel in local:
+        if rel in on_disk or cache.path(rel).exists():
+            continue
+        row = reader.execute(
+            "SELECT path, state FROM instances WHERE sop_instance_uid = ?", (uid,)
+        ).fetchone()
+        if row is None or State(row["state"]) not in LOCAL_STATES:
+            continue
+        if not cache.path(row["path"]).exists():  # a recall may have put it back meanwhile
+            out.append(uid)
+    return out
 
 
 def _reindex(db: Database, cache: Cache, rel: str, rep: ReconcileReport) -> None:
     path = cache.root / rel
     try:
         header = read_header(path)
+        if _replace_leftover(db, cache, rel, header.sop_instance_uid):
+            rep.replace_leftovers += 1
+            return
         expected_rel, _ = cache.path_for(header.sop_instance_uid)
         if expected_rel != rel:
             raise PacsError(f"file is not at its instance's path ({expected_rel})")
@@ -101,11 +138,36 @@ def _reindex(db: Database, cache: Cache, rel: str, rep: ReconcileReport) -> None
         os.replace(path, aside / os.path.basename(rel))
 
 
+def _replace_leftover(db: Database, cache: Cache, rel: str, sop_instance_uid: str) -> bool:
+    """Remove `rel` if it lost an interrupted replace: its instance's row points at another
+    file that exists (the winner), or is no longer local (evicted: the cloud copy stands)."""
+    row = (
+        db.reader()
+        .execute(
+            "SELECT path, state FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        .fetchone()
+    )
+    if row is None or row["path"] == rel:
+        return False
+    local = State(row["state"]) in LOCAL_STATES
+    if local and not (cache.root / row["path"]).is_file():
+        return False  # the row's own file is gone: keep this one as evidence (lost+found)
+    os.unlink(cache.root / rel)
+    log.warning(
+        "removed the file of an interrupted replace path=%s sop_instance_uid=%s kept=%s",
+        rel,
+        sop_instance_uid,
+        row["path"],
+    )
+    return True
+
+
 def _reset_recalls(db: Database) -> int:
     n = 0
     with db.write() as conn:
         for row in conn.execute(
             "SELECT id FROM instances WHERE state = ?", (State.RECALLING.value,)
         ).fetchall():
-            n += transition(conn, row["id"], State.RECALLING, State.EVICTED)
+            n += transition(conn, row["id"], State.RECALLING, RECOVERY[State.RECALLING])
     return n

@@ -18,6 +18,7 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from edge import reactor, spool
@@ -62,10 +63,23 @@ spool.install()
 DUL_LOOP_DELAY_S = 0.0001
 
 
+def _stop_awaiting_request(assoc: Association) -> None:
+    """End an acceptor thread still waiting for its A-ASSOCIATE-RQ.
+
+    pynetdicom's acceptor blocks on the DUL's to_user_queue for `acse_timeout` (60 s) even when
+    the connection has closed before any request (a port probe) or the server is stopping;
+    a None there is its own "no request came" path: kill the DUL, close the socket, return.
+    Without it every probe held a thread for a minute and stop() waited 10 s for it.
+    """
+    if assoc.is_acceptor and assoc.requestor.primitive is None and assoc.dul.to_user_queue.empty():
+        assoc.dul.to_user_queue.put(None)
+
+
 class _ReusePortServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with SO_REUSEPORT set before bind (edge.acceptors > 1)."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None  # socketserver created it in __init__
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -109,7 +123,7 @@ class EdgeServer:
         )
         self.retrieve = RetrieveHandlers(self)
         self.commitment = CommitmentHandlers(self)
-        self.extra_handlers: list[tuple[Any, Any]] = []
+        self.extra_handlers: list[EventHandlerType] = []
 
     # ---- set-up ------------------------------------------------------------------------
     def _make_ae(self) -> AE:
@@ -134,7 +148,7 @@ class EdgeServer:
         )
         return ae
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -200,6 +214,8 @@ class EdgeServer:
             srv.shutdown()
         self._servers.clear()
         self.ae.shutdown()
+        for waiting in self.ae.active_associations:
+            _stop_awaiting_request(waiting)  # abort() cannot end a wait for the A-ASSOCIATE-RQ
         deadline = time.monotonic() + join_timeout_s
         # A released association's DUL thread can outlive its Association thread (it still
         # fires EVT_CONN_CLOSE), so wait for every association or DUL thread of this AE.
@@ -298,6 +314,7 @@ class EdgeServer:
             log.exception("could not record event kind=%s", kind)
 
     def _on_conn_close(self, event: evt.Event) -> None:
+        _stop_awaiting_request(event.assoc)
         info = getattr(event.assoc, "hpacs_info", None)
         if info is None or not info.counted:
             return

@@ -21,6 +21,7 @@ The edge (issue 10) reuses it with its site as `service`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -183,6 +184,7 @@ class AuditChain:
         service: str,
         replica: str,
         max_bytes: int = 64 * 1024**2,
+        shared: bool = False,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +192,29 @@ class AuditChain:
         self.max_bytes = max_bytes
         self.path = self.dir / CURRENT
         self._lock = threading.Lock()
+        # Several processes may append to one directory (the edge's serve and its CLI verbs):
+        # then every append holds an flock on `audit.lock` and first catches up with what the
+        # others wrote (and renamed), so the chain never forks.
+        self._lockfd: int | None = None
+        if shared:
+            self._lockfd = os.open(self.dir / "audit.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        with self._interprocess():
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held)
+            self._resume()
+            if self._fh.tell() > 0:
+                with open(self.path, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":  # a torn last write: never glue a record onto it
+                        self._fh.write("\n")
+                        self._fh.flush()
+            self._end = self._size()
+
+    def _size(self) -> int:
+        """Bytes in the current file (others' appends included; our position may lag them)."""
+        return os.fstat(self._fh.fileno()).st_size
+
+    def _resume(self) -> None:
+        """seq, prev and the current file's first seq from what is on disk."""
         self._seq, self._prev = 0, GENESIS
         last = _last_record(self.path)
         if last is None:  # the current file is new, or a rotation just happened
@@ -201,12 +226,32 @@ class AuditChain:
         if self.path.exists():
             with open(self.path, "rb") as fh:
                 self._first = _first_seq(CURRENT, fh) or self._first
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the process)
-        if self._fh.tell() > 0:
-            with open(self.path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":  # a torn last write: never glue a record onto it
-                    self._fh.write("\n")
+
+    @contextmanager
+    def _interprocess(self) -> Iterator[None]:
+        if self._lockfd is None:
+            yield
+            return
+        fcntl.flock(self._lockfd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lockfd, fcntl.LOCK_UN)
+
+    def _follow(self) -> None:
+        """Catch up with another process's appends or rotation (caller holds both locks)."""
+        if self._lockfd is None:
+            return
+        try:
+            on_disk = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            on_disk = -1
+        if on_disk != os.fstat(self._fh.fileno()).st_ino:  # renamed away by another writer
+            self._fh.close()
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if self._size() != self._end:
+            self._resume()
+            self._end = self._size()
 
     @property
     def seq(self) -> int:
@@ -217,7 +262,8 @@ class AuditChain:
         clash = [k for k in CHAIN_FIELDS if k in event]
         if clash:
             raise ValueError(f"event sets chain fields {clash}")
-        with self._lock:
+        with self._lock, self._interprocess():
+            self._follow()
             rec: dict[str, Any] = {
                 **event,
                 "seq": self._seq + 1,
@@ -232,6 +278,7 @@ class AuditChain:
             self._seq, self._prev = rec["seq"], rec["mac"]
             if self._fh.tell() >= self.max_bytes:
                 self._rotate()
+            self._end = self._size()
             return rec
 
     def _rotate(self) -> None:
@@ -254,6 +301,9 @@ class AuditChain:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
+            if self._lockfd is not None:
+                os.close(self._lockfd)
+                self._lockfd = None
 
     def files(self) -> list[Path]:
         with self._lock:
@@ -264,7 +314,7 @@ class AuditChain:
         """Every file of the chain, opened under the writer's lock so that no rotation can
         rename one between listing and opening (shipping and verify run in worker threads)."""
         with ExitStack() as stack:
-            with self._lock:
+            with self._lock, self._interprocess():
                 self._fh.flush()
                 files = log_files(self.dir)
                 handles: list[tuple[str, BinaryIO]] = [

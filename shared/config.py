@@ -99,7 +99,7 @@ def cidr_list(v: list[str]) -> str | None:
 
 
 def emulator_url(v: str) -> str | None:
-    if v and not re.match(r"^https?://[^/\s]+/?$", v):
+    if v and not re.fullmatch(r"https?://[^/\s]+/?", v):
         return f'must be empty or a URL like "http://127.0.0.1:4443", got {v!r}'
     return None
 
@@ -160,6 +160,22 @@ class EdgeConfig:
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
     console_token_file: str = ""  # empty: <data_dir>/console_token, generated at first start
+    # Console sign-in (edge/webauth.py): signed session cookies, their lifetime and key file
+    # ("": <data_dir>/session.key), Secure cookies also over plain HTTP (behind a TLS proxy),
+    # and failed sign-ins allowed per user name and per client address within a window.
+    session_ttl_s: float = checked(8 * 3600.0, positive)
+    session_key_file: str = ""
+    session_cookie_secure: bool = False
+    login_max_failures_per_user: int = checked(5, positive)
+    login_max_failures_per_client: int = checked(20, positive)
+    login_window_s: float = checked(900.0, positive)
+    # The edge's audit trail (edge/audit.py): HMAC key ("": <data_dir>/audit.key), rotation,
+    # and how often serve ships it to audit/<sync.site>/ (no store_url: it stays local).
+    audit_key: str = ""
+    audit_max_bytes: int = checked(64 * 1024**2, positive)
+    audit_ship_interval_s: float = checked(60.0, positive)
+    # Dashboard: a small write+fsync probe of the cache disk every this many seconds (0: off)
+    disk_probe_interval_s: float = checked(30.0, non_negative)
     readyz_timeout_s: float = checked(2.0, positive)  # per readiness check (index lock, store)
     import_dir: str = ""
     import_settle_s: float = checked(2.0, positive)  # a hot-folder file must stop growing this long
@@ -268,6 +284,10 @@ class CloudConfig:
     denied_rate_per_s: float = checked(2.0, positive)
     denied_burst: int = checked(20, positive)
     denied_max_clients: int = checked(10000, positive)
+    viewer_dir: str = ""  # the OHIF build (@ohif/app dist/); "": where `make viewer` installs it
+    session_ttl_s: float = checked(8 * 3600.0, positive)  # browser session lifetime
+    session_key_file: str = ""  # signing key; "": <data_dir>/session.key; replicas share one
+    session_cookie_secure: bool = False  # Secure cookie also over plain HTTP (TLS ends at a proxy)
 
 
 @dataclass(frozen=True)
@@ -351,15 +371,32 @@ def _check_cross(cfg: Config) -> None:
         if node.ae_title in seen:
             raise ConfigError(f"nodes[{i}].ae_title", f"duplicate AE title {node.ae_title!r}")
         seen.add(node.ae_title)
+    # A route may name any registered node, from [[nodes]] or the registry (CLI, console): the
+    # registry lives in the index, so destinations are checked where it is known, at serve
+    # start-up and when a route is edited (edge/routestore.py), not here.
+    names: set[str] = set()
     for i, route in enumerate(cfg.routes):
-        for dest in route.destinations:
-            if dest not in seen:
-                raise ConfigError(f"routes[{i}].destinations", f"{dest!r} is not in [[nodes]]")
+        if route.name in names:
+            raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r}")
+        names.add(route.name)
     tls = cfg.edge.tls
     if bool(tls.cert_file) != bool(tls.key_file):
         raise ConfigError("edge.tls", "cert_file and key_file must be set together")
     if cfg.edge.tls.require_client_cert and not cfg.edge.tls.ca_file:
         raise ConfigError("edge.tls.require_client_cert", "needs edge.tls.ca_file")
+
+
+def parse_route(data: dict[str, Any]) -> RouteConfig:
+    """One route from a JSON object (the console's route form); errors name the field."""
+    route: RouteConfig = _build("", RouteConfig, data)
+    if not route.name.strip():
+        raise ConfigError("name", "required")
+    if not route.destinations:
+        raise ConfigError("destinations", "name at least one registered node")
+    for dest in route.destinations:
+        if not is_valid_ae_title(dest):
+            raise ConfigError("destinations", f"not a valid AE title: {dest[:40]!r}")
+    return route
 
 
 def load_config(path: str | Path) -> Config:

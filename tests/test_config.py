@@ -55,7 +55,7 @@ EXAMPLE = ROOT / "deploy" / "hpacs.example.toml"
             },
             "nodes[1].ae_title: duplicate AE title 'CT01'",
         ),
-        ({"routes": [{"name": "r", "destinations": ["NOPE"]}]}, "routes[0].destinations: 'NOPE'"),
+        ({"routes": [{"name": "r"}, {"name": "r"}]}, "routes[1].name: duplicate route name 'r'"),
         ({"routes": [{"name": "r", "study_description": "("}]}, "routes[0].study_description:"),
         ({"edge": {"tls": {"cert_file": "c.pem"}}}, "edge.tls: cert_file and key_file"),
         (

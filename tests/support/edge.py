@@ -52,7 +52,8 @@ def edge_config(tmp_path: Path, **edge: Any) -> dict[str, Any]:
             }
             for aet in DCMTK_AETS
         ]
-    return {"edge": e, "nodes": nodes}
+    # a bucket of the test's own (the default, file://var/bucket, is relative to the CWD)
+    return {"edge": e, "nodes": nodes, "sync": {"store_url": f"file://{tmp_path}/bucket"}}
 
 
 @contextmanager
