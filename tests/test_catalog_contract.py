@@ -18,7 +18,7 @@ from cloud_api.catalog.poller import Poller, fetch_rows
 from shared.catalog import decode_batch
 from shared.errors import BadRequest
 from shared.store.base import ObjectStore, open_store
-from shared.synthetic import StudySpec
+from shared.synthetic import StudySpec, catalog_rows
 from tests.support.cloud import append_rows, seed_site
 
 
@@ -102,6 +102,77 @@ def test_a_retraction_at_one_site_keeps_the_other_sites_copy(
     study = rows[0].header.study_uid
     assert len(catalog.instances(study, sites=["a"])) == 2
     assert catalog.instances(study, sites=["b"]) == []
+
+
+def _snapshot(catalog: Catalog) -> list[Any]:
+    """Everything a client can see, and the cursors."""
+    everything = [catalog.search(Search(level, limit=1000)) for level in (STUDY, SERIES, INSTANCE)]
+    study = everything[0][0]["StudyInstanceUID"] if everything[0] else ""
+    return [*everything, catalog.counts(), catalog.site_counts(), catalog.cursors(),
+            catalog.instances(study), catalog.search(Search(SERIES, sites=["x"]))]  # fmt: skip
+
+
+def test_objects_applied_together_equal_one_by_one(catalog: Catalog) -> None:
+    """A backlog applied several objects per transaction ends as applying each in turn: the
+    last live row of an instance wins, a retraction that is its last row removes it, a study's
+    attributes are the latest non-empty values, and objects up to the cursor are skipped."""
+    rows = [dict(r) for _, r in catalog_rows(60, sites=1, seed=7)]
+    for r in rows[:20]:
+        r["study_description"] = "FIRST"
+    for r in rows[20:51]:
+        r["study_description"] = ""  # empty: keeps the value applied before
+    for r in rows[40:50]:
+        r["study_description"] = "LATER"
+    assert len({r["study_uid"] for r in rows}) == 1
+
+    def gone(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "deleted": True}
+
+    again = {**rows[0], "instance_number": 99, "object_key": "instances/elsewhere.dcm"}
+    objects = [
+        rows[:20],
+        [*rows[20:40], gone(rows[0])],
+        [again, gone(rows[21]), *rows[40:50]],
+        [gone(rows[41]), rows[41], rows[50], gone(rows[50])],  # back; added and retracted
+    ]
+    keys = [f"catalog/x/{n:012d}.jsonl.gz" for n in range(1, 5)]
+    for key, obj in zip(keys, objects, strict=True):
+        catalog.apply("x", obj, key)
+    one_by_one = _snapshot(catalog)
+    assert catalog.counts()["instances"] == 49
+    assert one_by_one[0][0]["StudyDescription"] == "LATER"
+    numbers = {i["SOPInstanceUID"]: i["InstanceNumber"] for i in one_by_one[2]}
+    assert numbers[again["sop_instance_uid"]] == 99
+
+    catalog.reset()
+    assert catalog.apply_objects("x", list(zip(keys[:2], objects[:2], strict=True))) == 41
+    grouped = list(zip(keys, objects, strict=True))
+    assert catalog.apply_objects("x", grouped) == 16  # the first two are behind the cursor
+    assert catalog.apply_objects("x", grouped) == 0
+    assert _snapshot(catalog) == one_by_one
+
+
+def test_counts_over_the_sites_in_scope(catalog: Catalog) -> None:
+    """A reader's counts are over its sites; an instance held by two of them counts once."""
+    rows = [dict(r) for _, r in catalog_rows(8, sites=1, seed=5)]
+    series = rows[0]["series_uid"]
+    one = [r for r in rows if r["series_uid"] == series][:4]
+    assert len(one) == 4
+    other = {**one[0], "series_uid": series + ".9", "sop_instance_uid": one[0]["sop_instance_uid"]
+             + ".9", "series_number": 9}  # fmt: skip
+    catalog.apply("a", one[:3])
+    catalog.apply("b", [*one[1:], other])
+
+    def figures(sites: list[str] | None) -> tuple[int, int, list[int]]:
+        (study,) = catalog.search(Search(STUDY, sites=sites))
+        per_series = catalog.search(Search(SERIES, sites=sites))
+        return (study["NumberOfStudyRelatedSeries"], study["NumberOfStudyRelatedInstances"],
+                [s["NumberOfSeriesRelatedInstances"] for s in per_series])  # fmt: skip
+
+    assert figures(None) == (2, 5, [4, 1])
+    assert figures(["a"]) == (1, 3, [3])
+    assert figures(["b"]) == (2, 4, [3, 1])
+    assert figures(["a", "b"]) == (2, 5, [4, 1])
 
 
 def _world(store: ObjectStore) -> dict[str, str]:

@@ -87,6 +87,14 @@ class Catalog(Protocol):
         Returns the rows applied (0 when `key` was already applied)."""
         ...
 
+    def apply_objects(
+        self, site: str, objects: Sequence[tuple[str | None, list[dict[str, Any]]]]
+    ) -> int:
+        """Apply consecutive journal objects of one site, (key, rows) in key order, in one
+        transaction: as `apply` of each in turn would, the cursor moving to the last key with
+        them; objects at or before the cursor are skipped. Returns the rows applied."""
+        ...
+
     def try_lead(self) -> bool:
         """Whether this replica applies journal objects now (always, for a SQLite file)."""
         ...

@@ -1,18 +1,25 @@
-"""Applying one journal object to a catalog: the same statements for SQLite and PostgreSQL.
+"""Applying journal objects to a catalog: the same statements for SQLite and PostgreSQL.
 
-Rows are collapsed first (the last row per SOP Instance UID wins, as the journal's contract
-says), split into study, series and instance rows (the last row of each study/series gives its
-attributes), loaded into temporary stage tables (`executemany` on SQLite, COPY on PostgreSQL)
-and merged with set-based upserts; then the counters of the studies and series the object
-touched are recounted, and the site's cursor moves, all in the caller's one transaction: an
-object is applied whole or not at all, and applying it again changes nothing.
+The caller gives one or more consecutive objects of one site (`apply_objects`); objects at or
+before the site's cursor are skipped, the rest are applied as one: rows are collapsed first
+(per SOP Instance UID the last live row is upserted, and the instance is retracted when the
+journal's last row for it is a retraction; the journal's contract), split into study, series
+and instance rows, loaded into temporary stage tables (`executemany` on SQLite, COPY on
+PostgreSQL) and merged with set-based upserts; then the per-site and all-sites counters of the
+series and studies touched are recounted, and the site's cursor moves to the last object's
+key, all in the caller's one transaction: the objects are applied whole or not at all, and
+applying them again changes nothing. Collapsing several objects gives what applying them one
+by one gives (the rules below hold across objects as within one), so the poller may hand over
+several at once and pay the per-transaction costs once.
 
 A study's or series' attribute is the latest non-empty value applied (a later STOW of an SR
-with an empty description does not blank the edge's); an instance's attributes are its last row's.
+with an empty description does not blank the edge's); an instance's attributes and its copy
+are its last live row's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +41,9 @@ STAGES = {
 _INT = attributes.int_columns() | {"size", "id"}
 _REAL = {"received_at"}
 _NORMS = {a.norm_column: a.column for t in ("studies", "series") for a in norm_attrs(t)}
+_EMPTY = ("", None)
+
+Rows = list[dict[str, Any]]
 
 
 @dataclass
@@ -54,11 +64,8 @@ class Tx(Protocol):
 
     def load(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None: ...
 
-    def clear(self, tables: tuple[str, ...]) -> None: ...
-
-    def analyze(self, tables: tuple[str, ...]) -> None:
-        """Give the planner the stage tables' sizes (PostgreSQL never analyses temporary
-        tables itself, and without statistics it joins them by scanning the catalog)."""
+    def clear(self, tables: tuple[str, ...]) -> None:
+        """Empty the stage tables (a no-op where they empty themselves at commit)."""
 
 
 def _value(d: dict[str, Any], col: str) -> Any:
@@ -70,37 +77,54 @@ def _value(d: dict[str, Any], col: str) -> Any:
     return v
 
 
-def prepare(rows: list[dict[str, Any]]) -> Batch:
-    """Rows as `CatalogRow.to_json()` dicts -> the stage rows of one object."""
-    last: dict[str, dict[str, Any]] = {}
-    for d in rows:
-        last.pop(d["sop_instance_uid"], None)  # keep the journal's order of last rows
-        last[d["sop_instance_uid"]] = d
-    b = Batch(rows=len(rows))
+def _merge(into: dict[str, tuple[Any, ...]], key: str, new: tuple[Any, ...]) -> None:
+    """The latest non-empty value of each column (a study's rows usually agree: one compare)."""
+    old = into.get(key)
+    if old is None or old == new:
+        into[key] = new
+    else:
+        into[key] = tuple(o if n in _EMPTY else n for o, n in zip(old, new, strict=True))
+
+
+def prepare(rows: Rows) -> Batch:
+    """Rows as `CatalogRow.to_json()` dicts, in journal order -> the stage rows."""
+    live: dict[str, dict[str, Any]] = {}
+    retracted: dict[str, None] = {}
     studies: dict[str, tuple[Any, ...]] = {}
     series: dict[str, tuple[Any, ...]] = {}
-    for uid, d in last.items():
+    for d in rows:
+        uid = d["sop_instance_uid"]
         if d.get("deleted"):
-            b.retracted.append((uid,))
+            retracted[uid] = None
             continue
-        studies[d["study_uid"]] = tuple(_value(d, c) for c in STUDY_STAGE)
-        series[d["series_uid"]] = tuple(_value(d, c) for c in SERIES_STAGE)
-        b.instances.append(tuple(_value(d, c) for c in INSTANCE_STAGE))
-    b.studies, b.series = list(studies.values()), list(series.values())
-    return b
+        retracted.pop(uid, None)
+        live.pop(uid, None)  # keep the journal's order of last rows
+        live[uid] = d
+        _merge(studies, d["study_uid"], tuple(_value(d, c) for c in STUDY_STAGE))
+        _merge(series, d["series_uid"], tuple(_value(d, c) for c in SERIES_STAGE))
+    return Batch(
+        studies=list(studies.values()),
+        series=list(series.values()),
+        instances=[tuple(_value(d, c) for c in INSTANCE_STAGE) for d in live.values()],
+        retracted=[(uid,) for uid in retracted],
+        rows=len(rows),
+    )
 
 
 def stage_ddl(d: Dialect) -> list[str]:
-    """The stage tables: temporary tables of the connection that applies."""
-    real = "REAL" if d.name == "sqlite" else "DOUBLE PRECISION"
+    """The stage tables: temporary tables of the connection that applies. On PostgreSQL they
+    empty themselves at commit (in place: TRUNCATE would give each a new file and catalog row
+    per transaction)."""
+    pg = d.name == "postgresql"
+    real = "DOUBLE PRECISION" if pg else "REAL"
     # the catalog's collation: joins on UIDs can then use the catalog's unique indexes
-    text = "TEXT" if d.name == "sqlite" else 'TEXT COLLATE "C"'
+    text = 'TEXT COLLATE "C"' if pg else "TEXT"
     out = []
     for table, cols in STAGES.items():
         typed = ", ".join(
             f"{c} {'BIGINT' if c in _INT else (real if c in _REAL else text)}" for c in cols
         )
-        out.append(f"CREATE TEMP TABLE {table} ({typed})")
+        out.append(f"CREATE TEMP TABLE {table} ({typed}){' ON COMMIT DELETE ROWS' if pg else ''}")
     return out
 
 
@@ -125,14 +149,14 @@ def _upserts(d: Dialect) -> list[str]:
     return [
         f"INSERT INTO studies ({st_cols}) SELECT {st_cols} FROM s_studies WHERE 1 = 1"
         f" ON CONFLICT (study_uid) DO UPDATE SET {_keep('studies', STUDY_STAGE, 'study_uid')}",
-        "INSERT INTO t_studies (id) SELECT st.id FROM studies st"
-        " JOIN s_studies s ON s.study_uid = st.study_uid",
+        "INSERT INTO t_studies (id) SELECT st.id FROM s_studies s"
+        " JOIN studies st ON st.study_uid = s.study_uid",
         f"INSERT INTO series (study_id, {', '.join(se_attrs)})"
         f" SELECT st.id, {', '.join('s.' + c for c in se_attrs)} FROM s_series s"
         " JOIN studies st ON st.study_uid = s.study_uid WHERE 1 = 1"
         f" ON CONFLICT (series_uid) DO UPDATE SET {_keep('series', se_attrs, 'series_uid')}",
-        "INSERT INTO t_series (id) SELECT se.id FROM series se"
-        " JOIN s_series s ON s.series_uid = se.series_uid",
+        "INSERT INTO t_series (id) SELECT se.id FROM s_series s"
+        " JOIN series se ON se.series_uid = s.series_uid",
         # one upsert each for instances and copies: measured against update-then-insert
         # (two joins per row), 2.4x faster on SQLite and 1.6x on PostgreSQL at 100-200k rows
         f"INSERT INTO instances (series_id, study_id, {', '.join(in_attrs)})"
@@ -140,75 +164,90 @@ def _upserts(d: Dialect) -> list[str]:
         " JOIN series se ON se.series_uid = s.series_uid WHERE 1 = 1"
         " ON CONFLICT (sop_instance_uid) DO UPDATE SET "
         + ", ".join(f"{c} = excluded.{c}" for c in in_attrs if c != "sop_instance_uid"),
-        f"INSERT INTO copies (instance_id, site, study_id, series_id, {', '.join(COPY_COLUMNS)})"
-        f" SELECT i.id, {p}, i.study_id, i.series_id, {', '.join('s.' + c for c in COPY_COLUMNS)}"
-        " FROM s_instances s JOIN instances i ON i.sop_instance_uid = s.sop_instance_uid"
-        " WHERE 1 = 1 ON CONFLICT (instance_id, site) DO UPDATE SET "
+        f"INSERT INTO copies (sop_instance_uid, site, {', '.join(COPY_COLUMNS)})"
+        f" SELECT s.sop_instance_uid, {p}, {', '.join('s.' + c for c in COPY_COLUMNS)}"
+        " FROM s_instances s WHERE 1 = 1 ON CONFLICT (sop_instance_uid, site) DO UPDATE SET "
         + ", ".join(f"{c} = excluded.{c}" for c in COPY_COLUMNS),
     ]
 
 
 def _retractions(d: Dialect) -> list[tuple[str, bool]]:
-    """(statement, whether it takes the site)."""
+    """(statement, whether it takes the site): after the upserts, so an instance added and
+    retracted within the objects applied ends as the journal says."""
     p = d.param
-    retracted = (
-        "SELECT i.id FROM instances i JOIN s_retracted r ON r.sop_instance_uid = i.sop_instance_uid"
-    )
     return [
         (
-            f"INSERT INTO t_studies (id) SELECT c.study_id FROM copies c"
-            f" WHERE c.site = {p} AND c.instance_id IN ({retracted})",
-            True,
+            "INSERT INTO t_series (id) SELECT i.series_id FROM s_retracted r"
+            " JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid",
+            False,
         ),
         (
-            f"INSERT INTO t_series (id) SELECT c.series_id FROM copies c"
-            f" WHERE c.site = {p} AND c.instance_id IN ({retracted})",
+            "INSERT INTO t_studies (id) SELECT i.study_id FROM s_retracted r"
+            " JOIN instances i ON i.sop_instance_uid = r.sop_instance_uid",
+            False,
+        ),
+        (
+            f"DELETE FROM copies WHERE site = {p}"
+            " AND sop_instance_uid IN (SELECT sop_instance_uid FROM s_retracted)",
             True,
         ),
-        (f"DELETE FROM copies WHERE site = {p} AND instance_id IN ({retracted})", True),
         (
             "DELETE FROM instances WHERE sop_instance_uid IN (SELECT sop_instance_uid FROM"
             " s_retracted) AND NOT EXISTS"
-            " (SELECT 1 FROM copies c WHERE c.instance_id = instances.id)",
+            " (SELECT 1 FROM copies c WHERE c.sop_instance_uid = instances.sop_instance_uid)",
             False,
         ),
     ]
 
 
 def _recounts(d: Dialect) -> list[str]:
+    """Counters of the touched series then studies, all sites and per site."""
     modalities = d.join_distinct(
         "x.modality", "series x WHERE x.study_id = studies.id AND x.modality <> ''"
     )
+    series = "(SELECT id FROM t_series)"
+    studies = "(SELECT id FROM t_studies)"
     return [
+        f"DELETE FROM series_sites WHERE series_id IN {series}",
+        "INSERT INTO series_sites (series_id, site, num_instances)"
+        " SELECT i.series_id, c.site, count(*) FROM instances i"
+        " JOIN copies c ON c.sop_instance_uid = i.sop_instance_uid"
+        f" WHERE i.series_id IN {series}"
+        " GROUP BY i.series_id, c.site",
         "UPDATE series SET num_instances = (SELECT count(*) FROM instances i"
-        " WHERE i.series_id = series.id) WHERE id IN (SELECT id FROM t_series)",
-        "DELETE FROM series WHERE id IN (SELECT id FROM t_series) AND num_instances = 0",
+        f" WHERE i.series_id = series.id) WHERE id IN {series}",
+        f"DELETE FROM series WHERE id IN {series} AND num_instances = 0",
         "UPDATE studies SET"
-        " num_instances = (SELECT count(*) FROM instances i WHERE i.study_id = studies.id),"
+        " num_instances = (SELECT COALESCE(sum(se.num_instances), 0) FROM series se"
+        " WHERE se.study_id = studies.id),"
         " num_series = (SELECT count(*) FROM series se WHERE se.study_id = studies.id),"
         f" modalities = COALESCE({modalities}, '')"
-        " WHERE id IN (SELECT id FROM t_studies)",
-        "DELETE FROM studies WHERE id IN (SELECT id FROM t_studies) AND num_instances = 0",
-        "DELETE FROM study_sites WHERE study_id IN (SELECT id FROM t_studies)",
+        f" WHERE id IN {studies}",
+        f"DELETE FROM studies WHERE id IN {studies} AND num_instances = 0",
+        f"DELETE FROM study_sites WHERE study_id IN {studies}",
         "INSERT INTO study_sites (study_id, site, num_series, num_instances)"
-        " SELECT study_id, site, count(DISTINCT series_id), count(*) FROM copies"
-        " WHERE study_id IN (SELECT id FROM t_studies) GROUP BY study_id, site",
+        " SELECT se.study_id, ss.site, count(*), sum(ss.num_instances) FROM series se"
+        f" JOIN series_sites ss ON ss.series_id = se.id WHERE se.study_id IN {studies}"
+        " GROUP BY se.study_id, ss.site",
     ]
 
 
-def apply_batch(tx: Tx, d: Dialect, site: str, rows: list[dict[str, Any]], key: str | None) -> int:
-    """Apply one object inside the caller's transaction; 0 if `key` is already applied."""
+def apply_objects(tx: Tx, d: Dialect, site: str, objects: Sequence[tuple[str | None, Rows]]) -> int:
+    """Apply consecutive objects of one site, (key or None, rows) in journal order, inside the
+    caller's transaction; objects whose key is at or before the site's cursor are skipped.
+    Returns the rows applied."""
     p = d.param
-    if key is not None:
+    if any(key is not None for key, _ in objects):
         found = tx.execute(f"SELECT last_key FROM cursors WHERE site = {p}", [site])
-        if found and found[0][0] >= key:
-            return 0
-    batch = prepare(rows)
+        cursor = found[0][0] if found else ""
+        objects = [(k, rows) for k, rows in objects if k is None or k > cursor]
+    if not objects:
+        return 0
+    batch = prepare([r for _, rows in objects for r in rows])
     tx.clear(tuple(STAGES))
     tx.load("s_studies", STUDY_STAGE, batch.studies)
     tx.load("s_series", SERIES_STAGE, batch.series)
     tx.load("s_instances", INSTANCE_STAGE, batch.instances)
-    tx.analyze(("s_studies", "s_series", "s_instances"))
     if batch.instances:
         for sql in _upserts(d):
             tx.execute(sql, [site] * sql.count(p))
@@ -216,15 +255,20 @@ def apply_batch(tx: Tx, d: Dialect, site: str, rows: list[dict[str, Any]], key: 
         tx.load("s_retracted", ("sop_instance_uid",), batch.retracted)
         for sql, takes_site in _retractions(d):
             tx.execute(sql, [site] if takes_site else [])
-    tx.analyze(("t_studies", "t_series"))
     for sql in _recounts(d):
         tx.execute(sql)
-    if key is not None:
+    keys = [k for k, _ in objects if k is not None]
+    if keys:
         tx.execute(
             f"INSERT INTO cursors (site, last_key, rows) VALUES ({p}, {p}, {p})"
             " ON CONFLICT (site) DO UPDATE SET last_key = CASE WHEN excluded.last_key >"
             " cursors.last_key THEN excluded.last_key ELSE cursors.last_key END,"
             " rows = cursors.rows + excluded.rows",
-            [site, key, batch.rows],
+            [site, max(keys), batch.rows],
         )
     return batch.rows
+
+
+def apply_batch(tx: Tx, d: Dialect, site: str, rows: Rows, key: str | None) -> int:
+    """Apply one object (STOW's immediate apply: no key); 0 if `key` is already applied."""
+    return apply_objects(tx, d, site, [(key, rows)])

@@ -60,11 +60,7 @@ class _Tx:
                 copy.write_row(row)
 
     def clear(self, tables: tuple[str, ...]) -> None:
-        # TRUNCATE, not DELETE: temporary tables are never vacuumed, dead rows would pile up
-        self.conn.execute(f"TRUNCATE {', '.join(tables)}")
-
-    def analyze(self, tables: tuple[str, ...]) -> None:
-        self.conn.execute(f"ANALYZE {', '.join(tables)}")
+        pass  # the stage tables are ON COMMIT DELETE ROWS: empty at the start of a transaction
 
 
 class PostgresCatalog:
@@ -113,6 +109,11 @@ class PostgresCatalog:
             # the last commits, each with its cursor, so those objects are applied again; the
             # commit no longer waits for the WAL flush (one fsync per journal object)
             conn.execute("SET synchronous_commit = off")
+            # Every apply statement drives index probes from a few thousand staged rows; with
+            # hash or merge joins the planner scanned a whole catalog table (or walked 20x the
+            # entries of a UID index) per object, whatever the stage tables' statistics.
+            conn.execute("SET enable_hashjoin = off")
+            conn.execute("SET enable_mergejoin = off")
             for stmt in apply.stage_ddl(POSTGRES):
                 conn.execute(stmt)
             self._writer = conn
@@ -163,12 +164,17 @@ class PostgresCatalog:
         )
 
     def apply(self, site: str, rows: list[dict[str, Any]], key: str | None = None) -> int:
+        return self.apply_objects(site, [(key, rows)])
+
+    def apply_objects(
+        self, site: str, objects: Sequence[tuple[str | None, list[dict[str, Any]]]]
+    ) -> int:
         with self._writer_lock:
             conn = self._connect_writer()
             try:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPLY_LOCK,))
-                    n = apply.apply_batch(_Tx(conn), POSTGRES, site, rows, key)
+                    n = apply.apply_objects(_Tx(conn), POSTGRES, site, objects)
                 self._since_analyze += n
                 if self._since_analyze >= self._analyze_at:
                     self._analyze(conn)

@@ -3,8 +3,14 @@
 Derived data (rebuilt from the bucket), so there are no migrations: a schema of another
 `VERSION` is dropped and rebuilt. One row per study, series and instance UID whatever the sites
 (one study UID is one study in every answer); `copies` says which sites cataloged an instance
-and where its bytes are; `study_sites` keeps per-site counters (a reader's scope, the admin's
-site summaries). `<column>_norm` holds the upper-cased copy of case-insensitive attributes.
+and where its bytes are (keyed by instance and site, nothing else: it is the widest per-instance
+write); `series_sites` and `study_sites` keep per-site counters (a reader's scope, its counts,
+the admin's site summaries), recounted for the series and studies an apply touches.
+`<column>_norm` holds the upper-cased copy of case-insensitive attributes.
+
+Per instance an apply writes one `instances` row (three index entries: id, SOP Instance UID,
+series) and one `copies` row (one: instance and site); everything a search needs per site is in
+the per-series and per-study tables, a hundred times smaller.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ from __future__ import annotations
 from shared import attributes
 from shared.attributes import INT, Attribute
 
-VERSION = 2
-TABLES = ("copies", "study_sites", "instances", "series", "studies", "cursors")
+VERSION = 3
+TABLES = ("copies", "series_sites", "study_sites", "instances", "series", "studies", "cursors")
 COPY_COLUMNS = ("transfer_syntax", "object_key", "size", "crc32c", "received_at")
 # Counters and denormalised lists kept per row (recounted for the rows an object touches).
 STUDY_EXTRA = ("specific_character_set", "modalities", "num_series", "num_instances")
@@ -50,11 +56,13 @@ def ddl(dialect: str) -> list[str]:
         f" num_series {counter}, num_instances {counter}, UNIQUE (study_uid))",
         f"CREATE TABLE series (id {ident}, study_id {ref}, {', '.join(cols('series'))},"
         f" num_instances {counter}, UNIQUE (series_uid))",
-        f"CREATE TABLE instances (id {ident}, series_id {ref}, study_id {ref},"
-        f" {', '.join(cols('instances'))}, UNIQUE (sop_instance_uid))",
-        f"CREATE TABLE copies (instance_id {ref}, site {text}, study_id {ref}, series_id {ref},"
-        f" transfer_syntax {text}, object_key {text}, size {integer} NOT NULL DEFAULT 0,"
-        f" crc32c {text}, received_at {real} NOT NULL DEFAULT 0, PRIMARY KEY (instance_id, site))",
+        f"CREATE TABLE instances (series_id {ref}, study_id {ref},"
+        f" {', '.join(cols('instances'))}, PRIMARY KEY (sop_instance_uid))",
+        f"CREATE TABLE copies (sop_instance_uid {text}, site {text}, transfer_syntax {text},"
+        f" object_key {text}, size {integer} NOT NULL DEFAULT 0, crc32c {text},"
+        f" received_at {real} NOT NULL DEFAULT 0, PRIMARY KEY (sop_instance_uid, site))",
+        f"CREATE TABLE series_sites (series_id {ref}, site {text}, num_instances {counter},"
+        f" PRIMARY KEY (series_id, site))",
         f"CREATE TABLE study_sites (study_id {ref}, site {text}, num_series {counter},"
         f" num_instances {counter}, PRIMARY KEY (study_id, site))",
         f"CREATE TABLE cursors (site {text} PRIMARY KEY, last_key {text}, rows {counter})",
@@ -62,9 +70,6 @@ def ddl(dialect: str) -> list[str]:
         "CREATE INDEX studies_order ON studies (study_date, study_time, study_uid)",
         "CREATE INDEX series_study ON series (study_id)",
         "CREATE INDEX instances_series ON instances (series_id)",
-        "CREATE INDEX instances_study ON instances (study_id)",
-        "CREATE INDEX copies_study ON copies (study_id, site)",
-        "CREATE INDEX copies_series ON copies (series_id, site)",
         "CREATE INDEX study_sites_site ON study_sites (site, study_id)",
     ]
     for a in attributes.STORED:

@@ -39,7 +39,7 @@ _FROM = {
     STUDY: "studies st",
     SERIES: "series se JOIN studies st ON st.id = se.study_id",
     INSTANCE: "instances i JOIN series se ON se.id = i.series_id "
-    "JOIN studies st ON st.id = i.study_id",
+    "JOIN studies st ON st.id = se.study_id",
 }
 _ORDER = {
     STUDY: "st.study_date DESC, st.study_time DESC, st.study_uid DESC",
@@ -96,8 +96,9 @@ def scope(level: str, sites: Sequence[str] | None, alias: str = "") -> Predicate
     site_in = matching.one_of("c.site", list(sites))
     if level == STUDY:
         return matching.Exists("study_sites c", f"c.study_id = {alias or 'st'}.id", site_in)
-    link = f"c.series_id = {alias or 'se'}.id" if level == SERIES else "c.instance_id = i.id"
-    return matching.Exists("copies c", link, site_in)
+    if level == SERIES:
+        return matching.Exists("series_sites c", f"c.series_id = {alias or 'se'}.id", site_in)
+    return matching.Exists("copies c", "c.sop_instance_uid = i.sop_instance_uid", site_in)
 
 
 def predicate(a: Attribute, values: list[str], sites: Sequence[str] | None) -> Predicate | None:
@@ -164,12 +165,7 @@ def _scoped_figures(q: Search, rows: list[dict[str, Any]], d: Dialect, execute: 
     ids = sorted({r[key] for r in rows})
     in_ids, in_sites = d.placeholders(len(ids)), d.placeholders(len(sites))
     if q.level == SERIES:
-        found = execute(
-            f"SELECT series_id AS id, count(DISTINCT instance_id) AS n FROM copies"
-            f" WHERE series_id IN ({in_ids}) AND site IN ({in_sites}) GROUP BY series_id",
-            [*ids, *sites],
-        )
-        counts = {f["id"]: f["n"] for f in found}
+        counts = {f["id"]: f["n"] for f in execute(*_series_counts(ids, sites, d))}
         for r in rows:
             r["NumberOfSeriesRelatedInstances"] = counts.get(r[key], 0)
         return
@@ -178,25 +174,45 @@ def _scoped_figures(q: Search, rows: list[dict[str, Any]], d: Dialect, execute: 
             f"SELECT study_id AS id, num_series AS s, num_instances AS n FROM study_sites"
             f" WHERE study_id IN ({in_ids}) AND site IN ({in_sites})"
         )
+        params = [*ids, *sites]
     else:  # an instance at two sites in scope counts once
-        sql = (
-            f"SELECT study_id AS id, count(DISTINCT series_id) AS s,"
-            f" count(DISTINCT instance_id) AS n FROM copies"
-            f" WHERE study_id IN ({in_ids}) AND site IN ({in_sites}) GROUP BY study_id"
-        )
-    figures = {f["id"]: (f["s"], f["n"]) for f in execute(sql, [*ids, *sites])}
+        inner, params = _series_counts(ids, sites, d, by_study=True)
+        sql = f"SELECT study_id AS id, count(*) AS s, sum(n) AS n FROM ({inner}) x"
+        sql += " GROUP BY study_id"
+    figures = {f["id"]: (f["s"], f["n"]) for f in execute(sql, params)}
     mods: dict[int, set[str]] = defaultdict(set)
     for m in execute(
         f"SELECT se.study_id AS id, se.modality AS m FROM series se"
         f" WHERE se.study_id IN ({in_ids}) AND se.modality <> '' AND EXISTS"
-        f" (SELECT 1 FROM copies c WHERE c.series_id = se.id AND c.site IN ({in_sites}))",
+        f" (SELECT 1 FROM series_sites c WHERE c.series_id = se.id AND c.site IN ({in_sites}))",
         [*ids, *sites],
     ):
         mods[m["id"]].add(m["m"])
     for r in rows:
         s, n = figures.get(r[key], (0, 0))
-        r["NumberOfStudyRelatedSeries"], r["NumberOfStudyRelatedInstances"] = s, n
+        r["NumberOfStudyRelatedSeries"], r["NumberOfStudyRelatedInstances"] = s, int(n)
         r["ModalitiesInStudy"] = "\\".join(sorted(mods[r[key]]))
+
+
+def _series_counts(
+    ids: list[int], sites: list[str], d: Dialect, by_study: bool = False
+) -> tuple[str, list[Any]]:
+    """(id, n): the instances of each series (`ids`; of each study's series with `by_study`)
+    held by a site in scope, each once. A series at one site in scope takes that site's
+    counter; only one at several sites counts its instances."""
+    in_ids, in_sites = d.placeholders(len(ids)), d.placeholders(len(sites))
+    owner = "se.study_id" if by_study else "se.id"
+    sql = (
+        f"SELECT {owner} AS {'study_id' if by_study else 'id'}, CASE WHEN x.k = 1 THEN x.n ELSE"
+        " (SELECT count(*) FROM instances i WHERE i.series_id = x.series_id AND EXISTS"
+        " (SELECT 1 FROM copies c WHERE c.sop_instance_uid = i.sop_instance_uid"
+        f" AND c.site IN ({in_sites})))"
+        " END AS n FROM (SELECT ss.series_id, count(*) AS k, max(ss.num_instances) AS n"
+        f" FROM series_sites ss JOIN series se ON se.id = ss.series_id"
+        f" WHERE {owner} IN ({in_ids}) AND ss.site IN ({in_sites}) GROUP BY ss.series_id) x"
+        " JOIN series se ON se.id = x.series_id"
+    )
+    return sql, [*sites, *ids, *sites]
 
 
 def instances_sql(
@@ -224,10 +240,10 @@ def instances_sql(
     sql = (
         "SELECT st.study_uid, se.series_uid, i.sop_instance_uid, i.sop_class_uid,"
         " i.instance_number, c.transfer_syntax, c.object_key, c.size, c.crc32c"
-        " FROM studies st JOIN instances i ON i.study_id = st.id"
-        " JOIN series se ON se.id = i.series_id"
-        " JOIN copies c ON c.instance_id = i.id AND c.site ="
-        f" (SELECT min(c2.site) FROM copies c2 WHERE c2.instance_id = i.id{in_scope})"
+        " FROM studies st JOIN series se ON se.study_id = st.id"
+        " JOIN instances i ON i.series_id = se.id"
+        " JOIN copies c ON c.sop_instance_uid = i.sop_instance_uid AND c.site = (SELECT"
+        f" min(c2.site) FROM copies c2 WHERE c2.sop_instance_uid = i.sop_instance_uid{in_scope})"
         f" WHERE {' AND '.join(where)}"
         " ORDER BY se.series_uid, i.instance_number NULLS FIRST, i.sop_instance_uid"
     )

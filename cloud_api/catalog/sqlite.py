@@ -44,9 +44,6 @@ class _Tx:
         for t in tables:
             self.conn.execute(f"DELETE FROM {t}")
 
-    def analyze(self, tables: tuple[str, ...]) -> None:
-        pass  # SQLite's planner already prefers the catalog's indexes for these joins
-
 
 class SqliteCatalog:
     def __init__(self, path: str | Path) -> None:
@@ -109,9 +106,14 @@ class SqliteCatalog:
         return search.instances(study_uid, series_uid, sop_instance_uid, sites, SQLITE, self._query)
 
     def apply(self, site: str, rows: list[dict[str, Any]], key: str | None = None) -> int:
+        return self.apply_objects(site, [(key, rows)])
+
+    def apply_objects(
+        self, site: str, objects: Sequence[tuple[str | None, list[dict[str, Any]]]]
+    ) -> int:
         with self._lock:
             with transaction(self._writer) as conn:
-                n = apply.apply_batch(_Tx(conn), SQLITE, site, rows, key)
+                n = apply.apply_objects(_Tx(conn), SQLITE, site, objects)
             self._since_analyze += n
             if self._since_analyze >= self._analyze_at:
                 self._analyze()
@@ -122,7 +124,7 @@ class SqliteCatalog:
         with self._lock:
             self._writer.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
             self._writer.execute("ANALYZE main")  # not the stage tables: their plans are right
-            total = self._writer.execute("SELECT max(id) FROM instances").fetchone()[0] or 0
+            total = self._writer.execute("SELECT max(rowid) FROM instances").fetchone()[0] or 0
             self._since_analyze = 0
             self._analyze_at = max(ANALYZE_EVERY_ROWS, total // 10)
 
