@@ -44,6 +44,9 @@ class _Tx:
         for t in tables:
             self.conn.execute(f"DELETE FROM {t}")
 
+    def analyze(self, table: str, column: str) -> None:
+        pass  # SQLite's nested loops already use the catalog's indexes
+
 
 class SqliteCatalog:
     def __init__(self, path: str | Path) -> None:
