@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
 
-from cloud_api.catalog.schema import COPY_COLUMNS, attr_columns, norm_attrs
+from cloud_api.catalog.schema import ALL_SITES, COPY_COLUMNS, ORDER_KEYS, attr_columns, norm_attrs
 from shared import attributes
 from shared.sqldialect import Dialect
 
@@ -235,12 +235,20 @@ def _retractions(d: Dialect) -> list[tuple[str, bool]]:
 
 
 def _recounts(d: Dialect) -> list[str]:
-    """Counters of the touched series then studies, all sites and per site."""
+    """Counters of the touched series then studies, all sites and per site, and the per-site
+    rows that carry a study's order keys. Whatever changes a study's date or time (or any
+    row under it) must put it in `t_studies`: these copies are only rewritten from there."""
     modalities = d.join_distinct(
         "x.modality", "series x WHERE x.study_id = studies.id AND x.modality <> ''"
     )
     series = "(SELECT id FROM t_series)"
     studies = "(SELECT id FROM t_studies)"
+    keys = ", ".join(ORDER_KEYS)
+    st_keys = ", ".join(f"st.{k}" for k in ORDER_KEYS)
+    per_site = (
+        "FROM series se JOIN series_sites ss ON ss.series_id = se.id"
+        f" JOIN studies st ON st.id = se.study_id WHERE se.study_id IN {studies}"
+    )
     return [
         f"DELETE FROM series_sites WHERE series_id IN {series}",
         "INSERT INTO series_sites (series_id, site, num_instances)"
@@ -259,10 +267,15 @@ def _recounts(d: Dialect) -> list[str]:
         f" WHERE id IN {studies}",
         f"DELETE FROM studies WHERE id IN {studies} AND num_instances = 0",
         f"DELETE FROM study_sites WHERE study_id IN {studies}",
-        "INSERT INTO study_sites (study_id, site, num_series, num_instances)"
-        " SELECT se.study_id, ss.site, count(*), sum(ss.num_instances) FROM series se"
-        f" JOIN series_sites ss ON ss.series_id = se.id WHERE se.study_id IN {studies}"
-        " GROUP BY se.study_id, ss.site",
+        f"INSERT INTO study_sites (study_id, site, num_series, num_instances, {keys})"
+        f" SELECT se.study_id, ss.site, count(*), sum(ss.num_instances), {st_keys} {per_site}"
+        f" GROUP BY se.study_id, ss.site, {st_keys}",
+        f"DELETE FROM study_modalities WHERE study_id IN {studies}",
+        f"INSERT INTO study_modalities (study_id, site, modality, {keys})"
+        f" SELECT DISTINCT se.study_id, ss.site, se.modality, {st_keys} {per_site}",
+        f"INSERT INTO study_modalities (study_id, site, modality, {keys})"
+        f" SELECT DISTINCT se.study_id, {d.param}, se.modality, {st_keys} FROM series se"
+        f" JOIN studies st ON st.id = se.study_id WHERE se.study_id IN {studies}",
     ]
 
 
@@ -291,7 +304,7 @@ def apply_objects(tx: Tx, d: Dialect, site: str, objects: Sequence[tuple[str | N
         for sql, takes_site in _retractions(d):
             tx.execute(sql, [site] if takes_site else [])
     for sql in _recounts(d):
-        tx.execute(sql)
+        tx.execute(sql, [ALL_SITES] * sql.count(p))
     keys = [k for k, _ in objects if k is not None]
     if keys:
         tx.execute(

@@ -3,14 +3,16 @@
 Derived data (rebuilt from the bucket), so there are no migrations: a schema of another
 `VERSION` is dropped and rebuilt. One row per study, series and instance UID whatever the sites
 (one study UID is one study in every answer); `copies` says which sites cataloged an instance
-and where its bytes are (keyed by instance and site, nothing else: it is the widest per-instance
-write); `series_sites` and `study_sites` keep per-site counters (a reader's scope, its counts,
-the admin's site summaries), recounted for the series and studies an apply touches.
-`<column>_norm` holds the upper-cased copy of case-insensitive attributes.
-
-Per instance an apply writes one `instances` row (three index entries: id, SOP Instance UID,
-series) and one `copies` row (one: instance and site); everything a search needs per site is in
-the per-series and per-study tables, a hundred times smaller.
+and where its bytes are. Per instance an apply writes one `instances` row (two index entries:
+SOP Instance UID, series) and one `copies` row (one: SOP Instance UID and site); everything a
+search needs per site is in the per-series and per-study tables, a hundred times smaller, all
+recounted for the series and studies an apply touches:
+- `series_sites`, `study_sites`: per-site counters (a reader's scope and counts, the admin's
+  site summaries);
+- `study_modalities`: the modalities of a study per site, and over all sites (`ALL_SITES`).
+`study_sites` and `study_modalities` carry the study's `ORDER_KEYS`, so a reader of one site,
+or a search on one modality, walks an index of exactly its studies newest first instead of
+every study. `<column>_norm` holds the upper-cased copy of case-insensitive attributes.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from __future__ import annotations
 from shared import attributes
 from shared.attributes import INT, Attribute
 
-VERSION = 3
-TABLES = ("copies", "series_sites", "study_sites", "instances", "series", "studies", "cursors")
+VERSION = 4
+TABLES = ("copies", "series_sites", "study_sites", "study_modalities", "instances", "series",
+          "studies", "cursors")  # fmt: skip
+# A study's order keys (newest first), copied into the per-site tables that drive searches.
+ORDER_KEYS = ("study_date", "study_time", "study_uid")
+ALL_SITES = ""  # the study_modalities rows over every site (never a site name)
 COPY_COLUMNS = ("transfer_syntax", "object_key", "size", "crc32c", "received_at")
 # Counters and denormalised lists kept per row (recounted for the rows an object touches).
 STUDY_EXTRA = ("specific_character_set", "modalities", "num_series", "num_instances")
@@ -43,6 +49,7 @@ def ddl(dialect: str) -> list[str]:
     real = "DOUBLE PRECISION" if pg else "REAL"
     ref = f"{integer} NOT NULL"
     counter = f"{integer} NOT NULL DEFAULT 0"
+    keys = ", ".join(f"{k} {text}" for k in ORDER_KEYS)
 
     def cols(table: str) -> list[str]:
         attrs = attributes.stored_at(table)
@@ -64,13 +71,18 @@ def ddl(dialect: str) -> list[str]:
         f"CREATE TABLE series_sites (series_id {ref}, site {text}, num_instances {counter},"
         f" PRIMARY KEY (series_id, site))",
         f"CREATE TABLE study_sites (study_id {ref}, site {text}, num_series {counter},"
-        f" num_instances {counter}, PRIMARY KEY (study_id, site))",
+        f" num_instances {counter}, {keys}, PRIMARY KEY (study_id, site))",
+        f"CREATE TABLE study_modalities (study_id {ref}, site {text}, modality {text}, {keys},"
+        " PRIMARY KEY (study_id, site, modality))",
         f"CREATE TABLE cursors (site {text} PRIMARY KEY, last_key {text}, rows {counter})",
         # newest first: the order of every study answer, and StudyDate ranges
         "CREATE INDEX studies_order ON studies (study_date, study_time, study_uid)",
         "CREATE INDEX series_study ON series (study_id)",
         "CREATE INDEX instances_series ON instances (series_id)",
-        "CREATE INDEX study_sites_site ON study_sites (site, study_id)",
+        # a reader of one site: its studies newest first, and those with a modality
+        f"CREATE INDEX study_sites_order ON study_sites (site, {', '.join(ORDER_KEYS)})",
+        "CREATE INDEX study_modalities_order ON study_modalities"
+        f" (modality, site, {', '.join(ORDER_KEYS)})",
     ]
     for a in attributes.STORED:
         if a.index and a.column != "study_date":  # study_date: studies_order serves it

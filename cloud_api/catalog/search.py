@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cloud_api.catalog import INSTANCE, SERIES, STUDY, InstanceRef, Search
+from cloud_api.catalog.schema import ALL_SITES, ORDER_KEYS
 from shared import attributes, matching
 from shared.attributes import BY_KEYWORD, DATE, INT, PN, TIME, UID, Attribute
 from shared.errors import BadRequest
-from shared.matching import Predicate
+from shared.matching import And, Eq, Predicate
 from shared.sqldialect import Dialect
 
 Execute = Callable[[str, list[Any]], list[dict[str, Any]]]
@@ -42,7 +44,7 @@ _FROM = {
     "JOIN studies st ON st.id = se.study_id",
 }
 _ORDER = {
-    STUDY: "st.study_date DESC, st.study_time DESC, st.study_uid DESC",
+    STUDY: ", ".join(f"st.{k} DESC" for k in ORDER_KEYS),
     SERIES: "st.study_uid, se.series_number NULLS FIRST, se.series_uid",
     INSTANCE: "st.study_uid, se.series_uid, i.instance_number NULLS FIRST, i.sop_instance_uid",
 }
@@ -107,9 +109,10 @@ def predicate(a: Attribute, values: list[str], sites: Sequence[str] | None) -> P
         inner = matching.any_of([matching.string("x.modality", v) for v in values])
         if inner is None:
             return None
-        term = matching.all_of([inner, scope(SERIES, sites, alias="x")])
-        assert term is not None
-        return matching.Exists("series x", "x.study_id = st.id", term)
+        if sites is not None and not sites:
+            return matching.Never()
+        where = matching.one_of("x.site", list(sites) if sites is not None else [ALL_SITES])
+        return matching.Exists("study_modalities x", "x.study_id = st.id", And((inner, where)))
     col = f"{_ALIAS[a.table]}.{a.norm_column if a.ci else a.column}"
     if a.kind == UID:
         uids = matching.uids(values, validate=True)
@@ -124,19 +127,59 @@ def predicate(a: Attribute, values: list[str], sites: Sequence[str] | None) -> P
     return matching.any_of([matching.string(col, v) for v in values])
 
 
+@dataclass(frozen=True)
+class _Driver:
+    """The rows a search walks, in answer order: FROM, ORDER BY, the walk's own condition,
+    the matching key it already answers and whether it is already the reader's scope."""
+
+    source: str
+    order: str
+    where: Predicate | None = None
+    answers: str = ""
+    in_scope: bool = False
+
+
+def _by_site_keys(table: str, alias: str, where: Predicate, answers: str = "") -> _Driver:
+    order = ", ".join(f"{alias}.{k} DESC" for k in ORDER_KEYS)
+    source = f"{table} {alias} JOIN studies st ON st.id = {alias}.study_id"
+    return _Driver(source, order, where, answers, in_scope=True)
+
+
+def driver(q: Search) -> _Driver:
+    """Studies newest first from the narrowest index that holds them in that order: one
+    modality's studies (`study_modalities`), else a single-site reader's (`study_sites`),
+    else every study. Each walk then stops after the page, however rare its rows are."""
+    plain = _Driver(_FROM[q.level], _ORDER[q.level])
+    if q.level != STUDY or (q.sites is not None and len(q.sites) != 1):
+        return plain
+    site = q.sites[0] if q.sites is not None else ALL_SITES
+    values = q.filters.get("ModalitiesInStudy")
+    if values is not None:
+        term = matching.any_of([matching.string("m.modality", v) for v in values])
+        if isinstance(term, Eq):  # one literal value; lists and wildcards take EXISTS
+            where = And((term, Eq("m.site", site)))
+            return _by_site_keys("study_modalities", "m", where, "ModalitiesInStudy")
+    if q.sites is None:
+        return plain
+    return _by_site_keys("study_sites", "c", Eq("c.site", site))
+
+
 def build(q: Search, d: Dialect) -> tuple[str, list[Any]]:
-    terms: list[Predicate | None] = []
+    walk = driver(q)
+    terms: list[Predicate | None] = [walk.where]
     for keyword, values in q.filters.items():
         if keyword not in MATCHABLE[q.level]:
             raise BadRequest(f"{keyword} cannot be matched at the {q.level.lower()} level")
-        terms.append(predicate(BY_KEYWORD[keyword], values, q.sites))
-    terms.append(scope(q.level, q.sites))
+        if keyword != walk.answers:
+            terms.append(predicate(BY_KEYWORD[keyword], values, q.sites))
+    if not walk.in_scope:
+        terms.append(scope(q.level, q.sites))
     params: list[Any] = []
     where = d.render(matching.all_of(terms), params)
-    sql = f"SELECT {_SELECT[q.level]} FROM {_FROM[q.level]}"
+    sql = f"SELECT {_SELECT[q.level]} FROM {walk.source}"
     if where:
         sql += f" WHERE {where}"
-    sql += f" ORDER BY {_ORDER[q.level]} LIMIT {d.param} OFFSET {d.param}"
+    sql += f" ORDER BY {walk.order} LIMIT {d.param} OFFSET {d.param}"
     params += [q.limit, q.offset]
     return sql, params
 
@@ -182,9 +225,8 @@ def _scoped_figures(q: Search, rows: list[dict[str, Any]], d: Dialect, execute: 
     figures = {f["id"]: (f["s"], f["n"]) for f in execute(sql, params)}
     mods: dict[int, set[str]] = defaultdict(set)
     for m in execute(
-        f"SELECT se.study_id AS id, se.modality AS m FROM series se"
-        f" WHERE se.study_id IN ({in_ids}) AND se.modality <> '' AND EXISTS"
-        f" (SELECT 1 FROM series_sites c WHERE c.series_id = se.id AND c.site IN ({in_sites}))",
+        f"SELECT study_id AS id, modality AS m FROM study_modalities"
+        f" WHERE study_id IN ({in_ids}) AND site IN ({in_sites}) AND modality <> ''",
         [*ids, *sites],
     ):
         mods[m["id"]].add(m["m"])
