@@ -14,7 +14,11 @@ then for each backend:
    machine has 2 cores, so requests/s cannot grow with replicas here; the CPU figure projects
    it).
 `--cfind` then runs `bench/cfind.py --instances <largest>` (the edge's C-FIND on its SQLite
-index). PostgreSQL runs in a temporary cluster under `--cache` with durable settings (fsync on).
+index). PostgreSQL runs in a temporary cluster under `--cache` with durable settings (fsync on,
+`--pg-shared-buffers`). Everything lives under `--cache`, and the journals stay there for the
+next run (10M: ~300 MB, a few minutes to write once); the disk needed is checked first. The apply
+rate comes with the CPU it took per instance (this process and, for PostgreSQL, the server's
+processes), which a loaded machine disturbs far less than the rate.
 
     .venv/bin/python bench/catalog.py                                   # 1M, both backends
     .venv/bin/python bench/catalog.py --instances 10000000 --cfind      # the unattended 10M run
@@ -66,6 +70,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=1000, help="rows per journal object")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/hpacs-bench-catalog"))
     ap.add_argument("--cfind", action="store_true", help="then run bench/cfind.py at the size")
+    ap.add_argument("--pg-shared-buffers", default="2GB")
     ap.add_argument("--keep", action="store_true", help="keep the catalogs for another run")
     return ap.parse_args()
 
@@ -240,6 +245,39 @@ def load(ports: list[int], pids: list[int], token: str, sample: dict[str, list[s
 # ---- the run --------------------------------------------------------------------------------
 
 
+# Disk per instance, measured at 1M (schema 4) and rounded up: journals, a PostgreSQL catalog
+# with its WAL (max_wal_size 4 GB), a SQLite catalog, the edge index of bench/cfind.py and the
+# copy its edge serves.
+DISK_PER_INSTANCE = {"journals": 40, "postgresql": 1300, "sqlite": 600, "cfind": 1200}
+
+
+def check_disk(args: argparse.Namespace, sizes: list[int]) -> None:
+    need = sum(DISK_PER_INSTANCE["journals"] * n for n in sizes)
+    need += max(sizes) * sum(DISK_PER_INSTANCE[b] for b in args.backends.split(","))
+    need += max(sizes) * DISK_PER_INSTANCE["cfind"] if args.cfind else 0
+    free = shutil.disk_usage(args.cache).free
+    print(f"disk: ~{need / 1e9:.1f} GB needed under {args.cache}, {free / 1e9:.1f} GB free")
+    if need > free:
+        raise SystemExit(f"not enough disk under {args.cache} (--cache elsewhere?)")
+
+
+def server_cpu(cluster: Cluster | None) -> float:
+    """CPU seconds of the PostgreSQL server's processes (its backends, WAL writer,
+    checkpointer, autovacuum): the postmaster's children."""
+    if cluster is None or cluster.proc is None:
+        return 0.0
+    master, total = cluster.proc.pid, 0.0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                total += cpu_seconds(int(d.name))
+    return total
+
+
 def run_size(args: argparse.Namespace, n: int, cluster: Cluster | None) -> tuple[list, list, list]:
     store_url, sample = journals(args.cache, n, args.batch)
     store = open_store(store_url)
@@ -255,16 +293,19 @@ def run_size(args: argparse.Namespace, n: int, cluster: Cluster | None) -> tuple
         else:
             url = f"sqlite://{work / 'cloud' / 'catalog.sqlite'}"
         catalog = open_catalog(url, work / "cloud")
-        t0 = time.perf_counter()
+        pg = cluster if backend == "postgresql" else None
+        cpu0, db0, t0 = time.process_time(), server_cpu(pg), time.perf_counter()
         res = Poller(catalog, store).poll()
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0 + server_cpu(pg) - db0
         counts = catalog.counts()
         catalog.close()
         assert counts["instances"] == n, counts
         if backend == "postgresql":
             _analyze(url)
         apply_rows.append([backend, f"{n:,}", f"{res.objects:,}", f"{seconds:.0f}",
-                           f"{n / seconds:,.0f}", f"{counts['studies']:,}"])  # fmt: skip
+                           f"{n / seconds:,.0f}", f"{cpu * 1e6 / n:.0f}",
+                           f"{counts['studies']:,}"])  # fmt: skip
         print(table(APPLY, apply_rows[-1:]), flush=True)
         token = TokenStore(work / "tokens.json").create("bench", "admin", ["*"])
         with replicas(work, store_url, url, 1) as pids:
@@ -309,7 +350,8 @@ def _analyze(url: str) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
-APPLY = ["backend", "instances", "objects", "apply s", "instances/s", "studies"]
+APPLY = ["backend", "instances", "objects", "apply s", "instances/s", "CPU us/instance",
+         "studies"]  # fmt: skip
 QIDO = ["backend", "instances", "query (limit=100)", "p50 ms", "p99 ms"]
 LOAD = ["backend", "instances", "replicas", "requests/s", "p50 ms", "p99 ms", "errors",
         "server CPU ms/request"]  # fmt: skip
@@ -318,17 +360,22 @@ LOAD = ["backend", "instances", "replicas", "requests/s", "p50 ms", "p99 ms", "e
 def main() -> int:
     args = parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
+    sizes = [int(x) for x in args.instances.split(",") if x]
+    check_disk(args, sizes)
+    print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
     cluster = None
     if "postgresql" in args.backends:
         root = args.cache / "pg"
         os.makedirs(root, exist_ok=True)
         os.chmod(args.cache, 0o755)
-        cluster = Cluster(root, fast=False, settings=("shared_buffers=512MB", "work_mem=16MB",
-                                                       "max_wal_size=4GB"))  # fmt: skip
+        settings = (f"shared_buffers={args.pg_shared_buffers}", "work_mem=16MB",
+                    "max_wal_size=4GB")  # fmt: skip
+        print(f"PostgreSQL: fsync on, {', '.join(settings)}", flush=True)
+        cluster = Cluster(root, fast=False, settings=settings)
         cluster.start()
     applies, qidos, loads = [], [], []
     try:
-        for n in [int(x) for x in args.instances.split(",") if x]:
+        for n in sizes:
             a, q, lo = run_size(args, n, cluster)
             applies += a
             qidos += q
@@ -343,10 +390,11 @@ def main() -> int:
         + table([*LOAD, "p99 vs 1 replica"], [r + [""] * (len(LOAD) + 1 - len(r)) for r in loads])
     )
     verdict(applies, qidos, loads)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}", flush=True)
     if args.cfind:
-        largest = max(int(x) for x in args.instances.split(","))
         subprocess.run([sys.executable, str(ROOT / "bench" / "cfind.py"), "--instances",
-                        str(largest), "--orthanc", "0"], check=False)  # fmt: skip
+                        str(max(sizes)), "--orthanc", "0", "--cache", str(args.cache / "cfind")],
+                       check=False)  # fmt: skip
     return 0
 
 

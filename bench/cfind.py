@@ -470,7 +470,7 @@ def main() -> int:
         rows += got
         print(table(HEADER, got), flush=True)
     print("\n" + table(HEADER, rows))
-    verdict(results)
+    verdict(results, 1.5 if args.instances else 2.0)
     return 0
 
 
@@ -489,16 +489,17 @@ HEADER = [
 ]
 
 
-def verdict(results: dict[int, dict[str, tuple[float, float]]]) -> None:
-    """The issue's target: at the largest size < 10 ms median, and <= 2x the smallest size;
-    on the persistent pynetdicom association and on one DCMTK association (findscu --repeat)."""
+def verdict(results: dict[int, dict[str, tuple[float, float]]], ratio: float) -> None:
+    """The targets: at the largest size < 10 ms median, and at most `ratio` times the smallest
+    size's (2x from 10k to 1M; 1.5x from 1M to `--instances`, issue 13); on the persistent
+    pynetdicom association and on one DCMTK association (findscu --repeat)."""
     if len(results) < 2:
         return
     small, large = min(results), max(results)
     for client, col in (("pynetdicom", 0), ("findscu --repeat", 1)):
         for name, values in results[large].items():
             ms, base = values[col], results[small][name][col]
-            ok = ms < 10 and ms <= 2 * base
+            ok = ms < 10 and ms <= ratio * base
             print(
                 f"target {client} {name}: {large:,} {ms:.2f} ms vs {small:,} {base:.2f} ms "
                 f"(x{ms / base:.2f}) {'OK' if ok else 'MISSED'}"

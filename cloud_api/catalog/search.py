@@ -103,8 +103,11 @@ def scope(level: str, sites: Sequence[str] | None, alias: str = "") -> Predicate
     return matching.Exists("copies c", "c.sop_instance_uid = i.sop_instance_uid", site_in)
 
 
-def predicate(a: Attribute, values: list[str], sites: Sequence[str] | None) -> Predicate | None:
-    """One key's condition on this schema (PS3.4 C.2.2.2, the rules shared with C-FIND)."""
+def predicate(
+    a: Attribute, values: list[str], sites: Sequence[str] | None, keys: str = "st"
+) -> Predicate | None:
+    """One key's condition on this schema (PS3.4 C.2.2.2, the rules shared with C-FIND);
+    StudyDate on `keys`, the table walked for its order keys (its index then bounds the walk)."""
     if a.keyword == "ModalitiesInStudy":
         inner = matching.any_of([matching.string("x.modality", v) for v in values])
         if inner is None:
@@ -114,6 +117,8 @@ def predicate(a: Attribute, values: list[str], sites: Sequence[str] | None) -> P
         where = matching.one_of("x.site", list(sites) if sites is not None else [ALL_SITES])
         return matching.Exists("study_modalities x", "x.study_id = st.id", And((inner, where)))
     col = f"{_ALIAS[a.table]}.{a.norm_column if a.ci else a.column}"
+    if a.column == "study_date":
+        col = f"{keys}.study_date"
     if a.kind == UID:
         uids = matching.uids(values, validate=True)
         return matching.one_of(col, uids) if uids else None
@@ -137,12 +142,13 @@ class _Driver:
     where: Predicate | None = None
     answers: str = ""
     in_scope: bool = False
+    keys: str = "st"  # the alias whose copy of the order keys the walk follows
 
 
 def _by_site_keys(table: str, alias: str, where: Predicate, answers: str = "") -> _Driver:
     order = ", ".join(f"{alias}.{k} DESC" for k in ORDER_KEYS)
     source = f"{table} {alias} JOIN studies st ON st.id = {alias}.study_id"
-    return _Driver(source, order, where, answers, in_scope=True)
+    return _Driver(source, order, where, answers, in_scope=True, keys=alias)
 
 
 def driver(q: Search) -> _Driver:
@@ -171,7 +177,7 @@ def build(q: Search, d: Dialect) -> tuple[str, list[Any]]:
         if keyword not in MATCHABLE[q.level]:
             raise BadRequest(f"{keyword} cannot be matched at the {q.level.lower()} level")
         if keyword != walk.answers:
-            terms.append(predicate(BY_KEYWORD[keyword], values, q.sites))
+            terms.append(predicate(BY_KEYWORD[keyword], values, q.sites, walk.keys))
     if not walk.in_scope:
         terms.append(scope(q.level, q.sites))
     params: list[Any] = []
