@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from cloud_api import catalog, qido
 from cloud_api.auth import ROLES, Need, Principal
 from cloud_api.stow import STOW_SITE, StowOutcome, append_catalog, store_part
-from shared.dicomweb import frames, media, metadata, multipart, render, stream, urls
+from shared.dicomweb import frames, media, metadata, multipart, render, stream, urls, zipstream
 from shared.dicomweb import stow as dw_stow
 from shared.dicomweb.source import InstanceRef
 from shared.errors import (
@@ -209,7 +209,9 @@ async def _pump(resp: web.StreamResponse, segments: Generator[bytes, None, None]
 
 async def wado_retrieve(request: web.Request) -> web.StreamResponse:
     """Instances as multipart/related application/dicom, in the negotiated transfer syntax,
-    streamed from the store (never a study in memory)."""
+    streamed from the store (never a study in memory); or one ZIP when asked for."""
+    if zipstream.wants_zip(request.headers.get("Accept"), request.query.get("accept")):
+        return await _zip(request)
     svc, ranges = _svc(request), _accept(request)
     refs = await asyncio.to_thread(_refs, request)
     targets = media.negotiate_instances(ranges, {r.transfer_syntax for r in refs})
@@ -226,6 +228,18 @@ async def wado_retrieve(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     pool = request.app[READ_POOL]
     await _pump(resp, stream.segments(parts, boundary, _opener(svc), pool))
+    await resp.write_eof()
+    return resp
+
+
+async def _zip(request: web.Request) -> web.StreamResponse:
+    """`application/zip`: the stored objects as one ZIP, streamed (shared/dicomweb/zipstream)."""
+    svc = _svc(request)
+    refs = await asyncio.to_thread(_refs, request)
+    request[AUDIT]["detail"] = f"WADO zip instances={len(refs)}"
+    resp = web.StreamResponse(headers=zipstream.headers(refs[0].study_uid))
+    await resp.prepare(request)
+    await _pump(resp, zipstream.segments(refs, _opener(svc), request.app[READ_POOL]))
     await resp.write_eof()
     return resp
 
