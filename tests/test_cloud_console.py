@@ -303,14 +303,17 @@ def test_audit_page_highlights_denied_requests_and_verifies_the_chain(
     screenshot(page, "audit")
 
 
-def test_reader_token_lands_on_the_viewer_page_not_admin_pages(page: Any, cloud: Cloud) -> None:
+def test_reader_token_lands_on_the_study_browser_not_admin_pages(page: Any, cloud: Cloud) -> None:
     sign_in(page, cloud, "sites", cloud.reader)
     for section in ("sites", "restores", "tokens", "audit"):
         page.goto(f"{cloud.url}#{section}")
-        page.locator("main[data-page]").get_by_text("Signed in as rad-north").wait_for()
+        page.wait_for_url(f"{cloud.url}#browser")
+        page.locator("main[data-page] #browser-results table").wait_for()  # north's study
         assert page.locator("main [role=alert]").count() == 0  # nothing refused
         assert not page.get_by_role("link", name="Sites").is_visible()
-        assert page.get_by_role("link", name="Viewer").is_visible()
+        assert page.get_by_role("link", name="Studies", exact=True).is_visible()
+    page.locator("#nav").get_by_role("link", name="Viewer").click()
+    page.locator("main[data-page]").get_by_text("Signed in as rad-north").wait_for()
     page.get_by_role("button", name="Open the viewer").click()
     page.wait_for_url(cloud.server.url + "/viewer/")
     assert any(c["name"] == "hpacs_session" for c in page.context.cookies())
