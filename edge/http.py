@@ -241,6 +241,8 @@ class EdgeHttp:
             ("GET", "/api/studies", self.api_studies, Need.VIEW),
             ("POST", "/api/studies/{uid}/pin", self.api_pin, Need.OPERATE),
             ("POST", "/api/studies/{uid}/unpin", self.api_unpin, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/send", a.study_send, Need.OPERATE),
+            ("GET", "/api/studies/{uid}/send", a.study_sends, Need.OPERATE),
             ("GET", "/api/routes", self.api_routes, Need.OPERATE),
             ("POST", "/api/routes/retry", self.api_routes_retry, Need.OPERATE),
             ("GET", "/api/routes/rules", a.rules, Need.OPERATE),

@@ -358,6 +358,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+# The route name of jobs queued by "send to node" in the study browser (edge/studysend.py).
+MANUAL_ROUTE = "manual"
+MANUAL_ROUTE_REASON = f"{MANUAL_ROUTE!r} is reserved for sends from the study browser"
+
+
 def parse_config(data: dict[str, Any], source_path: str = "") -> Config:
     """Build and validate a Config from parsed TOML."""
     cfg = _build("", Config, data)
@@ -376,6 +381,8 @@ def _check_cross(cfg: Config) -> None:
     # start-up and when a route is edited (edge/routestore.py), not here.
     names: set[str] = set()
     for i, route in enumerate(cfg.routes):
+        if route.name == MANUAL_ROUTE:
+            raise ConfigError(f"routes[{i}].name", MANUAL_ROUTE_REASON)
         if route.name in names:
             raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r}")
         names.add(route.name)
@@ -391,6 +398,8 @@ def parse_route(data: dict[str, Any]) -> RouteConfig:
     route: RouteConfig = _build("", RouteConfig, data)
     if not route.name.strip():
         raise ConfigError("name", "required")
+    if route.name == MANUAL_ROUTE:
+        raise ConfigError("name", MANUAL_ROUTE_REASON)
     if not route.destinations:
         raise ConfigError("destinations", "name at least one registered node")
     for dest in route.destinations:

@@ -5,7 +5,7 @@
 "use strict";
 
 const PAGE_NEEDS = {
-  dashboard: "operate", nodes: "operate", studies: "view", routing: "operate",
+  dashboard: "operate", nodes: "operate", browser: "view", studies: "view", routing: "operate",
   rejections: "operate", users: "admin", audit: "admin",
 };
 const PERMISSIONS = ["echo", "store", "find", "move", "get", "commit"];
@@ -455,6 +455,19 @@ async function audit() {
         el("td", { class: "wrap" }, [e.reason, e.detail].filter(Boolean).join(" · ")))))];
 }
 
+// ---- study browser (shared/web/browser.js): search, drill-down, viewer, download ----------
+const browser = HpacsBrowser.page({
+  canUpload: (p) => may(p, "operate"),  // STOW: technician and admin; a viewer browses
+  send: (p) => (may(p, "operate") ? {
+    nodes: async () => {
+      const n = await api("/api/nodes");
+      return [...new Set([...n.config, ...n.registry].map((x) => x.ae_title))].sort();
+    },
+    queue: (uid, ae) => api(`/api/studies/${encodeURIComponent(uid)}/send`, { method: "POST", json: { destination: ae } }),
+    progress: (uid) => api(`/api/studies/${encodeURIComponent(uid)}/send`),
+  } : null),
+});
+
 // ---- shell -------------------------------------------------------------------------------
 async function postSession(path, body) {
   const resp = await fetch(path, {
@@ -470,7 +483,7 @@ async function postSession(path, body) {
 const aeTitle = document.getElementById("ae-title");
 const whoami = document.getElementById("whoami");
 const shell = startConsole({
-  pages: { dashboard, nodes, studies, routing, rejections, users, audit },
+  pages: { dashboard, nodes, browser, studies, routing, rejections, users, audit },
   home: "dashboard",
   session: {
     whoami: () => api("/api/session"),

@@ -61,7 +61,7 @@ const HpacsBrowser = (() => {
 
   async function failure(resp) {
     const body = await resp.json().catch(() => ({}));
-    const text = body.detail || `HTTP ${resp.status}`;
+    const text = body.detail || (resp.status === 404 ? "HTTP 404: this server has no DICOMweb at /dicomweb" : `HTTP ${resp.status}`);
     if (resp.status === 401) return new Unauthorized(text);
     if (resp.status === 403) return new Forbidden(text);
     return new ApiError(text, resp.status, body.field);
