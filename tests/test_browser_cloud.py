@@ -369,6 +369,23 @@ def test_upload_by_dropping_files(page: Any, world: World) -> None:
     assert watch.problems == []
 
 
+def test_upload_by_dropping_a_folder(page: Any, world: World) -> None:
+    watch = sign_in(page, world, "admin")
+    spec = StudySpec(patient_id="P700", patient_name="DROPPED^FOLDER", series_count=2,
+                     instances_per_series=3, study_uid=uid())  # fmt: skip
+    root = world.tmp / "dropped-folder"
+    files = write_study(spec, root / "a" / "b")
+    write_study(replace(spec, series_count=1, instances_per_series=1), root / "c")
+    sb.drop_folder(page, root, chunk=2)  # several readEntries calls per directory
+    assert sb.upload_done(page) == "7 of 7 files stored."
+    rows = sb.report_rows(page)
+    assert {f"dropped-folder/a/b/{f.name}" for f in files} <= set(rows)
+    assert all(r == "stored" for r in rows.values())
+    sb.search(page, name="dropped^folder")
+    assert sb.listed_studies(page) == [spec.study_uid]
+    assert watch.problems == []
+
+
 def test_reader_may_not_upload(world: World) -> None:
     ds = next(iter_study(StudySpec(study_uid=uid())))
     with pytest.raises(AssertionError, match="may not write"):

@@ -143,6 +143,46 @@ def drop_files(page: Any, files: list[Path]) -> None:
     page.dispatch_event("#upload-drop", "drop", {"dataTransfer": dt})
 
 
+def drop_folder(page: Any, root: Path, chunk: int = 2) -> None:
+    """A folder dropped on the drop zone, as Chromium hands it to a page: items whose
+    `webkitGetAsEntry()` is a directory entry, read with `readEntries` in chunks until an
+    empty one. A script cannot make a real drag of a folder (a DataTransfer built by a page
+    holds files only), so the entries are stand-ins with the same interface, the files in
+    them real `File`s: what is tested is the browser page's walk of the tree."""
+    tree = [
+        {"path": str(p.relative_to(root.parent)), "b64": base64.b64encode(p.read_bytes()).decode()}
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
+    page.evaluate(
+        """([tree, chunk]) => {
+          const dir = (name) => ({ name, isFile: false, isDirectory: true, children: [],
+            createReader() { let at = 0; const kids = this.children;
+              return { readEntries(ok) { const part = kids.slice(at, at + chunk); at += chunk;
+                setTimeout(() => ok(part), 0); } }; } });
+          const top = dir(tree[0].path.split('/')[0]);
+          for (const f of tree) {
+            const parts = f.path.split('/');
+            let d = top;
+            for (const name of parts.slice(1, -1)) {
+              let next = d.children.find((c) => c.isDirectory && c.name === name);
+              if (!next) { next = dir(name); d.children.push(next); }
+              d = next;
+            }
+            const raw = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+            const file = new File([raw], parts.at(-1));
+            d.children.push({ name: parts.at(-1), isFile: true, isDirectory: false,
+              file(ok) { setTimeout(() => ok(file), 0); } });
+          }
+          const ev = new Event('drop', { bubbles: true, cancelable: true });
+          Object.defineProperty(ev, 'dataTransfer', { value: { items: [
+            { kind: 'file', webkitGetAsEntry: () => top, getAsFile: () => null }], files: [] } });
+          document.querySelector('#upload-drop').dispatchEvent(ev);
+        }""",
+        [tree, chunk],
+    )
+
+
 def upload_done(page: Any, timeout_ms: int = 60_000) -> str:
     page.locator("#upload-status.result").wait_for(timeout=timeout_ms)
     return str(page.locator("#upload-status").inner_text())
