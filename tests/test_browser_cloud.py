@@ -358,12 +358,17 @@ def test_admin_uploads_a_folder_and_sees_it_listed(page: Any, world: World) -> N
     assert watch.problems == []
 
 
-def test_upload_by_dropping_files(page: Any, world: World) -> None:
+def test_upload_by_dropping_files_in_batches(page: Any, world: World) -> None:
     watch = sign_in(page, world, "admin")
-    spec = StudySpec(patient_id="P600", patient_name="DROPPED^FILES", study_uid=uid())
+    spec = StudySpec(patient_id="P600", patient_name="DROPPED^FILES", study_uid=uid(),
+                     instances_per_series=30, rows=16, columns=16)  # fmt: skip
     files = write_study(spec, world.tmp / "dropped")
     sb.drop_files(page, files)
-    assert sb.upload_done(page) == f"{len(files)} of {len(files)} files stored."
+    assert sb.upload_done(page) == "30 of 30 files stored."
+    assert len(watch.stow) == 2  # 25 files, then 5
+    assert all(t.startswith('multipart/related; type="application/dicom"') for t in watch.stow)
+    progress = page.locator("#upload-progress")
+    assert progress.evaluate("p => p.value === p.max && p.max > 0")
     sb.search(page, name="dropped")
     assert sb.listed_studies(page) == [spec.study_uid]
     assert watch.problems == []

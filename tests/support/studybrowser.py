@@ -29,6 +29,7 @@ class Watch:
     def __init__(self, page: Any) -> None:
         self.problems: list[str] = []
         self.qido: list[str] = []
+        self.stow: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.thumbnails = 0
@@ -54,6 +55,8 @@ class Watch:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         elif re.search(r"/dicomweb/(studies|series|instances)", r.url) and r.method == "GET":
             self.qido.append(r.url)
+        elif r.url.endswith("/dicomweb/studies") and r.method == "POST":
+            self.stow.append(r.headers.get("content-type", ""))
 
     def _finished(self, r: Any) -> None:
         if THUMB_PATH.search(r.url.split("?", 1)[0]):
