@@ -181,13 +181,14 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def sign_in(page: Any, site: Site, user: str) -> sb.Watch:
-    watch = sb.Watch(page)
+    """Signed in; the requests watched from then on (before, the console's "who am I" is
+    rightly refused: nobody is signed in yet)."""
     page.goto(site.url)
     page.get_by_label("User name").fill(user)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.locator("#whoami").get_by_text(user).wait_for()
-    return watch
+    return sb.Watch(page)
 
 
 def test_browser_page_for_each_role(page: Any, site: Site) -> None:
@@ -229,6 +230,13 @@ def test_find_drill_download_upload_and_send_on_the_edge(
         for r in site.edge.db.reader().execute("SELECT sop_instance_uid, path FROM instances")
     }
     assert sb.zip_members(path) == cached
+    # the viewer opens on that study (the edge's own /viewer/, same origin, same session)
+    with page.context.expect_page() as info:
+        page.locator(".study-toolbar a.viewer").click()
+    viewer = info.value
+    viewer.wait_for_url(f"{site.url}viewer/viewer?StudyInstanceUIDs={study}")
+    viewer.locator("canvas.cornerstone-canvas").first.wait_for(timeout=40_000)
+    viewer.close()
     # send to the node from the study page
     page.locator("#send-node").select_option("ARCHIVE")
     page.locator("#send-button").click()
