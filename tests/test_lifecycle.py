@@ -97,7 +97,7 @@ def test_table_covers_every_state_and_forbids_unverified_eviction() -> None:
 
 def test_deletion_states_hide_and_never_lose_a_promise() -> None:
     # a row mid-work (upload, eviction, recall, purge) is never deleted under its worker
-    assert DELETABLE_STATES == {S.CACHED, S.SYNCED, S.EVICTED, S.FAILED, S.CONFLICT, S.LOST}
+    assert {S.CACHED, S.SYNCED, S.EVICTED, S.FAILED, S.CONFLICT, S.LOST} == DELETABLE_STATES
     assert not DELETABLE_STATES & (set(RECOVERY) | HIDDEN_STATES)
     # hidden states have no servable file and vouch for no cloud copy: nothing reads them
     assert not HIDDEN_STATES & (LOCAL_STATES | CLOUD_VERIFIED_STATES)
