@@ -27,6 +27,7 @@ ADULTS = RetentionRule(name="adults", years=10)
 MAMMO = RetentionRule(name="mammo", modalities=["MG"], years=15)
 CT01 = RetentionRule(name="ct01", calling_aes=["CT01"], years=3)
 RULES = [CHILDREN, ADULTS, MAMMO]
+RECEIVED = D(2020, 1, 12)
 
 
 def facts(
@@ -34,7 +35,7 @@ def facts(
     birth: str = "19800101",
     modalities: tuple[str, ...] = ("CT",),
     aes: tuple[str, ...] = ("CT01",),
-    received: dt.date = D(2020, 1, 12),
+    received: dt.date = RECEIVED,
 ) -> StudyFacts:
     return StudyFacts(
         "1.2.3",
