@@ -31,9 +31,10 @@ from pathlib import Path
 
 from shared.config import RetentionConfig
 from shared.errors import BadRequest, Conflict, Forbidden, InstanceBusy, NotFound
+from shared.expiry import ACTIVE_HOLD_SQL, study_retention
 from shared.index import Database
 from shared.lifecycle import DELETABLE_STATES, HIDDEN_SQL, HIDDEN_STATES, State, transition
-from shared.retention import Retention, StudyFacts, may_delete, parse_da, retention
+from shared.retention import may_delete
 from shared.rows import recount
 from shared.uids import is_valid_uid
 
@@ -94,36 +95,6 @@ class Outcome:
 # ---- facts and holds --------------------------------------------------------------------------
 
 
-def study_facts(conn: sqlite3.Connection, study_id: int) -> StudyFacts:
-    """What retention looks at, from the index (visible and deleted instances alike)."""
-    st = conn.execute(
-        "SELECT study_uid, study_date, patient_birth_date, created_at FROM studies WHERE id = ?",
-        (study_id,),
-    ).fetchone()
-    mods = {
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT modality FROM series WHERE study_id = ? AND modality <> ''",
-            (study_id,),
-        )
-    }
-    aes = {
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT calling_ae FROM instances WHERE study_id = ? AND calling_ae <> ''",
-            (study_id,),
-        )
-    }
-    return StudyFacts(
-        study_uid=st["study_uid"],
-        study_date=parse_da(st["study_date"]),
-        birth_date=parse_da(st["patient_birth_date"]),
-        received=dt.datetime.fromtimestamp(st["created_at"], dt.UTC).date(),
-        modalities=frozenset(mods),
-        calling_aes=frozenset(aes),
-    )
-
-
 @dataclass(frozen=True)
 class Hold:
     id: int
@@ -142,11 +113,6 @@ class Hold:
 
 
 _HOLD_COLS = "id, kind, value, reason, placed_by, placed_at, released_at, bucket"
-ACTIVE_HOLD_SQL = (
-    "SELECT 1 FROM holds h WHERE h.released_at IS NULL AND ((h.kind = 'study' AND "
-    "h.value = s.study_uid) OR (h.kind = 'patient' AND h.value = s.patient_id AND "
-    "s.patient_id <> ''))"
-)
 
 
 def _hold(r: sqlite3.Row) -> Hold:
@@ -247,10 +213,6 @@ def _rows(conn: sqlite3.Connection, study_id: int, t: Target) -> list[sqlite3.Ro
     if not rows:
         raise NotFound(f"no {t.describe()} in study {t.study_uid}")
     return rows
-
-
-def study_retention(conn: sqlite3.Connection, study_id: int, cfg: RetentionConfig) -> Retention:
-    return retention(cfg.rules, study_facts(conn, study_id))
 
 
 def delete(

@@ -218,7 +218,8 @@ MIGRATIONS: list[str] = [
     # state an undelete returns it to. Study/series counters count visible instances only.
     # Holds on a study (value: Study Instance UID) or a patient (value: PatientID) block every
     # deletion and purge while `released_at` is NULL; `bucket` says how far the sync agent
-    # mirrored the hold onto the objects (pending, held, unsupported, released).
+    # mirrored the hold onto the objects (pending, held, unsupported, released) and
+    # `bucket_at` up to which `synced_at` the covered objects were held.
     """
     ALTER TABLE instances ADD COLUMN deleted_at REAL;
     ALTER TABLE instances ADD COLUMN deleted_from TEXT NOT NULL DEFAULT '';
@@ -232,7 +233,8 @@ MIGRATIONS: list[str] = [
         released_by TEXT NOT NULL DEFAULT '',
         released_at REAL,
         release_reason TEXT NOT NULL DEFAULT '',
-        bucket TEXT NOT NULL DEFAULT 'pending'
+        bucket TEXT NOT NULL DEFAULT 'pending',
+        bucket_at REAL NOT NULL DEFAULT 0
     );
     CREATE INDEX holds_value ON holds(kind, value);
     """,
