@@ -68,9 +68,7 @@ class StudiesApi:
     async def undelete(self, request: web.Request) -> web.Response:
         data = await read_json(request)
         target, reason = self._target(request, data), _text(data, "reason")
-        out = await asyncio.to_thread(
-            self.studies.undelete, self._caller(request), target, reason
-        )
+        out = await asyncio.to_thread(self.studies.undelete, self._caller(request), target, reason)
         return web.json_response({"undeleted": out.instances, "purged": out.already})
 
     async def hold(self, request: web.Request) -> web.Response:
