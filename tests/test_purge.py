@@ -28,6 +28,7 @@ from sync.deletions import poll_deletions
 from sync.holds import sync_holds
 from sync.purge import Purger, auto_purge
 from sync.restore import restore_index
+from tests.support.gcs import BUCKET, running_emulator
 from tests.support.sync import Site, site
 
 DAY = 86400.0
@@ -290,3 +291,27 @@ def test_a_purge_after_the_catalog_is_gone_still_journals_first(s: Site, agent: 
     catalog_dir.unlink()
     moved.rename(catalog_dir)
     assert purger.run().purged == 3
+
+
+def test_purge_and_holds_on_the_gcs_emulator(tmp_path: Path) -> None:
+    """The same purge against fake-gcs-server; a hold there is accepted but not kept, which the
+    agent records as `unsupported` (hpacs's own hold still stops the purge)."""
+    with running_emulator() as emu, site(tmp_path, f"gs://{BUCKET}", emulator_host=emu.url) as s:
+        agent = s.agent()
+        try:
+            held, gone = synced_study(s, agent), synced_study(s, agent)
+            t0 = time.time()
+            for uid in (held, gone):
+                delete(s, uid, clock=lambda: t0)
+            deletion.place_hold(s.db, "study", held, "audit", "cli:test", t0)
+            assert sync_holds(s.db, agent.store) == 3
+            state = s.db.reader().execute("SELECT bucket FROM holds").fetchone()[0]
+            assert state == "unsupported"
+            purger = Purger(s.cfg, s.db, agent.store, s.cache.root, agent.catalog,
+                            clock=lambda: t0 + 8 * DAY)  # fmt: skip
+            assert purger.run().purged == 3
+            assert all(agent.store.head(k) is None for k in keys_of(s, gone))
+            assert all(agent.store.head(k) is not None for k in keys_of(s, held))
+            assert s.states(held) == {"deleted": 3}
+        finally:
+            agent.close()
