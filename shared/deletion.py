@@ -35,7 +35,7 @@ from shared.expiry import ACTIVE_HOLD_SQL, study_retention
 from shared.index import Database
 from shared.lifecycle import DELETABLE_STATES, HIDDEN_SQL, HIDDEN_STATES, State, transition
 from shared.retention import may_delete
-from shared.rows import recount
+from shared.rows import from_row, recount
 from shared.uids import is_valid_uid
 
 log = logging.getLogger("hpacs.deletion")
@@ -116,7 +116,7 @@ _HOLD_COLS = "id, kind, value, reason, placed_by, placed_at, released_at, bucket
 
 
 def _hold(r: sqlite3.Row) -> Hold:
-    return Hold(*(r[c] for c in _HOLD_COLS.split(", ")))
+    return from_row(Hold, r)
 
 
 def holds_on(conn: sqlite3.Connection, study_uid: str, patient_id: str) -> list[Hold]:
