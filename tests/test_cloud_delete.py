@@ -38,6 +38,7 @@ from tests.support.cloud import CloudServer, cloud_config, make_token, running_c
 from tests.support.dcmtk import movescu, run, storescp
 from tests.support.edge import DCMTK_AETS, edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
+from tests.support.postgres import fresh_database
 from tests.support.sync import sync_config
 
 DAY = 86400.0
@@ -94,7 +95,11 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    """`indirect` param "postgresql": the cloud catalog on the session's PostgreSQL cluster."""
+    catalog = ""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        catalog = fresh_database(request.getfixturevalue("pg_cluster"))
     dest_port = free_port()
     perms = ["echo", "store", "find", "move", "get"]
     nodes = [
@@ -107,7 +112,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     data = edge_config(tmp_path, nodes=nodes)
     data["sync"] = sync_config(tmp_path, bucket, site="site1")["sync"]
     data["retention"] = {"delete_grace_days": 7, "rules": [{"name": "recent", "years": 5}]}
-    cfg = cloud_config(tmp_path)
+    cfg = cloud_config(tmp_path, catalog=catalog)
     admin, reader = make_token(cfg, "root", "admin", []), make_token(cfg, "rad", "reader", ["*"])
     with running_edge(data) as edge, running_cloud(cfg, open_store(bucket)) as cloud:
         agent = Agent(edge.cfg, edge.db)
@@ -196,6 +201,7 @@ def test_cloud_delete_of_an_edge_site_goes_through_its_agent(world: World) -> No
     assert len(recs) == 5 and all('"token": "root"' in r for r in recs[1:])
 
 
+@pytest.mark.parametrize("world", ["sqlite", "postgresql"], indirect=True)
 def test_cloud_delete_of_the_stow_site_and_its_purge(world: World) -> None:
     spec = StudySpec(patient_id="STOW1", instances_per_series=2)
     datasets = list(iter_study(spec))
