@@ -88,6 +88,21 @@ def restore_status_key(site: str, restore_id: str) -> str:
     return restore_key(site, restore_id)[: -len(".json")] + ".status.json"
 
 
+def deletions_prefix(site: str) -> str:
+    return f"control/{check_site(site)}/deletions/"
+
+
+def deletion_key(site: str, request_id: str) -> str:
+    """A deletion requested through the cloud API (shared/deletion_request.py)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", request_id):
+        raise BadRequest(f"bad deletion id {request_id[:80]!r}")
+    return f"{deletions_prefix(site)}{request_id}.json"
+
+
+def deletion_status_key(site: str, request_id: str) -> str:
+    return deletion_key(site, request_id)[: -len(".json")] + ".status.json"
+
+
 def audit_key(service: str, date: str, name: str) -> str:
     if not re.fullmatch(r"[a-z0-9_-]+", service) or not re.fullmatch(r"\d{8}", date):
         raise BadRequest("bad audit key parts")

@@ -275,8 +275,60 @@ async function nodes(render, principal) {
 }
 
 // ---- studies -----------------------------------------------------------------------------
-const CACHE_KIND = { local: "ok", partial: "warn", evicted: "" };
+const CACHE_KIND = { local: "ok", partial: "warn", evicted: "", deleted: "bad" };
 const SYNC_KIND = { synced: "ok", pending: "warn", failed: "bad" };
+
+// Delete, undelete, hold, release: each asks first (prompt/confirm), reports in the row's
+// status cell, and re-renders. A delete refused for retention offers an admin the override.
+function studyActions(s, principal, render) {
+  const uid = encodeURIComponent(s.study_uid);
+  const label = [s.study_date, s.accession_number, s.description].filter(Boolean).join(" ");
+  const status = el("span", { class: "study-msg sub" });
+  const post = (what, json) => api(`/api/studies/${uid}/${what}`, { method: "POST", json });
+  const button = (text, cls, fn) => {
+    const b = el("button", { type: "button", class: cls }, text);
+    b.addEventListener("click", () => guarded(b, fn).then(render).catch((err) => {
+      status.textContent = err.message;
+    }));
+    return b;
+  };
+  const out = [];
+  if (!s.deleted) {
+    out.push(button("Delete", "study-delete", async () => {
+      const reason = prompt(`Delete study ${label || s.study_uid}? It disappears from every `
+        + "query at once; its bytes stay in the bucket and it can be undeleted during the grace "
+        + "period. Reason:");
+      if (reason === null) throw new Error("not deleted");
+      try {
+        await post("delete", { reason });
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 409 || !/under retention/.test(err.message)
+            || !may(principal, "admin") || !reason.trim()) throw err;
+        if (!confirm(`${err.message}\n\nOverride retention with the reason "${reason}"?`)) throw err;
+        await post("delete", { reason, override: true });
+      }
+    }));
+  }
+  if (s.deleted_instances) {
+    out.push(button("Undelete", "study-undelete", async () => {
+      if (!confirm(`Undelete study ${label || s.study_uid}?`)) throw new Error("not undeleted");
+      await post("undelete", {});
+    }));
+  }
+  if (!s.held) {
+    out.push(button("Hold", "study-hold", async () => {
+      const reason = prompt("Legal hold: no deletion, purge or override while it lasts. Reason:");
+      if (reason === null) throw new Error("no hold placed");
+      await post("hold", { reason });
+    }));
+  } else if (may(principal, "admin")) {
+    out.push(button("Release", "study-release", async () => {
+      if (!confirm("Release the legal hold on this study?")) throw new Error("not released");
+      await post("release", {});
+    }));
+  }
+  return [...out, status];
+}
 
 async function studies(render, principal) {
   const list = await api("/api/studies?limit=100");
@@ -284,23 +336,26 @@ async function studies(render, principal) {
   const operate = may(principal, "operate");
   const rows = list.map((s) => {
     let pin = null;
-    if (operate) {
+    if (operate && !s.deleted) {
       pin = el("button", { type: "button" }, s.pinned ? "Unpin" : "Pin");
       pin.addEventListener("click", () => guarded(pin, async () => {
         await api(`/api/studies/${encodeURIComponent(s.study_uid)}/${s.pinned ? "unpin" : "pin"}`, { method: "POST" });
         render();
       }).catch(() => {}));
     }
-    return el("tr", { "data-study": s.study_uid },
+    const cache = s.deleted ? "deleted" : s.cache_state;
+    return el("tr", { "data-study": s.study_uid, class: s.deleted ? "deleted" : "" },
       el("td", {}, s.study_date || "–"), el("td", {}, s.accession_number || "–"),
       el("td", {}, s.modalities || "–"), el("td", { class: "wrap" }, s.description || "–"),
       el("td", {}, `${s.series} / ${s.instances}`),
-      el("td", { class: "cache-state" }, pill(s.cache_state, CACHE_KIND[s.cache_state])),
-      el("td", { class: "sync-state" }, pill(s.sync_state, SYNC_KIND[s.sync_state])),
-      el("td", {}, s.pinned ? pill("pinned", "ok") : "", " ", pin));
+      el("td", { class: "cache-state" }, pill(cache, CACHE_KIND[cache])),
+      el("td", { class: "sync-state" }, s.deleted ? "–" : pill(s.sync_state, SYNC_KIND[s.sync_state])),
+      el("td", {}, s.pinned ? pill("pinned", "ok") : "", " ", pin),
+      el("td", { class: "study-actions" }, s.held ? pill("held", "warn") : "", " ",
+        operate ? studyActions(s, principal, render) : []));
   });
   return [el("h2", {}, "Recent studies"),
-    table(["Date", "Accession", "Modality", "Description", "Series / instances", "Cache", "Sync", "Pin"], rows)];
+    table(["Date", "Accession", "Modality", "Description", "Series / instances", "Cache", "Sync", "Pin", "Lifecycle"], rows)];
 }
 
 // ---- routing -----------------------------------------------------------------------------
