@@ -12,6 +12,7 @@ import threading
 import time
 from typing import NoReturn
 
+from edge import correction_cli
 from edge.acceptors import Acceptors
 from edge.audit import EdgeAudit, cli_actor
 from edge.cache import Cache
@@ -84,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("name")
     for p_ in (ua, ur, up):
         p_.add_argument("--reason", default="", help="recorded in the audit trail")
-    sub.add_parser("studies", help="list the studies in the index")
+    studies = sub.add_parser("studies", help="the studies in the index (default: list them)")
+    studies_sub = studies.add_subparsers(dest="studies_command")
+    studies_sub.add_parser("list", help="list the studies in the index")
+    correction_cli.add_parsers(studies_sub, sub)  # studies modify|versions, patients merge
     imp = sub.add_parser("import", help="import files and folders (recursive) into the index")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("--dry-run", action="store_true", help="parse and compare, store nothing")
@@ -117,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                 return nodes_command(cfg, db, args)
             if args.command == "users":
                 return users_command(cfg, db, args)
+            done = correction_cli.command(cfg, db, args)
+            if done is not None:
+                return done
             if args.command == "studies":
                 return studies_command(db)
             if args.command == "import":
