@@ -11,7 +11,8 @@ list of what may be corrected.
 
 Values are checked against their VR (PS3.5 6.2): one value (no backslash), no control
 characters, the VR's length limit; dates YYYYMMDD, times HH[MM[SS[.F{1,6}]]], PatientSex one
-of M, F, O. An empty value clears the attribute (kept as a zero-length element).
+of M, F, O. An empty value clears the attribute (kept as a zero-length element). Messages
+name the attribute and the rule, never the value (they reach logs and the audit trail).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def check_value(keyword: str, value: str) -> str:
         try:
             datetime.datetime.strptime(value, "%Y%m%d")
         except ValueError:
-            raise BadRequest(f"{keyword}: a date YYYYMMDD, got {value!r}") from None
+            raise BadRequest(f"{keyword}: a date YYYYMMDD") from None
     if value and vr == "TM" and not _TIME.fullmatch(value):
         raise BadRequest(f"{keyword}: a time HH, HHMM, HHMMSS or HHMMSS.FFFFFF")
     if vr == "CS" and not _CS.fullmatch(value):
@@ -81,7 +82,7 @@ def parse_sets(pairs: Iterable[str]) -> dict[str, str]:
         keyword, sep, value = pair.partition("=")
         keyword = keyword.strip()
         if not sep:
-            raise BadRequest(f"--set needs KEYWORD=VALUE, got {pair[:40]!r}")
+            raise BadRequest("--set needs KEYWORD=VALUE")
         if keyword in out:
             raise BadRequest(f"{keyword} is set twice")
         out[keyword] = check_value(keyword, value)

@@ -33,6 +33,7 @@ import shared
 from edge import dashboard
 from edge.admin_api import PRINCIPAL, AdminApi, read_json
 from edge.audit import EdgeAudit
+from edge.correction_api import CorrectionApi
 from edge.diskprobe import DiskProbe
 from edge.slots import AssocSlots
 from edge.webauth import TOKEN_ACTOR, Need, Principal, WebAuth
@@ -133,6 +134,7 @@ class EdgeHttp:
         self.audit = audit if audit is not None else EdgeAudit(cfg)
         self._own_audit = audit is None
         self.admin = AdminApi(cfg, db, self.audit)
+        self.corrections = CorrectionApi(cfg, db, self.audit)
         self.probe = DiskProbe(cfg.edge.cache_dir)
         # the acceptors' slots file, read through a descriptor of our own (edge/slots.py)
         self.slots = AssocSlots(
@@ -241,6 +243,8 @@ class EdgeHttp:
             ("GET", "/api/studies", self.api_studies, Need.VIEW),
             ("POST", "/api/studies/{uid}/pin", self.api_pin, Need.OPERATE),
             ("POST", "/api/studies/{uid}/unpin", self.api_unpin, Need.OPERATE),
+            ("GET", "/api/studies/{uid}/attributes", self.corrections.attributes, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/modify", self.corrections.modify, Need.OPERATE),
             ("GET", "/api/routes", self.api_routes, Need.OPERATE),
             ("POST", "/api/routes/retry", self.api_routes_retry, Need.OPERATE),
             ("GET", "/api/routes/rules", a.rules, Need.OPERATE),

@@ -13,7 +13,8 @@ import pydicom
 import pytest
 
 from edge import correctable, corrections
-from edge.correction_cli import make_corrector, merge_changes
+from edge.correction_cli import merge_changes
+from edge.correction_door import make_corrector
 from edge.corrections import Corrector
 from edge.versions import fetch_version, study_versions
 from shared.catalog import decode_batch
