@@ -164,6 +164,7 @@ class Corrector:
         _ = self.store  # refuse before anything changes when there is no object store
         with self.db.write() as conn:
             self._check(conn, study_uid)
+            _check_unfinished(conn, study_uid, changes)
             marker = {"attributes": sorted(changes), "actor": actor, "started_at": time.time()}
             self.db.set_setting(conn, PENDING_PREFIX + study_uid, json.dumps(marker))
         log.info(
@@ -355,6 +356,26 @@ class Corrector:
         conn.execute(
             f"UPDATE studies SET {', '.join(f'{c} = ?' for c in cols)} WHERE study_uid = ?",
             [*cols.values(), study_uid],
+        )
+
+
+def _check_unfinished(conn: sqlite3.Connection, study_uid: str, changes: dict[str, str]) -> None:
+    """An interrupted correction of other attributes must be completed first: finishing this
+    one would clear its marker and leave those attributes mixed across the instances."""
+    found = conn.execute(
+        "SELECT value FROM settings WHERE key = ?", (PENDING_PREFIX + study_uid,)
+    ).fetchone()
+    if found is None:
+        return
+    try:
+        earlier = set(json.loads(found[0]).get("attributes") or [])
+    except (ValueError, AttributeError):
+        earlier = set()
+    missing = sorted(earlier - set(changes))
+    if missing:
+        raise Conflict(
+            f"an earlier correction of {', '.join(missing)} of study {study_uid} was "
+            "interrupted: run it again first, or include those attributes in this one"
         )
 
 

@@ -210,3 +210,23 @@ def test_refusals_change_nothing(s: Site, tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(Conflict, match="legal hold"):
         _corrector(s).modify_study(study, {"PatientName": "X"})
     assert [dict(r) for r in s.rows()] == before
+
+
+def test_an_interrupted_correction_must_be_completed_before_another(s: Site) -> None:
+    study = s.add_study(3)
+    rows = s.rows()
+    victim = s.cache.root / rows[-1]["path"]
+    kept = victim.read_bytes()
+    victim.unlink()  # removed outside hpacs: the correction stops at that instance
+    with pytest.raises(NotFound, match="cache file is missing"):
+        _corrector(s).modify_study(study, {"PatientName": "HALF^WAY"})
+    assert set(corrections.pending(s.db)) == {study}
+    victim.write_bytes(kept)  # the admin puts the file back
+    with pytest.raises(Conflict, match="earlier correction of PatientName"):
+        _corrector(s).modify_study(study, {"StudyDescription": "OTHER"})
+    rep = _corrector(s).modify_study(study, {"PatientName": "HALF^WAY", "StudyDescription": "X"})
+    assert rep.rewritten == 3  # the two done get the description, the third both
+    assert corrections.pending(s.db) == {}
+    assert {(str(d.PatientName), d.StudyDescription) for d in _files(s, study).values()} == {
+        ("HALF^WAY", "X")
+    }
