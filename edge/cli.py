@@ -12,7 +12,7 @@ import threading
 import time
 from typing import NoReturn
 
-from edge import lifecycle_cli
+from edge import correction_cli, lifecycle_cli
 from edge.acceptors import Acceptors
 from edge.audit import EdgeAudit, cli_actor
 from edge.cache import Cache
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("name")
     for p_ in (ua, ur, up):
         p_.add_argument("--reason", default="", help="recorded in the audit trail")
-    lifecycle_cli.add_parsers(sub)  # studies (list, delete, undelete, hold...), retention
+    studies_sub = lifecycle_cli.add_parsers(sub)  # studies list|delete|undelete|hold..., retention
+    correction_cli.add_parsers(studies_sub, sub)  # studies modify|versions, patients merge
     imp = sub.add_parser("import", help="import files and folders (recursive) into the index")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("--dry-run", action="store_true", help="parse and compare, store nothing")
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 return nodes_command(cfg, db, args)
             if args.command == "users":
                 return users_command(cfg, db, args)
+            done = correction_cli.command(cfg, db, args)
+            if done is not None:
+                return done
             if args.command == "studies":
                 done = lifecycle_cli.studies_verb(cfg, db, args)
                 return studies_command(db) if done is None else done

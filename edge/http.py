@@ -33,6 +33,7 @@ import shared
 from edge import dashboard
 from edge.admin_api import PRINCIPAL, AdminApi, read_json
 from edge.audit import EdgeAudit
+from edge.correction_api import CorrectionApi
 from edge.diskprobe import DiskProbe
 from edge.slots import AssocSlots
 from edge.studies_api import StudiesApi
@@ -135,6 +136,7 @@ class EdgeHttp:
         self._own_audit = audit is None
         self.admin = AdminApi(cfg, db, self.audit)
         self.studies = StudiesApi(cfg, db, self.audit)
+        self.corrections = CorrectionApi(cfg, db, self.audit)
         self.probe = DiskProbe(cfg.edge.cache_dir)
         # the acceptors' slots file, read through a descriptor of our own (edge/slots.py)
         self.slots = AssocSlots(
@@ -247,6 +249,8 @@ class EdgeHttp:
             ("POST", "/api/studies/{uid}/undelete", st.undelete, Need.OPERATE),
             ("POST", "/api/studies/{uid}/hold", st.hold, Need.OPERATE),
             ("POST", "/api/studies/{uid}/release", st.release, Need.ADMIN),
+            ("GET", "/api/studies/{uid}/attributes", self.corrections.attributes, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/modify", self.corrections.modify, Need.OPERATE),
             ("GET", "/api/routes", self.api_routes, Need.OPERATE),
             ("POST", "/api/routes/retry", self.api_routes_retry, Need.OPERATE),
             ("GET", "/api/routes/rules", a.rules, Need.OPERATE),

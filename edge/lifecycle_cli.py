@@ -22,8 +22,9 @@ from shared.expiry import report
 from shared.index import Database
 
 
-def add_parsers(sub: Any) -> None:
-    """The `studies` verbs (bare `studies` still lists) and `retention`."""
+def add_parsers(sub: Any) -> Any:
+    """The `studies` verbs (bare `studies` still lists) and `retention`; returns the `studies`
+    verbs, to which the correction verbs are added (edge/correction_cli.py)."""
     st = sub.add_parser("studies", help="list, delete, undelete and hold studies")
     verbs = st.add_subparsers(dest="studies_command")
     verbs.add_parser("list", help="list the studies in the index (the default)")
@@ -52,6 +53,7 @@ def add_parsers(sub: Any) -> None:
     ret = sub.add_parser("retention", help="retention rules applied to the index")
     rv = ret.add_subparsers(dest="retention_command", required=True)
     rv.add_parser("report", help="what expires when, soonest first")
+    return verbs
 
 
 def studies_verb(cfg: Config, db: Database, args: argparse.Namespace) -> int | None:

@@ -95,9 +95,10 @@ _SETTABLE = frozenset(
         "crc32c",
         "last_access",
         "transfer_syntax",
-        # deletion: when, from which state, and 0 to journal the row (tombstone) again
+        # deletion: when and from which state
         "deleted_at",
         "deleted_from",
+        # 0 to journal the row again: a tombstone, or a correction's new bytes once uploaded
         "catalog_seq",
     }
 )

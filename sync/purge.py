@@ -32,6 +32,7 @@ from shared.deletion import Actor, Target, delete, due_for_purge
 from shared.errors import NotFound, PacsError, PermanentStoreError
 from shared.expiry import expired
 from shared.index import Database
+from shared.keys import parse_instance_object
 from shared.lifecycle import State, transition
 from shared.siteaudit import SiteAudit
 from shared.store import ObjectStore
@@ -139,14 +140,14 @@ class Purger:
 
     def _delete_bytes(self, row: tuple[int, str, str, str, int], rep: PurgeReport) -> bool:
         _iid, _study, key, relpath, _seq = row
-        if key:
+        for version in self._versions(key):
             try:
-                self.store.delete(key)
+                self.store.delete(version)
                 rep.objects_deleted += 1
             except NotFound:
                 pass  # deleted before a crash, or never there
             except PermanentStoreError as exc:  # e.g. a hold left on the object in the bucket
-                log.error("purge could not delete key=%s error=%s hint=%s", key, exc, exc.hint)
+                log.error("purge could not delete key=%s error=%s hint=%s", version, exc, exc.hint)
                 return False
         try:
             os.unlink(self.cache_dir / relpath)
@@ -154,6 +155,23 @@ class Purger:
         except FileNotFoundError:
             pass
         return True
+
+    def _versions(self, key: str) -> list[str]:
+        """Every object of the row's instance: the key it names plus, for a corrected instance,
+        the original and every other revision beside it (shared/keys.py `revision_key`)."""
+        if not key:
+            return []
+        parsed = parse_instance_object(key)
+        if parsed is None:
+            return [key]
+        study, series, sop, _rev = parsed
+        prefix = f"{key.rsplit('/', 1)[0]}/{sop}."
+        found = {
+            i.key
+            for i in self.store.list(prefix)
+            if (p := parse_instance_object(i.key)) is not None and p[:3] == (study, series, sop)
+        }
+        return sorted(found | {key})
 
     def _record(self, rep: PurgeReport) -> None:
         audit = self._audit()

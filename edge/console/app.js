@@ -330,18 +330,74 @@ function studyActions(s, principal, render) {
   return [...out, status];
 }
 
+// The correction form: the correctable attributes of one study, prefilled with its values
+// (patient data, fetched for this form only), saved through POST /api/studies/{uid}/modify.
+const ATTRIBUTE_LABELS = {
+  PatientName: "Patient name", PatientID: "Patient ID", IssuerOfPatientID: "Issuer of patient ID",
+  PatientBirthDate: "Birth date", PatientSex: "Sex", StudyDate: "Study date", StudyTime: "Study time",
+  AccessionNumber: "Accession number", StudyID: "Study ID", StudyDescription: "Study description",
+  ReferringPhysicianName: "Referring physician",
+};
+let correcting = null; // the study UID whose correction form is open
+
+async function correctionForm(uid, render) {
+  const current = await api(`/api/studies/${encodeURIComponent(uid)}/attributes`);
+  const inputs = Object.entries(current.attributes).map(([k, v]) =>
+    el("input", { name: k, id: `fix-${k}`, value: v, "data-was": v }));
+  const reason = el("input", { name: "reason", id: "fix-reason", placeholder: "kept in the audit trail" });
+  const message = el("p", { class: "error wide", role: "alert" });
+  const cancel = el("button", { type: "button" }, "Cancel");
+  cancel.addEventListener("click", () => { correcting = null; render(); });
+  const form = el("form", { class: "panel", id: "correction-form" },
+    el("h3", {}, "Correct study ", el("span", { class: "mono" }, uid)),
+    current.unfinished ? el("p", { class: "error wide" }, "A correction of this study was interrupted: save again to complete it.") : "",
+    el("p", { class: "wide" }, `Each of its ${current.instances} instances is rewritten with the new values; the original bytes stay in the bucket (hpacs-edge studies versions).`),
+    inputs.map((i) => field(ATTRIBUTE_LABELS[i.name] || i.name, i)), field("Reason", reason),
+    el("div", { class: "actions" }, el("button", { type: "submit", class: "primary" }, "Save correction"), cancel),
+    message);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    for (const i of form.querySelectorAll(".invalid")) i.classList.remove("invalid");
+    const changes = {};
+    for (const i of inputs) if (i.value !== i.dataset.was || current.unfinished) changes[i.name] = i.value;
+    if (!Object.keys(changes).length) { message.textContent = "Nothing changed."; return; }
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    message.textContent = "Correcting…";
+    try {
+      const r = await api(`/api/studies/${encodeURIComponent(uid)}/modify`, { method: "POST", json: { changes, reason: reason.value } });
+      correcting = null;
+      await render();
+      const done = document.getElementById("correction-done");
+      if (done) done.textContent = `Corrected ${r.attributes.join(", ")}: ${r.rewritten} instance(s) rewritten.`;
+    } catch (err) {
+      if (err instanceof Unauthorized) return shell.showLogin();
+      message.textContent = err.message;
+      const bad = err.message.split(/[: ]/)[0];
+      const target = form.querySelector(`[name="${bad}"]`);
+      if (target) target.classList.add("invalid");
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
 async function studies(render, principal) {
   const list = await api("/api/studies?limit=100");
   if (!list.length) return [el("h2", {}, "Recent studies"), el("p", { class: "empty" }, "No study has been received yet.")];
   const operate = may(principal, "operate");
   const rows = list.map((s) => {
     let pin = null;
+    let fix = null;
     if (operate && !s.deleted) {
       pin = el("button", { type: "button" }, s.pinned ? "Unpin" : "Pin");
       pin.addEventListener("click", () => guarded(pin, async () => {
         await api(`/api/studies/${encodeURIComponent(s.study_uid)}/${s.pinned ? "unpin" : "pin"}`, { method: "POST" });
         render();
       }).catch(() => {}));
+      fix = el("button", { type: "button" }, "Correct");
+      fix.addEventListener("click", () => { correcting = s.study_uid; render(); });
     }
     const cache = s.deleted ? "deleted" : s.cache_state;
     return el("tr", { "data-study": s.study_uid, class: s.deleted ? "deleted" : "" },
@@ -350,12 +406,14 @@ async function studies(render, principal) {
       el("td", {}, `${s.series} / ${s.instances}`),
       el("td", { class: "cache-state" }, pill(cache, CACHE_KIND[cache])),
       el("td", { class: "sync-state" }, s.deleted ? "–" : pill(s.sync_state, SYNC_KIND[s.sync_state])),
-      el("td", {}, s.pinned ? pill("pinned", "ok") : "", " ", pin),
+      el("td", {}, s.pinned ? pill("pinned", "ok") : "", " ", pin, " ", fix),
       el("td", { class: "study-actions" }, s.held ? pill("held", "warn") : "", " ",
         operate ? studyActions(s, principal, render) : []));
   });
-  return [el("h2", {}, "Recent studies"),
-    table(["Date", "Accession", "Modality", "Description", "Series / instances", "Cache", "Sync", "Pin", "Lifecycle"], rows)];
+  const out = [el("h2", {}, "Recent studies"), el("p", { class: "result ok", id: "correction-done", role: "status" })];
+  if (operate && correcting) out.push(await correctionForm(correcting, render));
+  out.push(table(["Date", "Accession", "Modality", "Description", "Series / instances", "Cache", "Sync", "Pin", "Lifecycle"], rows));
+  return out;
 }
 
 // ---- routing -----------------------------------------------------------------------------
