@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_api import admin_api, ops
+from cloud_api import admin_api, deletions, ops
 from cloud_api import handlers as h
 from cloud_api import session as se
 from cloud_api import shares as sh
@@ -33,7 +34,7 @@ from cloud_api.catalog import Catalog, open_catalog
 from cloud_api.catalog.poller import Poller
 from cloud_api.denials import DenialGate
 from shared import health, metrics
-from shared.config import CloudConfig, RestoreConfig
+from shared.config import CloudConfig, RestoreConfig, RetentionConfig
 from shared.errors import (
     NotAuthorized,
     NotFound,
@@ -82,6 +83,17 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("GET", IN + "/bulkdata/{tag}", h.wado_bulkdata, Need.READ, "wado-bulkdata"),
     ("POST", "/dicomweb/studies", h.stow, Need.WRITE, "stow"),
     ("POST", S, h.stow, Need.WRITE, "stow"),
+    # deletion (cloud_api/deletions.py): a request per site holding it, applied by its agent
+    ("DELETE", S, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    ("DELETE", SE, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    ("DELETE", IN, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    (
+        "GET",
+        "/api/sites/{site}/deletions/{deletion_id}",
+        deletions.api_deletion_get,
+        Need.ADMIN,
+        "delete-status",
+    ),
     ("GET", "/api/sites", admin_api.api_sites, Need.ADMIN, "sites"),
     ("GET", "/api/tokens", h.api_tokens, Need.ADMIN, "tokens"),
     ("POST", "/api/tokens", h.api_token_create, Need.ADMIN, "token-create"),
@@ -111,6 +123,7 @@ class Services:
 
     cfg: CloudConfig
     restore: RestoreConfig
+    retention: RetentionConfig  # delete_grace_days of the cloud's own STOW site
     store: ObjectStore
     catalog: Catalog
     poller: Poller
@@ -255,12 +268,17 @@ def _audit(
 
 async def _poll_loop(app: web.Application) -> None:
     svc = app[SERVICES]
+    next_purge = 0.0
     while True:
         await asyncio.sleep(svc.cfg.catalog_poll_interval_s)
         try:
             res = await asyncio.to_thread(svc.poller.poll)
             if res.rows:
                 log.info("catalog poll objects=%d rows=%d", res.objects, res.rows)
+            # the STOW site's deletions past their grace (any replica may: it is idempotent)
+            if time.monotonic() >= next_purge:
+                await asyncio.to_thread(deletions.purge_due, svc)
+                next_purge = time.monotonic() + svc.retention.purge_interval_s
         except PacsError as exc:
             log.warning("catalog poll failed error=%s hint=%s", exc, exc.hint)
         except Exception:
@@ -394,6 +412,7 @@ def create_app(
     store: ObjectStore,
     restore: RestoreConfig | None = None,
     audit_store: ObjectStore | None = None,
+    retention: RetentionConfig | None = None,
 ) -> web.Application:
     """The app for one replica; its audit log (and a SQLite catalog) live under `cfg.data_dir`.
     Refuses (ConfigError) an audit key file that others may read."""
@@ -403,6 +422,7 @@ def create_app(
     svc = Services(
         cfg=cfg,
         restore=restore or RestoreConfig(),
+        retention=retention or RetentionConfig(),
         store=store,
         catalog=catalog,
         poller=Poller(catalog, store),

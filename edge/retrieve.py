@@ -48,6 +48,7 @@ from edge.sender import (
     requested_contexts,
     tune,
 )
+from shared.deletion import visible_sql
 from shared.errors import (
     CANCEL,
     IDENTIFIER_DOES_NOT_MATCH,
@@ -108,7 +109,7 @@ def selection_sql(identifier: Dataset) -> tuple[str, list[str]]:
     sql = (
         f"SELECT {INSTANCE_COLUMNS} FROM instances i "
         "JOIN studies s ON s.id = i.study_id JOIN series se ON se.id = i.series_id "
-        f"WHERE {column} IN ({marks}) "
+        f"WHERE {column} IN ({marks}) AND {visible_sql('i')} "
         "ORDER BY s.id, se.series_number, se.id, i.instance_number, i.id"
     )
     return sql, values

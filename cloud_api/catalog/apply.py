@@ -9,6 +9,8 @@ object is applied whole or not at all, and applying it again changes nothing.
 
 A study's or series' attribute is the latest non-empty value applied (a later STOW of an SR
 with an empty description does not blank the edge's); an instance's attributes are its last row's.
+A correction (a row whose object is under a revision key) sets its study's attributes as they
+are, empty ones included, and they stay until the next correction.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 
 from cloud_api.catalog.schema import COPY_COLUMNS, attr_columns, norm_attrs
 from shared import attributes
+from shared.keys import is_revision_key
 from shared.sqldialect import Dialect
 
 STUDY_STAGE = (*attr_columns("studies"), "specific_character_set")
@@ -28,6 +31,7 @@ STAGES = {
     "s_series": SERIES_STAGE,
     "s_instances": INSTANCE_STAGE,
     "s_retracted": ("sop_instance_uid",),
+    "s_revised": STUDY_STAGE,
     "t_studies": ("id",),
     "t_series": ("id",),
 }
@@ -42,6 +46,7 @@ class Batch:
     series: list[tuple[Any, ...]] = field(default_factory=list)
     instances: list[tuple[Any, ...]] = field(default_factory=list)
     retracted: list[tuple[str]] = field(default_factory=list)
+    revised: list[tuple[Any, ...]] = field(default_factory=list)  # studies of corrected rows
     rows: int = 0
 
 
@@ -79,14 +84,18 @@ def prepare(rows: list[dict[str, Any]]) -> Batch:
     b = Batch(rows=len(rows))
     studies: dict[str, tuple[Any, ...]] = {}
     series: dict[str, tuple[Any, ...]] = {}
+    revised: dict[str, tuple[Any, ...]] = {}
     for uid, d in last.items():
         if d.get("deleted"):
             b.retracted.append((uid,))
             continue
         studies[d["study_uid"]] = tuple(_value(d, c) for c in STUDY_STAGE)
+        if is_revision_key(str(d.get("object_key", ""))):
+            revised[d["study_uid"]] = studies[d["study_uid"]]
         series[d["series_uid"]] = tuple(_value(d, c) for c in SERIES_STAGE)
         b.instances.append(tuple(_value(d, c) for c in INSTANCE_STAGE))
     b.studies, b.series = list(studies.values()), list(series.values())
+    b.revised = list(revised.values())
     return b
 
 
@@ -105,16 +114,33 @@ def stage_ddl(d: Dialect) -> list[str]:
 
 
 def _keep(table: str, cols: tuple[str, ...], unique: str) -> str:
-    """SET clauses keeping the stored value when the new one is empty."""
+    """SET clauses keeping the stored value when the new one is empty; a corrected study's
+    attributes (`revised`) are kept whatever a row that is not a correction says."""
     out = []
+    pin = f"{table}.revised = 0 AND " if table == "studies" else ""
     for c in cols:
         if c == unique:
             continue
         if c in _INT:
             out.append(f"{c} = COALESCE(excluded.{c}, {table}.{c})")
         else:
-            out.append(f"{c} = CASE WHEN excluded.{c} <> '' THEN excluded.{c} ELSE {table}.{c} END")
+            out.append(
+                f"{c} = CASE WHEN {pin}excluded.{c} <> '' THEN excluded.{c} ELSE {table}.{c} END"
+            )
     return ", ".join(out)
+
+
+def _corrections() -> str:
+    """A corrected instance's row (its object under a revision key, edge/corrections.py)
+    carries the study's corrected attributes: they replace the stored ones, empty values
+    included, and pin them against later rows that are not corrections (an instance sent
+    again elsewhere with the old values)."""
+    cols = [c for c in STUDY_STAGE if c != "study_uid"]
+    sets = ", ".join(f"{c} = r.{c}" for c in cols)
+    return (
+        f"UPDATE studies SET {sets}, revised = 1 FROM s_revised r"
+        " WHERE r.study_uid = studies.study_uid"
+    )
 
 
 def _upserts(d: Dialect) -> list[str]:
@@ -212,6 +238,9 @@ def apply_batch(tx: Tx, d: Dialect, site: str, rows: list[dict[str, Any]], key: 
     if batch.instances:
         for sql in _upserts(d):
             tx.execute(sql, [site] * sql.count(p))
+    if batch.revised:
+        tx.load("s_revised", STUDY_STAGE, batch.revised)
+        tx.execute(_corrections())
     if batch.retracted:
         tx.load("s_retracted", ("sop_instance_uid",), batch.retracted)
         for sql, takes_site in _retractions(d):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from shared import attributes
 from shared.attributes import INT, Attribute
 
-VERSION = 2
+VERSION = 3  # 3: studies.revised (corrections, edge/corrections.py)
 TABLES = ("copies", "study_sites", "instances", "series", "studies", "cursors")
 COPY_COLUMNS = ("transfer_syntax", "object_key", "size", "crc32c", "received_at")
 # Counters and denormalised lists kept per row (recounted for the rows an object touches).
@@ -47,7 +47,8 @@ def ddl(dialect: str) -> list[str]:
     stmts = [
         f"CREATE TABLE studies (id {ident}, {', '.join(cols('studies'))},"
         f" specific_character_set {text}, modalities {text},"
-        f" num_series {counter}, num_instances {counter}, UNIQUE (study_uid))",
+        f" num_series {counter}, num_instances {counter},"
+        f" revised {integer} NOT NULL DEFAULT 0, UNIQUE (study_uid))",
         f"CREATE TABLE series (id {ident}, study_id {ref}, {', '.join(cols('series'))},"
         f" num_instances {counter}, UNIQUE (series_uid))",
         f"CREATE TABLE instances (id {ident}, series_id {ref}, study_id {ref},"
