@@ -143,6 +143,15 @@ def test_send_refusals(site: Site) -> None:
     bad = f"{site.url}api/studies/not-a-uid/send"
     r = admin.post(bad, json={"destination": "ARCHIVE"}, timeout=30)
     assert (r.status_code, r.json()["field"]) == (400, "study_uid")
+    # a deleted study is not sent (the instances a C-MOVE would send: none)
+    deleted = site.store(StudySpec(instances_per_series=1, accession_number="S3"))
+    gone = str(pydicom.dcmread(deleted[0]).StudyInstanceUID)
+    r = admin.post(f"{site.url}api/studies/{gone}/delete", json={"reason": "test"}, timeout=30)
+    assert r.status_code == 200, r.text
+    r = admin.post(
+        f"{site.url}api/studies/{gone}/send", json={"destination": "ARCHIVE"}, timeout=30
+    )
+    assert r.status_code == 404
     # the console token (machines) may send too; nothing was queued by the refusals
     status, _, body = call(site.http, f"/api/studies/{study}/send", token=TOKEN)
     assert status == 200 and b'"destinations": {}' in body
