@@ -52,7 +52,10 @@ def load_or_create_key(path: str | Path) -> bytes:
         with os.fdopen(fd, "w") as fh:
             fh.write(key.hex() + "\n")
         return key
-    key = bytes.fromhex(text)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"session key in {p} is not hex (make one: openssl rand -hex 32)") from None
     if len(key) < 16:
         raise ValueError(f"session key in {p} is shorter than 128 bits")
     return key
