@@ -55,7 +55,8 @@ def load_or_create_key(path: str | Path) -> bytes:
     try:
         key = bytes.fromhex(text)
     except ValueError:
-        raise ValueError(f"session key in {p} is not hex (make one: openssl rand -hex 32)") from None
+        hint = "make one: openssl rand -hex 32"
+        raise ValueError(f"session key in {p} is not hex ({hint})") from None
     if len(key) < 16:
         raise ValueError(f"session key in {p} is shorter than 128 bits")
     return key
