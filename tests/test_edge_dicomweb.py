@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pydicom
@@ -26,7 +27,7 @@ from pydicom.dataset import Dataset
 from shared.synthetic import StudySpec, iter_study, uid
 from tests.support.cloud import dataset_bytes
 from tests.support.dicomweb import dcmcjpeg, study
-from tests.support.edgeweb import EdgeWeb, edge_web_config, running_edge_web
+from tests.support.edgeweb import PASSWORD, EdgeWeb, edge_web_config, running_edge_web
 from tests.support.sync import Site
 
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
@@ -317,3 +318,41 @@ def test_qido_pages_newest_first_and_warns(web: EdgeWeb) -> None:
         headers=web.token_headers,
     )
     assert r.status_code == 200 and "Only literal matching" in r.headers["Warning"]
+
+
+def test_viewer_page_needs_a_token_or_a_session(web: EdgeWeb) -> None:
+    """The OHIF page on the edge: the console token or a session opens it; without either a
+    browser goes to the edge's login page (user and password, or the token), then back."""
+    page = web.url + "/viewer/viewer?StudyInstanceUIDs=1.2.3"
+    r = requests.get(page, allow_redirects=False, timeout=30)
+    assert r.status_code == 303
+    loc = urlsplit(r.headers["Location"])
+    assert loc.path == "/login"
+    assert parse_qs(loc.query)["next"] == ["/viewer/viewer?StudyInstanceUIDs=1.2.3"]
+    login = requests.get(web.url + r.headers["Location"], timeout=30)
+    assert login.status_code == 200 and 'id="user"' in login.text and 'id="token"' in login.text
+    r = requests.get(page, headers=web.token_headers, timeout=30)
+    assert r.status_code == 200 and "window.PUBLIC_URL" in r.text
+    assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    config = requests.get(web.url + "/viewer/app-config.js", timeout=30).text
+    assert '"qidoRoot": "/dicomweb"' in config
+    # the login form: a viewer user signs in and is sent back where it was going
+    s = requests.Session()
+    form = {"user": "viewer", "password": PASSWORD, "token": "", "next": "/viewer/viewer?x=1"}
+    r = s.post(web.url + "/login", data=form, headers={"Origin": web.url}, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"] == "/viewer/viewer?x=1"
+    assert s.get(page, timeout=30).status_code == 200
+    # `next` only ever leads to this origin
+    form["next"] = "//evil.example/x"
+    r = requests.post(
+        web.url + "/login", data=form, headers={"Origin": web.url}, allow_redirects=False
+    )
+    assert r.status_code == 303 and r.headers["Location"] == "/viewer/"
+    # a cross-site form post does not sign anyone in
+    r = requests.post(
+        web.url + "/login",
+        data=form,
+        headers={"Origin": "https://evil.example"},
+        allow_redirects=False,
+    )
+    assert r.status_code == 401
