@@ -209,8 +209,12 @@ def start_catalog(kind: str, procs: list[tuple[str, list[str]]]) -> Any:
     port = int(os.environ.get("HPACS_DEV_PGPORT", "5433"))
     cluster = Cluster(URL_FILE.parent / "postgres", port=port, fast=False)  # durable: kept
     cluster.start()
-    url = cluster.create_database("hpacs")
-    URL_FILE.write_text(url + "\n")
+    try:
+        url = cluster.create_database("hpacs")
+        URL_FILE.write_text(url + "\n")
+    except BaseException:
+        cluster.stop()  # never leave a server behind
+        raise
     for name, cmd in procs:
         if name == "cloud":
             cmd += ["--catalog", url]

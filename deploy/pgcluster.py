@@ -107,6 +107,7 @@ class Cluster:
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("postgres did not accept connections in time")
             time.sleep(0.05)
 
