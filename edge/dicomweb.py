@@ -37,9 +37,11 @@ from typing import Any, BinaryIO
 from aiohttp import web
 
 from edge import query
+from edge.accesslog import AccessLog
 from edge.ingest import Ingestor, Outcome
 from edge.locate import INSTANCE_COLUMNS, Locator
 from edge.locate import InstanceRef as LocalRef
+from edge.webauth import Principal
 from shared import attributes, matching
 from shared.config import Config
 from shared.dicom import read_header
@@ -340,3 +342,26 @@ def side(dw: EdgeDicomweb, cfg: Config, spool: Path) -> routes.Side:
         max_part_bytes=cfg.edge.max_object_bytes,
         limit_name="edge.max_object_bytes",
     )
+
+
+def audit(access: AccessLog, request: web.Request, p: Principal, status: int) -> None:
+    """The audit of one answered DICOMweb request (edge/accesslog.py): reads aggregated per
+    user, client and study; every STOW request on its own."""
+    note = request.get(NOTE, {})
+    route = request.match_info.route
+    path = route.resource.canonical if route.resource else ""
+    action = ACTIONS.get((request.method, path), "dicomweb")
+    study = note.get("study_uid") or request.match_info.get("study", "")
+    detail = note.get("detail") or f"{request.method} {action}"
+    client = request.remote or ""
+    if action == "stow":
+        outcome = "ok" if status < 400 else "denied" if status in (401, 403) else "error"
+        access.write(
+            action=action, actor=p.name, role=p.role, client=client, study_uid=study,
+            outcome=outcome, detail=f"{detail} status={status}",
+        )  # fmt: skip
+        return
+    access.read(
+        actor=p.name, role=p.role, client=client, study_uid=study, action=action,
+        detail=detail, status=status, now=time.time(),
+    )  # fmt: skip

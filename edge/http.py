@@ -36,7 +36,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 import shared
-from edge import dashboard
+from edge import dashboard, webviewer
 from edge import dicomweb as edw
 from edge.accesslog import AccessLog
 from edge.admin_api import PRINCIPAL, AdminApi, read_json
@@ -66,7 +66,6 @@ from shared.store import open_store
 from shared.store.base import ObjectStore
 from shared.uids import is_valid_uid
 from shared.web import session as ws
-from shared.web import viewer
 from shared.web.session import Credentials, clear_cookie, set_cookie
 
 log = logging.getLogger("hpacs.edge.http")
@@ -300,9 +299,9 @@ class EdgeHttp:
             needs[r.add_route(method, path, handler)] = need
         app[NEEDS] = needs
         dw.attach(app, edw.side(self.dicomweb, self.cfg, self.spool))
-        self._mount_viewer(app)
+        webviewer.mount_viewer(app, self.cfg.edge.viewer_dir, self.authorized)
         r.add_get("/", self.index)
-        r.add_get("/login", self.login_page, allow_head=False)
+        r.add_get("/login", webviewer.login_page, allow_head=False)
         r.add_post("/login", self.login)
         r.add_post("/logout", self.logout)
         r.add_get("/healthz", self.healthz)
@@ -357,45 +356,7 @@ class EdgeHttp:
             raise
         finally:
             if dicomweb:
-                self._audit_dicomweb(request, principal, status)
-
-    def _audit_dicomweb(self, request: web.Request, p: Principal, status: int) -> None:
-        note = request.get(edw.NOTE, {})
-        route = request.match_info.route
-        action = edw.ACTIONS.get(
-            (request.method, route.resource.canonical if route.resource else ""), "dicomweb"
-        )
-        study = note.get("study_uid") or request.match_info.get("study", "")
-        detail = note.get("detail") or f"{request.method} {action}"
-        client = request.remote or ""
-        if action == "stow":
-            outcome = "ok" if status < 400 else "denied" if status in (401, 403) else "error"
-            self.access.write(
-                action=action, actor=p.name, role=p.role, client=client, study_uid=study,
-                outcome=outcome, detail=f"{detail} status={status}",
-            )  # fmt: skip
-            return
-        self.access.read(
-            actor=p.name, role=p.role, client=client, study_uid=study, action=action,
-            detail=detail, status=status, now=time.time(),
-        )  # fmt: skip
-
-    def _mount_viewer(self, app: web.Application) -> None:
-        """The OHIF viewer at /viewer/ on this origin's /dicomweb (shared/web/viewer.py, as on
-        the cloud); an absent build answers 503 saying how to install it."""
-        try:
-            dist = viewer.locate_build(self.cfg.edge.viewer_dir)
-        except viewer.ViewerBuildMissing as exc:
-            log.warning("viewer not served error=%s", exc)
-            reason = str(exc).replace("cloud.viewer_dir", "edge.viewer_dir")
-
-            async def missing(request: web.Request) -> web.Response:
-                return web.Response(status=503, text=reason)
-
-            app.router.add_get("/viewer/{tail:.*}", missing)
-            return
-        settings = viewer.ViewerSettings(dist=dist, login_path="/login")
-        viewer.mount(app, settings, self.authorized)
+                edw.audit(self.access, request, principal, status)
 
     async def authorized(self, request: web.Request) -> bool:
         """Whether a request carries a usable credential (the viewer's page asks this)."""
@@ -410,18 +371,6 @@ class EdgeHttp:
         resp = web.FileResponse(CONSOLE_DIR / "index.html")
         resp.headers.update(PAGE_HEADERS)
         return resp
-
-    async def login_page(self, request: web.Request) -> web.Response:
-        """The sign-in form the viewer sends a browser without a session to (`?next=`): a user
-        and password, or the console token; a plain form, posted to `POST /login`."""
-        hint = (
-            'An edge user (<span class="mono">hpacs-edge users add</span>), or the console '
-            'token (<span class="mono">&lt;data_dir&gt;/console_token</span>; under '
-            '<span class="mono">make up</span>: <span class="mono">var/edge/console_token'
-            "</span>)."
-        )
-        body = ws.login_page("/shared/", accounts=True, hint=hint)
-        return web.Response(body=body, content_type="text/html", headers=ws.LOGIN_HEADERS)
 
     async def login(self, request: web.Request) -> web.Response:
         """Sign in: `{"user", "password"}` or `{"token"}` (JSON or a form); a session cookie
