@@ -1,10 +1,9 @@
 """The study browser in the edge console, and sending a study to a registered node.
 
-What the edge serves today is tested as it is: the Browser page for each role, and "send to a
-node" (the JSON API, queued in the routing queue and delivered by the forwarder to a DCMTK
-storescp). The browser's search, thumbnails, ZIP and upload are standard DICOMweb on the
-page's origin, which the edge serves once branch `edgeweb` is merged: until then those tests
-are xfailed at run time by a probe of `/dicomweb` on the edge, and run for real after.
+The Browser page for each role; "send to a node" through the JSON API (queued in the routing
+queue, delivered by the forwarder to a DCMTK storescp); and the whole flow in Chromium over the
+edge's own DICOMweb: find a study by part of a name, thumbnails, the ZIP equal to the cached
+files, the viewer, send, a folder upload.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
 
 PASSWORD = "a long test password"
-EDGEWEB = "waits for branch edgeweb: the edge serves no /dicomweb yet"
 
 
 @dataclass
@@ -212,16 +210,9 @@ def test_browser_page_for_each_role(page: Any, site: Site) -> None:
     screenshot(page, "browser-edge-technician")
 
 
-def require_edge_dicomweb(site: Site) -> None:
-    status, _, _ = call(site.http, "/dicomweb/studies", token=TOKEN)
-    if status == 404:
-        pytest.xfail(EDGEWEB)
-
-
 def test_find_drill_download_upload_and_send_on_the_edge(
     page: Any, site: Site, tmp_path: Path
 ) -> None:
-    require_edge_dicomweb(site)
     spec = StudySpec(patient_id="E100", patient_name="SMITH^EDGE", accession_number="E1",
                      series_count=2, instances_per_series=2)  # fmt: skip
     files = site.store(spec)
