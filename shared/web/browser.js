@@ -20,6 +20,7 @@ const HpacsBrowser = (() => {
   const NO_PIXELS = new Set(["SR", "KO", "PR", "DOC", "RTSTRUCT", "RTPLAN", "REG", "FID", "AU", "ECG"]);
   const actions = [];
   let lastSearch = "#browser";
+  let lastObserver = null;
 
   // ---- DICOM JSON and formatting ---------------------------------------------------------
   function value(ds, tag) {
@@ -94,6 +95,7 @@ const HpacsBrowser = (() => {
         img.src = img.dataset.src;
       }
     }
+    if (lastObserver) lastObserver.disconnect();  // the previous view's images are gone
     const observer = new IntersectionObserver((entries) => {
       for (const e of entries) {
         if (!e.isIntersecting) continue;
@@ -102,6 +104,7 @@ const HpacsBrowser = (() => {
       }
       pump();
     }, { rootMargin: "100px" });
+    lastObserver = observer;
     return (src, label) => {
       const img = el("img", { class: "thumb", alt: label, width: "128", height: "128", "data-src": src });
       observer.observe(img);
