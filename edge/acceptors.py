@@ -45,11 +45,13 @@ def child_main(cfg: Config, parent_pid: int, ready: Any, index: int) -> None:
     """Entry point of one acceptor process: serve DIMSE until told to stop."""
     _die_with_parent(parent_pid)
     from edge.forwarder import attach_routing
+    from edge.runtime import configure
     from edge.server import EdgeServer
     from shared.index import Database
     from shared.logs import setup_logging
 
     setup_logging(cfg.edge.log_level, f"edge[acceptor {index}]")
+    configure()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -57,7 +59,7 @@ def child_main(cfg: Config, parent_pid: int, ready: Any, index: int) -> None:
     server = EdgeServer(cfg, db, reuse_port=True)
     attach_routing(server.ingestor, cfg.routes)
     try:
-        server.start()
+        server.start(retrier=False)  # the parent runs the commitment report queue
         ready.put((index, os.getpid(), ""))
         while not stop.wait(1.0):
             if os.getppid() != parent_pid:  # belt and braces beside PDEATHSIG

@@ -17,6 +17,7 @@ from edge.importer import run_import
 from edge.ingest import Ingestor
 from edge.reconcile import reconcile
 from edge.routequeue import retry, routes_report
+from edge.runtime import configure
 from edge.scu import client_ssl_context, echo, node_ssl_context
 from edge.server import EdgeServer
 from shared.cli import entry_parser, load_entry_config
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return 2
     setup_logging(cfg.edge.log_level, "edge")
+    configure()
     try:
         if args.command == "serve":
             return serve(cfg)
@@ -121,23 +123,26 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    # edge.acceptors > 1: child processes serve DIMSE on the port (edge/acceptors.py); this
-    # process keeps reconcile (done above, before any child starts), HTTP, hot folder, forwarder.
-    acceptors = Acceptors(cfg, cfg.edge.acceptors) if cfg.edge.acceptors > 1 else None
-    if acceptors is not None:
-        acceptors.start()
-    else:
-        server.start()
     forwarder.start()
     if hotfolder is not None:
         hotfolder.start()
     http = start_http(cfg, db, server.active_associations)
+    # DIMSE last: once the port is open, everything a stored instance needs is running.
+    # edge.acceptors > 1: child processes serve DIMSE on the port (edge/acceptors.py); this
+    # process keeps reconcile (done above, before any child starts), HTTP, hot folder, forwarder.
+    count = cfg.edge.acceptor_count
+    acceptors = Acceptors(cfg, count) if count > 1 else None
+    if acceptors is not None:
+        acceptors.start()
+        server.start_retrier()  # the commitment report queue runs in this process only
+    else:
+        server.start()
     ports = server.ports or [p for p in (cfg.edge.port, cfg.edge.tls.port) if p]
     log.info(
         "edge node ready ae_title=%s ports=%s acceptors=%d",
         cfg.edge.ae_title,
         ports,
-        cfg.edge.acceptors,
+        count,
     )
     if ready is not None:
         ready.set()

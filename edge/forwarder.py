@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edge.cache import Cache
 from edge.ingest import Ingestor
-from edge.locate import INSTANCE_COLUMNS, InstanceRef, Recaller, ensure_local
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, Recaller
 from edge.routequeue import (
     Job,
     JobState,
@@ -34,7 +34,7 @@ from edge.routequeue import (
     recover,
 )
 from edge.routing import Rule, backoff_s, rules_from_config
-from edge.sender import send_instances
+from edge.sender import CacheSource, send_instances
 from shared.config import Config, RouteConfig
 from shared.dicom import Header
 from shared.index import Database
@@ -253,6 +253,8 @@ def dimse_sender(
     """The forwarder's sender: the retrieve path's `send_instances` (one association per batch,
     transfer syntax converted when the destination needs it)."""
 
+    source = CacheSource(cache, recaller)
+
     def send(node: Node, batch: list[Job]) -> dict[int, SendResult]:
         by_uid = {j.sop_instance_uid: j for j in batch}
         marks = ",".join("?" * len(by_uid))
@@ -273,7 +275,7 @@ def dimse_sender(
             our_ae_title,
             node,
             refs,
-            lambda ref: ensure_local(cache, ref, recaller),
+            source,
             timeout_s=timeout_s,
             ssl_context=ssl_context,
         )

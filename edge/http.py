@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 import shared
-from edge import dashboard
+from edge import commitqueue, dashboard
 from edge.scu import echo, node_ssl_context
 from shared import health
 from shared.config import Config
@@ -169,6 +169,8 @@ class EdgeHttp:
         r.add_get("/api/routes", self.api_routes)
         r.add_post("/api/routes/retry", self.api_routes_retry)
         r.add_get("/api/events", self.api_events)
+        r.add_get("/api/commitments", self.api_commitments)
+        r.add_post("/api/commitments/retry", self.api_commitments_retry)
         r.add_static("/static/", CONSOLE_DIR)
         r.add_static("/shared/", SHARED_WEB_DIR)
         return app
@@ -301,6 +303,17 @@ class EdgeHttp:
         kind = request.query.get("kind", "association_rejected")
         limit = _int_param(request, "limit", 100, 1, 1000)
         return web.json_response(await asyncio.to_thread(dashboard.events, self.db, kind, limit))
+
+    async def api_commitments(self, request: web.Request) -> web.Response:
+        """Storage Commitment reports not yet delivered (pending with backoff, or failed)."""
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        return web.json_response(await asyncio.to_thread(commitqueue.listing, self.db, limit))
+
+    async def api_commitments_retry(self, request: web.Request) -> web.Response:
+        queue = commitqueue.ReportQueue(self.db)
+        n = await asyncio.to_thread(queue.retry_failed)
+        log.info("console commitment retry reports=%d", n)
+        return web.json_response({"requeued": n})
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -6,9 +6,11 @@ work with pydicom's pixel backends (pylibjpeg, pylibjpeg-openjpeg, pyjpegls, pyl
 
 We only ever *re-encode* losslessly (RLE, JPEG-LS lossless, JPEG 2000 lossless): a retrieve must
 never degrade an image the archive holds, so lossy targets are refused even when an encoder
-exists. Uncompressed targets are produced by pynetdicom itself from an uncompressed dataset
-(it re-encodes between Explicit/Implicit VR and deflates), so a plan to an uncompressed syntax
-leaves the dataset in Explicit VR Little Endian.
+exists. Uncompressed targets are produced when the dataset is encoded for the wire
+(edge/dimse/dataset.py re-encodes between Explicit/Implicit VR and deflates), so a plan to an
+uncompressed syntax leaves the dataset in Explicit VR Little Endian. An object stored in
+Explicit VR Big Endian gets its OW/OF/OL/OD/OV values byte-swapped here (pydicom re-encodes
+numbers it decoded, but writes those byte strings as they are).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -123,6 +127,8 @@ def convert(ds: Dataset, plan: Plan) -> Dataset:
     if plan.as_is:
         return ds
     try:
+        if plan.source == ExplicitVRBigEndian:
+            big_to_little(ds)
         if UID(plan.source).is_compressed and "PixelData" in ds:
             # -> Explicit VR Little Endian, native pixel data; same object, so the same UID
             ds.decompress(generate_instance_uid=False)
@@ -130,8 +136,8 @@ def convert(ds: Dataset, plan: Plan) -> Dataset:
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         if UID(plan.target).is_compressed:
             ds.compress(UID(plan.target), generate_instance_uid=False)
-        # Uncompressed targets: pynetdicom re-encodes an uncompressed dataset into the
-        # accepted context's syntax (Implicit VR, deflate) when it sends.
+        # Uncompressed targets: the wire encoder writes the accepted context's syntax
+        # (Implicit VR, deflate) from this Explicit VR Little Endian dataset.
     except NoConversion:
         raise
     except Exception as exc:
@@ -139,3 +145,30 @@ def convert(ds: Dataset, plan: Plan) -> Dataset:
             f"converting {ts_name(plan.source)} to {ts_name(plan.target)} failed: {exc}"
         ) from exc
     return ds
+
+
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def big_to_little(ds: Dataset, depth: int = 0) -> None:
+    """Make a dataset read as Explicit VR Big Endian writable as little endian, in place.
+
+    Numbers pydicom decoded (US, SS, UL, FL, ...) are re-encoded in the target byte order by
+    the writer; "other" binary values (OW pixel data, LUT data, overlays, OF/OL/OD/OV) stay
+    byte strings, so their words are swapped here. OB and UN are bytes, nothing to swap.
+    """
+    if depth > 32:
+        raise NoConversion("sequences nested too deep to convert")
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                big_to_little(item, depth + 1)
+            continue
+        width = _SWAP_WIDTH.get(elem.VR)
+        value = elem.value
+        if width and isinstance(value, bytes) and value:
+            if len(value) % width:
+                raise NoConversion(f"{elem.tag} ({elem.VR}) has {len(value)} bytes, not words")
+            elem.value = np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+    if depth == 0 and hasattr(ds, "file_meta"):
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -154,6 +154,24 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX instances_state_size ON instances(state, size, received_at);
     """,
+    # 5: Storage Commitment reports (edge/commitqueue.py): one row per verified request, kept
+    # until the N-EVENT-REPORT was answered; retry state in the row (invariant 6).
+    """
+    CREATE TABLE commitment_reports (
+        id INTEGER PRIMARY KEY,
+        calling_ae TEXT NOT NULL,
+        transaction_uid TEXT NOT NULL,
+        verdicts TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX commitment_reports_due ON commitment_reports(state, next_attempt_at);
+    """,
 ]
 
 BUSY_TIMEOUT_S = 30.0

@@ -176,7 +176,7 @@ class Command:
         return f"Command(0x{self.field:04X}, {self.values!r})"
 
 
-def decode(data: bytes | memoryview) -> Command:
+def decode(data: bytes | bytearray | memoryview) -> Command:
     """Decode a command set; raises CommandError for anything malformed."""
     if len(data) > MAX_COMMAND_BYTES:
         raise CommandError(f"command set of {len(data)} bytes")

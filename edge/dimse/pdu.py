@@ -24,7 +24,7 @@ KNOWN_TYPES = frozenset(range(0x01, 0x08))
 
 HEADER = struct.Struct(">BBI")
 HEADER_LEN = HEADER.size
-_PDV_HEAD = struct.Struct(">BBIIBB")  # PDU header + PDV item length, context ID, control
+PDV_HEAD = struct.Struct(">BBIIBB")  # PDU header + PDV item length, context ID, control
 
 # Message control header bits (PS3.8 E.2)
 COMMAND = 0x01
@@ -49,7 +49,7 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-def parse_header(data: bytes | memoryview) -> tuple[int, int]:
+def parse_header(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """(PDU type, length of what follows the header)."""
     pdu_type, _, length = HEADER.unpack_from(data)
     return pdu_type, length
@@ -92,7 +92,7 @@ def frame(
         chunk = view[start : start + frag]
         n = len(chunk)
         control = last if start + frag >= size else more
-        out.append(_PDV_HEAD.pack(P_DATA_TF, 0, n + 6, n + 2, context_id, control))
+        out.append(PDV_HEAD.pack(P_DATA_TF, 0, n + 6, n + 2, context_id, control))
         out.append(chunk)
 
 

@@ -57,6 +57,9 @@ def edge_config(tmp_path: Path, **edge: Any) -> dict[str, Any]:
 
 @contextmanager
 def running_edge(data: dict[str, Any]) -> Iterator[EdgeServer]:
+    from edge.runtime import configure
+
+    configure()
     cfg: Config = parse_config(data)
     db = Database(cfg.edge.index_path)
     with db.write() as conn:
