@@ -148,7 +148,9 @@ def test_stalled_registered_associations_are_aborted(tmp_path: Path) -> None:
         started = time.monotonic()
         command = cmd.store_rq(1, CT, "1.2.826.0.1.3680043.10.1255.1")
         for _ in range(32):
-            s = stack.enter_context(associated(edge.port, calling="STORESCU", contexts=[(CT, EXPLICIT)]))
+            s = stack.enter_context(
+                associated(edge.port, calling="STORESCU", contexts=[(CT, EXPLICIT)])
+            )
             s.sendall(p_data(1, 0x03, command) + p_data(1, 0x00, b"\x08\x00\x16\x00UI\x04\x00"))
             socks.append(s)
         assert edge.echo_within(2.0) + (time.monotonic() - started) < 4.0
@@ -233,3 +235,18 @@ def test_garbage_instead_of_an_associate_rq_is_aborted_and_logged(tmp_path: Path
         assert "Traceback" not in text
         assert associate_rq()  # the helper itself builds a valid request (used above)
         assert edge.echo_within(2.0) < 2.0
+
+
+def test_serve_stops_within_2_seconds_when_idle(tmp_path: Path) -> None:
+    """SIGTERM to an idle `hpacs-edge serve` (default acceptors, HTTP on): gone in under 2 s,
+    before a service manager's SIGKILL (issue 12, defect 10)."""
+    from tests.support.net import free_port
+
+    with serving(tmp_path, acceptors="auto", http_port=free_port()) as edge:
+        assert edge.echo_within(2.0) < 2.0
+        started = time.monotonic()
+        edge.proc.send_signal(signal.SIGTERM)
+        assert edge.proc.wait(10) == 0
+        took = time.monotonic() - started
+    assert took < 2.0, f"stopped in {took:.2f} s"
+    assert "edge node stopped" in edge.text()
