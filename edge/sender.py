@@ -147,9 +147,16 @@ class Outgoing:
     converted_to: str = ""
 
 
-def prepare(ref: InstanceRef, source: Source, contexts: Mapping[int, Context]) -> Outgoing:
-    """The bytes to C-STORE for `ref`; raises PacsError (NoConversion, CorruptInstance, ...)."""
-    accepted = accepted_syntaxes(contexts)
+def prepare(
+    ref: InstanceRef,
+    source: Source,
+    contexts: Mapping[int, Context],
+    accepted: Mapping[str, list[str]] | None = None,
+) -> Outgoing:
+    """The bytes to C-STORE for `ref`; raises PacsError (NoConversion, CorruptInstance, ...).
+    `accepted` is `accepted_syntaxes(contexts)`, computed once per association by callers."""
+    if accepted is None:
+        accepted = accepted_syntaxes(contexts)
     plan = choose(ref.transfer_syntax, accepted.get(ref.sop_class_uid, []))
     raw = source.read(ref)
     if plan.as_is:
@@ -202,9 +209,15 @@ class SendReport:
         return [r.sop_instance_uid for r in self.results if r.outcome == "failed"]
 
 
-def _prepared(ref: InstanceRef, source: Source, assoc: Association, peer: str) -> Outgoing | SubOp:
+def _prepared(
+    ref: InstanceRef,
+    source: Source,
+    assoc: Association,
+    peer: str,
+    accepted: Mapping[str, list[str]],
+) -> Outgoing | SubOp:
     try:
-        return prepare(ref, source, assoc.contexts)
+        return prepare(ref, source, assoc.contexts, accepted)
     except PacsError as exc:
         log_failure(ref.sop_instance_uid, str(exc), destination=peer)
         return SubOp(ref.sop_instance_uid, "failed", reason=str(exc))
@@ -230,11 +243,13 @@ def send_all(
     """
     if not refs:
         return
-    nxt = _prepared(refs[0], source, assoc, peer)
+    accepted = accepted_syntaxes(assoc.contexts)
+    nxt = _prepared(refs[0], source, assoc, peer, accepted)
     for i, ref in enumerate(refs):
         cur = nxt
         if isinstance(cur, SubOp):
-            nxt = _prepared(refs[i + 1], source, assoc, peer) if i + 1 < len(refs) else cur
+            if i + 1 < len(refs):
+                nxt = _prepared(refs[i + 1], source, assoc, peer, accepted)
             yield cur
             continue
         message_id = assoc.next_message_id()
@@ -245,11 +260,11 @@ def send_all(
         parts: list[Any] = []
         assoc.frame(cur.context_id, command, True, parts)
         assoc.frame(cur.context_id, cur.data, False, parts)
-        assoc.send_bytes(b"".join(parts))
+        assoc.send_parts(parts)
         del parts
         cur.data = memoryview(b"")
         if i + 1 < len(refs):
-            nxt = _prepared(refs[i + 1], source, assoc, peer)
+            nxt = _prepared(refs[i + 1], source, assoc, peer, accepted)
         rsp = assoc.wait_response(message_id)
         status = rsp.command.status
         yield _outcome(ref.sop_instance_uid, status, cur.converted_to)

@@ -234,6 +234,11 @@ class Association:
         """Already framed PDUs (a C-STORE of a cached file, a batch of C-FIND responses)."""
         self.link.send(data, self.dimse_timeout_s)
 
+    def send_parts(self, parts: list[Any]) -> None:
+        """Framed PDUs as a list of buffers (headers and slices of an object), written with
+        scatter-gather I/O where the socket allows it: no copy of a large object."""
+        self.link.send_parts(parts, self.dimse_timeout_s)
+
     def frame(self, cx_id: int, data: bytes | memoryview, command: bool, out: list[Any]) -> None:
         pdu.frame(cx_id, data, self.peer_max_pdu, command, out)
 

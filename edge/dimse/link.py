@@ -12,8 +12,11 @@ import select
 import socket
 import ssl
 import time
+from typing import Any
 
 from edge.dimse.pdu import HEADER_LEN, parse_header
+
+_IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 
 
 class LinkClosed(Exception):
@@ -105,6 +108,27 @@ class Link:
         except TimeoutError as exc:
             raise LinkTimeout("peer did not take our data in time") from exc
         except (ConnectionError, ssl.SSLError, OSError) as exc:
+            raise LinkClosed(str(exc) or type(exc).__name__) from exc
+
+    def send_parts(self, parts: list[Any], timeout_s: float = 60.0) -> None:
+        """Send buffers in order: sendmsg (no join copy) on a plain socket, else one sendall."""
+        if isinstance(self.sock, ssl.SSLSocket) or len(parts) < 4:
+            self.send(b"".join(parts), timeout_s)
+            return
+        self.sock.settimeout(timeout_s)
+        views = [memoryview(p).cast("B") for p in parts]
+        i = 0
+        try:
+            while i < len(views):
+                sent = self.sock.sendmsg(views[i : i + _IOV_MAX])
+                while i < len(views) and sent >= len(views[i]):
+                    sent -= len(views[i])
+                    i += 1
+                if sent:
+                    views[i] = views[i][sent:]
+        except TimeoutError as exc:
+            raise LinkTimeout("peer did not take our data in time") from exc
+        except (ConnectionError, OSError) as exc:
             raise LinkClosed(str(exc) or type(exc).__name__) from exc
 
     def shutdown(self) -> None:

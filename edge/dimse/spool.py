@@ -13,7 +13,6 @@ apply while the data arrive, not after:
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 from pathlib import Path
 
@@ -74,7 +73,7 @@ class SpoolFile:
         transfer_syntax: str,
         max_bytes: int = 0,
     ) -> None:
-        self.path = Path(directory) / f"{secrets.token_hex(8)}.dcm"
+        self.path = Path(os.path.join(directory, os.urandom(8).hex() + ".dcm"))
         self.max_bytes = max_bytes
         self.size = 0
         self.error: OSError | None = None
