@@ -388,3 +388,39 @@ def test_fuzz_framing_round_trip(data: bytes, max_pdu: int) -> None:
                 dataset += frag
         wire = wire[6 + length :]
     assert (command, dataset) == (b"\x01\x02", data)
+
+
+def _valid_rq() -> bytes:
+    from tests.support.wire import CT, EXPLICIT, associate_rq
+
+    return associate_rq(contexts=[(CT, EXPLICIT), ("1.2.840.10008.1.1", EXPLICIT)])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about each invalid UID
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_associate_rq_decoder(data: bytes) -> None:
+    """Hostile A-ASSOCIATE-RQ bytes (pynetdicom's PDU classes underneath) only ever raise
+    ProtocolError: header plus random body, and a valid request with random bytes changed."""
+    from edge.dimse.negotiation import decode_request
+
+    for candidate in (b"\x01\x00" + len(data).to_bytes(4, "big") + data, _mutate(data)):
+        try:
+            decode_request(candidate)
+        except pdu.ProtocolError:
+            pass
+
+
+def _mutate(noise: bytes) -> bytes:
+    rq = bytearray(_valid_rq())
+    for i, b in enumerate(noise[:40]):
+        rq[(i * 37 + b) % len(rq)] = b
+    return bytes(rq)
+
+
+def test_valid_associate_rq_decodes() -> None:
+    from edge.dimse.negotiation import decode_request
+
+    req = decode_request(_valid_rq())
+    assert (req.calling_ae, req.called_ae, req.max_pdu) == ("ECHOSCU", "HPACS", 16384)
+    assert [str(cx.abstract_syntax) for cx in req.contexts] == [CT, VERIFICATION]
