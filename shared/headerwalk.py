@@ -6,14 +6,15 @@ received 10 KB image, while the index needs ~25 short elements. This walker read
 64 KiB once, checks the element framing as it goes (every length inside what was read), and
 takes the raw bytes of the elements the index needs.
 
-It reads element framing only up to the last element the index needs ((0028,0011) Columns):
-whether the rest of the object parses is the acceptance rule's question, not the index's.
-It answers only when the answer is certain to equal pydicom's (`shared.dicom.read_header`
-compares, tests/test_header_walk.py checks on pydicom's own test files): Implicit or Explicit
-VR Little Endian, tags in ascending order, an ASCII-compatible Specific Character Set, each
-wanted value plain ASCII text (or a 2-byte US). Anything else (another transfer syntax, a
-non-ASCII name, a multi-valued element, an element it cannot frame) returns None, and the
-caller takes pydicom's path, which also produces the errors for malformed files.
+It checks the framing of every element up to the Pixel Data, as pydicom's `stop_before_pixels`
+read does, so an unclosed undefined-length sequence or a length past the end of the file still
+reaches pydicom and is refused there. It answers only when the answer is certain to equal
+pydicom's (`shared.dicom.read_header` compares, tests/test_header_walk.py checks on pydicom's
+own test files): Implicit or Explicit VR Little Endian, tags in ascending order, an ASCII-
+compatible Specific Character Set, each wanted value plain ASCII text (or a 2-byte US).
+Anything else (another transfer syntax, a non-ASCII name, a multi-valued element, an element it
+cannot frame) returns None, and the caller takes pydicom's path, which also produces the errors
+for malformed files.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import BinaryIO
 HEAD_BYTES = 64 * 1024
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-LAST_WANTED = 0x00280011
+PIXEL_DATA = 0x7FE00010
 _LONG = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV")
 )
@@ -97,8 +98,8 @@ def _skip_value(buf: bytes, start: int, length: int, vr: bytes, explicit: bool, 
 def walk(
     head: bytes, explicit: bool, pos: int, file_size: int, wanted: frozenset[int]
 ) -> dict[int, tuple[bytes, bytes]]:
-    """{tag: (VR, raw value)} of the wanted top-level elements, read up to the first tag after
-    the last wanted one (or the Pixel Data, or the end); raises _Unsure."""
+    """{tag: (VR, raw value)} of the wanted top-level elements; the framing of every element up
+    to the Pixel Data (or the end of the file) is checked on the way; raises _Unsure."""
     found: dict[int, tuple[bytes, bytes]] = {}
     last = -1
     n = len(head)
@@ -121,7 +122,9 @@ def walk(
         tag = (group << 16) | el
         if tag <= last or group == 0xFFFE:
             raise _Unsure  # out of order, or a delimiter at the top level
-        if tag > LAST_WANTED:
+        if tag == PIXEL_DATA:
+            if length != _UNDEFINED and start + length > file_size:
+                raise _Unsure  # declared longer than the file: pydicom's path decides
             return found
         last = tag
         if tag in wanted:

@@ -137,3 +137,38 @@ def test_pdu_over_the_negotiated_maximum_is_aborted_unread(edge: EdgeServer) -> 
         assert got is not None and got == (A_ABORT, b"\x00\x00\x02\x06")
     finally:
         sock.close()
+
+
+def _bad_datasets() -> tuple[dict[str, bytes], str]:
+    import struct
+
+    from shared.synthetic import StudySpec, iter_study
+    from tests.support.edge import encoded_dataset
+
+    ds = next(iter_study(StudySpec(instances_per_series=1, rows=8, columns=8)))
+    raw = encoded_dataset(ds)
+    pix = raw.index(struct.pack("<HH", 0x7FE0, 0x0010))
+    sq = struct.pack("<HH", 0x0040, 0x0275) + b"SQ\0\0\xff\xff\xff\xff"
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    deep = (sq + item) * 1000 + (b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0") * 1000
+    return {
+        "unclosed undefined-length sequence": raw[:pix] + sq + item + raw[pix:],
+        "1,000-deep sequences": raw[:pix] + deep + raw[pix:],
+        "truncated": raw[: pix // 2],
+    }, str(ds.SOPInstanceUID)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_malformed_datasets_are_0xc000_and_the_association_goes_on(edge: EdgeServer) -> None:
+    """Unclosed undefined-length elements, 1,000-deep sequences, truncation: 0xC000 each (as
+    before the engine existed), nothing kept, and the same association still serves."""
+    datasets, uid = _bad_datasets()
+    with associated(edge.ports[0], calling="STORESCU", contexts=[(CT, EXPLICIT)]) as sock:
+        for n, (name, data) in enumerate(datasets.items(), start=1):
+            sock.sendall(p_data(1, 0x03, cmd.store_rq(n, CT, uid)) + p_data(1, 0x02, data))
+            got = recv_pdu(sock)
+            assert got is not None and got[0] == 0x04, name
+            rsp = cmd.decode(got[1][6:])
+            assert (rsp.responding_to, rsp.status) == (n, 0xC000), name
+    assert edge.db.reader().execute("SELECT count(*) FROM instances").fetchone()[0] == 0
+    assert not any(edge.cache.tmp.iterdir())

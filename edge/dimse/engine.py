@@ -115,6 +115,10 @@ class Association:
         self._message_id = 0
         self.release_requested = False
         self.ended = False
+        # Where datasets go when a caller does not say (set by the service loop, so a message
+        # read while waiting for something else, e.g. a C-STORE during a commitment grace, is
+        # spooled like any other, never buffered in memory).
+        self.sink_for: SinkFor | None = None
 
     # ---- receiving -----------------------------------------------------------------------
     def receive(self, timeout_s: float | None = None, sink_for: SinkFor | None = None) -> Any:
@@ -122,6 +126,7 @@ class Association:
         cmd.CommandError, LinkClosed or LinkTimeout (no message started in `timeout_s`)."""
         if self._queue:
             return self._queue.popleft()
+        sink_for = sink_for or self.sink_for
         first = True
         while True:
             while self._pdvs:

@@ -43,6 +43,8 @@ def run(assoc: Association, services: Services, stopping: Callable[[], bool]) ->
     def choose(cx: Context, command: cmd.Command) -> Sink | None:
         return sink_for(assoc, cx, command) if sink_for is not None else None
 
+    assoc.sink_for = choose
+
     while True:
         if stopping():
             assoc.abort()
