@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= deploy/hpacs.dev.toml
 
-.PHONY: up test venv deps lint unit clean bench bench-sync
+.PHONY: up test venv deps viewer lint unit clean bench bench-sync
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,17 +46,28 @@ deps:
 	@$(call apt_need,test -f $(ORTHANC_DICOMWEB),orthanc-dicomweb)
 	@$(call apt_need,test -x $(PG_BIN)/postgres,postgresql)
 
+# The OHIF viewer served at /viewer/: @ohif/app's prebuilt dist/ at the version pinned in
+# viewer/package-lock.json; `npm ci` checks the tarball against the lock's integrity hash and runs
+# none of the package's scripts. Nothing is downloaded at run time; node_modules is not committed.
+VIEWER_STAMP := viewer/node_modules/.installed
+$(VIEWER_STAMP): viewer/package.json viewer/package-lock.json
+	@$(call apt_need,command -v npm,npm)
+	cd viewer && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+viewer: $(VIEWER_STAMP)
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-unit: venv deps
+unit: venv deps viewer
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 test: venv deps lint unit
 
-up: venv
+up: venv viewer
 	@mkdir -p var
 	$(BIN)/python deploy/devup.py --config $(CONFIG)
 

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,7 @@ from aiohttp import web
 
 import shared
 from cloud_api import ops
-from cloud_api.audit import read_records, verify_records
-from shared.errors import BadRequest
+from shared.errors import InvalidField
 
 if TYPE_CHECKING:
     from cloud_api.app import Services
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 CONSOLE_DIR = Path(__file__).parent / "console"
 SHARED_WEB_DIR = Path(shared.__file__).parent / "web"
 AUDIT_LIMIT_MAX = 1000
-AUDIT_TAIL_BYTES = 512 * 1024
+AUDIT_BLOCK_BYTES = 256 * 1024
 # The shell only loads our own files and talks to our own origin.
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
@@ -75,66 +75,135 @@ async def api_sites(request: web.Request) -> web.Response:
     return web.json_response({"sites": await asyncio.to_thread(site_summaries, svc)})
 
 
-def recent_audit(path: Path, limit: int) -> list[dict[str, Any]]:
-    """The last `limit` records, newest first, read from the end of the log (it only grows)."""
-    if not path.exists():
-        return []
-    with open(path, "rb") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        start = max(0, size - AUDIT_TAIL_BYTES)
-        fh.seek(start)
-        lines = fh.read().split(b"\n")
-    if start > 0:
-        lines = lines[1:]  # cut in the middle
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of the console's audit page; empty fields match anything. `since`/`until` are
+    epoch seconds; `token`, `action` and `outcome` match exactly, `study` is a UID prefix."""
+
+    since: float | None = None
+    until: float | None = None
+    token: str = ""
+    action: str = ""
+    study: str = ""
+    outcome: str = ""
+
+    def matches(self, rec: dict[str, Any]) -> bool:
+        t = rec.get("time", 0)
+        return (
+            (self.since is None or t >= self.since)
+            and (self.until is None or t < self.until)
+            and (not self.token or rec.get("token") == self.token)
+            and (not self.action or rec.get("action") == self.action)
+            and (not self.outcome or rec.get("outcome") == self.outcome)
+            and (not self.study or str(rec.get("study_uid", "")).startswith(self.study))
+        )
+
+
+def search_audit(
+    files: list[Path], q: AuditQuery, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """Matching records newest first, `offset` skipped, at most `limit`, and whether more
+    match. Files are read backwards in blocks, and the walk stops at the first record older
+    than `since` (records are appended in time order), so a recent page costs a few blocks."""
     out: list[dict[str, Any]] = []
-    for raw in reversed(lines):
-        if len(out) >= limit:
-            break
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue  # empty, or a torn last write
-        if isinstance(rec, dict):
-            out.append({k: v for k, v in rec.items() if k not in ("prev", "hash")})
-    return out
+    skipped = 0
+    for path in reversed(files):
+        for rec in _records_backwards(path):
+            if q.since is not None and rec.get("time", 0) < q.since:
+                return out, False
+            if not q.matches(rec):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            if len(out) == limit:
+                return out, True
+            out.append({k: v for k, v in rec.items() if k not in ("prev", "mac", "key")})
+    return out, False
+
+
+def _records_backwards(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        pos = fh.seek(0, os.SEEK_END)
+        tail = b""
+        while pos > 0:
+            step = min(AUDIT_BLOCK_BYTES, pos)
+            pos -= step
+            fh.seek(pos)
+            lines = (fh.read(step) + tail).split(b"\n")
+            tail = lines[0]  # may be cut: completed by the next block
+            for raw in reversed(lines[1:]):
+                rec = _parse(raw)
+                if rec is not None:
+                    yield rec
+        rec = _parse(tail)
+        if rec is not None:
+            yield rec
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None  # empty, or a torn last write
+    return rec if isinstance(rec, dict) else None
+
+
+def _float_param(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name, "")
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise InvalidField(name, "epoch seconds") from exc
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise InvalidField(name, f"an integer {lo}-{hi}")
+    return int(raw)
 
 
 async def api_audit(request: web.Request) -> web.Response:
-    """Admin: recent audit events of this replica, newest first."""
+    """Admin: audit events of this replica, newest first, filtered (`since`, `until`, `token`,
+    `action`, `study`, `outcome`) and paged on the server (`offset`, `limit`). Open windows of
+    refused requests are recorded first, so an admin never reads a trail that hides a flood."""
+    from cloud_api.app import record_denials
+
     svc = _svc(request)
-    try:
-        limit = int(request.query.get("limit", "200"))
-    except ValueError as exc:
-        raise BadRequest("limit must be an integer") from exc
-    if not 1 <= limit <= AUDIT_LIMIT_MAX:
-        raise BadRequest(f"limit must be 1-{AUDIT_LIMIT_MAX}")
-    recs = await asyncio.to_thread(recent_audit, svc.audit.path, limit)
-    return web.json_response({"replica": svc.audit.replica, "events": recs})
-
-
-def verify_local(svc: Services) -> dict[str, Any]:
-    """One pass over this replica's log (the whole chain: a break anywhere must show)."""
-    svc.audit.sync()
-    seen = 0
-
-    def counted() -> Iterator[dict[str, Any]]:
-        nonlocal seen
-        for rec in read_records(svc.audit.path):
-            seen += 1
-            yield rec
-
-    problems = verify_records(counted())
-    return {
-        "replica": svc.audit.replica,
-        "records": seen,
-        "ok": not problems,
-        "problems": [{"line": p.line, "seq": p.seq, "reason": p.reason} for p in problems[:50]],
-    }
+    limit = _int_param(request, "limit", 50, 1, AUDIT_LIMIT_MAX)
+    offset = _int_param(request, "offset", 0, 0, 10**9)
+    q = AuditQuery(
+        since=_float_param(request, "since"),
+        until=_float_param(request, "until"),
+        token=request.query.get("token", ""),
+        action=request.query.get("action", ""),
+        study=request.query.get("study", ""),
+        outcome=request.query.get("outcome", ""),
+    )
+    record_denials(svc, all_now=True)
+    recs, more = await asyncio.to_thread(search_audit, svc.audit.files(), q, offset, limit)
+    return web.json_response(
+        {
+            "replica": svc.audit.replica,
+            "events": recs,
+            "offset": offset,
+            "limit": limit,
+            "more": more,
+        }
+    )
 
 
 async def api_audit_verify(request: web.Request) -> web.Response:
-    """Admin: check this replica's hash chain, as `hpacs-cloud audit verify` does on the file."""
-    return web.json_response(await asyncio.to_thread(verify_local, _svc(request)))
+    """Admin: the report `hpacs-cloud audit verify` prints: the chain under its key, against
+    every checkpoint in the bucket; `?bucket=1` also compares each record with its shipped
+    copy (`--bucket`)."""
+    svc = _svc(request)
+    segments = request.query.get("bucket", "") in ("1", "true")
+    report = await asyncio.to_thread(svc.audit.verify, svc.audit_store, segments=segments)
+    return web.json_response(report.to_json())
 
 
 async def console_index(request: web.Request) -> web.FileResponse:
@@ -148,11 +217,25 @@ async def console_redirect(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console")
 
 
+SHARED_ASSETS = {".css": "text/css", ".js": "text/javascript"}
+
+
+async def shared_asset(request: web.Request) -> web.FileResponse:
+    """A style sheet or script of shared/web (its Python modules live there too: not served)."""
+    name = request.match_info["name"]
+    path = SHARED_WEB_DIR / name
+    if "/" in name or name.startswith(".") or path.suffix not in SHARED_ASSETS:
+        raise web.HTTPNotFound()
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Content-Type": SHARED_ASSETS[path.suffix]})
+
+
 def mount_console(app: web.Application) -> frozenset[Any]:
     """Add the console shell; returns its resources, the only public ones besides the probes."""
     r = app.router
     index = r.add_get("/console", console_index, allow_head=False).resource
     root = r.add_get("/", console_redirect, allow_head=False).resource  # a bare host: the console
     assets = r.add_static("/console/assets/", CONSOLE_DIR)
-    look = r.add_static("/console/shared/", SHARED_WEB_DIR)
+    look = r.add_get("/console/shared/{name}", shared_asset, allow_head=False).resource
     return frozenset({root, index, assets, look})

@@ -2,7 +2,8 @@
 
 Deny by default: the middleware authenticates every request before routing matters, and a
 matched route must appear in `NEEDS` (what it requires) or it answers 403 even to an admin.
-Every request that reaches a route, and every denied one, is an audit event.
+Every request with a valid token is an audit event; requests refused before that (no valid
+token) are counted per client address and window (`cloud_api/denials.py`), one event each.
 
 google-cloud-storage and SQLite are synchronous: every store and index call runs in a worker
 thread (`asyncio.to_thread`), never on the event loop.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,20 +25,26 @@ from aiohttp import web
 
 from cloud_api import admin_api, ops
 from cloud_api import handlers as h
-from cloud_api.audit import AuditLog
+from cloud_api import session as se
+from cloud_api import shares as sh
+from cloud_api.audit import AuditLog, audit_key
 from cloud_api.auth import Need, Principal, TokenStore
 from cloud_api.catalog_index import CatalogIndex
+from cloud_api.denials import DenialGate
 from shared import metrics
 from shared.config import CloudConfig, RestoreConfig
 from shared.errors import (
     NotAuthorized,
     ObjectStoreError,
     PacsError,
+    TooManyRequests,
     Unauthenticated,
     http_status,
     problem_json,
 )
-from shared.store.base import ObjectStore
+from shared.store.base import ObjectStore, open_store
+from shared.web import viewer
+from shared.web.session import Credentials
 
 log = logging.getLogger("hpacs.cloud.app")
 
@@ -63,6 +71,8 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("GET", IN + "/frames/{frames}", h.wado_frames, Need.READ, "wado-frames"),
     ("GET", IN + "/frames/{frames}/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
     ("GET", IN + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
+    ("GET", SE + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
+    ("GET", S + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
     ("GET", IN + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
     ("GET", S + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
     ("GET", SE + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
@@ -71,6 +81,8 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("POST", S, h.stow, Need.WRITE, "stow"),
     ("GET", "/api/sites", admin_api.api_sites, Need.ADMIN, "sites"),
     ("GET", "/api/tokens", h.api_tokens, Need.ADMIN, "tokens"),
+    ("POST", "/api/tokens", h.api_token_create, Need.ADMIN, "token-create"),
+    ("DELETE", "/api/tokens/{name}", h.api_token_revoke, Need.ADMIN, "token-revoke"),
     ("GET", "/api/audit", admin_api.api_audit, Need.ADMIN, "audit-read"),
     ("GET", "/api/audit/verify", admin_api.api_audit_verify, Need.ADMIN, "audit-verify"),
     ("POST", "/api/sites/{site}/restores", h.api_restore_create, Need.ADMIN, "restore"),
@@ -82,6 +94,11 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
         Need.RESTORE_READ,
         "restore-status",
     ),
+    ("GET", "/api/session", se.api_session, Need.READ, "session"),
+    ("POST", "/api/session", se.api_session_create, Need.READ, "session-create"),
+    ("POST", "/api/shares", sh.api_share_create, Need.SHARE, "share-create"),
+    ("GET", "/api/shares", sh.api_share_list, Need.SHARE, "share-list"),
+    ("DELETE", "/api/shares/{share_id}", sh.api_share_revoke, Need.SHARE, "share-revoke"),
 ]
 
 
@@ -95,11 +112,16 @@ class Services:
     index: CatalogIndex
     tokens: TokenStore
     audit: AuditLog
+    audit_store: ObjectStore  # where audit segments and checkpoints go (cloud.audit_store_url)
+    denials: DenialGate
+    shares: sh.ShareStore
+    sessions: se.Sessions
 
 
 SERVICES = web.AppKey("services", Services)
 NEEDS = web.AppKey("needs", dict)
-PUBLIC = web.AppKey("public", frozenset)  # the console shell's resources: no data, no token
+# the console's and the viewer's static shells, the login page, share links: no data, no token
+PUBLIC = web.AppKey("public", frozenset)
 
 
 def problem(err: BaseException) -> web.Response:
@@ -109,6 +131,8 @@ def problem(err: BaseException) -> web.Response:
     )
     if isinstance(err, Unauthenticated):
         resp.headers["WWW-Authenticate"] = 'Bearer realm="hpacs"'
+    if isinstance(err, TooManyRequests):
+        resp.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
     return resp
 
 
@@ -163,18 +187,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     client = request.remote or ""
     route = request.match_info.route
     action = request.app[NEEDS].get(route, (None, "unrouted"))[1]
-    try:
-        principal = await asyncio.to_thread(
-            svc.tokens.authenticate, request.headers.get("Authorization")
-        )
+    try:  # bearer token or session cookie (cloud_api/session.py)
+        principal = await asyncio.to_thread(svc.sessions.authenticate, Credentials.of(request))
     except Unauthenticated as exc:
-        svc.audit.record(
-            action=action,
-            outcome="denied",
-            client=client,
-            status=401,
-            detail=f"{request.method} {request.path}",
-        )
+        wait = svc.denials.deny(client, f"{request.method} {request.path}")
+        if wait:
+            return problem(TooManyRequests("too many refused requests", retry_after_s=wait))
         return problem(exc)
     request[h.PRINCIPAL] = principal
     request[h.AUDIT] = {}
@@ -239,7 +257,6 @@ async def _poll_loop(app: web.Application) -> None:
             res = await asyncio.to_thread(svc.index.poll, svc.store)
             if res.rows:
                 log.info("catalog poll objects=%d rows=%d", res.objects, res.rows)
-            await asyncio.to_thread(svc.audit.ship, svc.store)
         except PacsError as exc:
             log.warning("catalog poll failed error=%s hint=%s", exc, exc.hint)
         except Exception:
@@ -280,45 +297,130 @@ async def _on_cleanup(app: web.Application) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    try:
-        await asyncio.to_thread(svc.audit.ship, svc.store)
-    except Exception:
-        log.exception("shipping the audit log at shutdown failed")
-    svc.audit.close()
     svc.index.close()
 
 
 POLLER = web.AppKey("poller", asyncio.Task)
 
+AUDIT_TICK_S = 1.0
+
+
+def record_denials(svc: Services, *, all_now: bool = False) -> int:
+    """Write one record per client address of the ended window (all of them with `all_now`)."""
+    tallies = svc.denials.drain() if all_now else svc.denials.due()
+    for t in tallies:
+        svc.audit.record(
+            action="denied",
+            outcome="denied",
+            client=t.client,
+            status=t.status,
+            detail=t.detail(svc.cfg.denied_window_s),
+            count=t.count,
+        )
+    return len(tallies)
+
+
+async def _audit_housekeeping(app: web.Application) -> Any:
+    """Records ended windows of refused requests and ships the trail every
+    `cloud.audit_ship_interval_s`; at shutdown records every open window, ships and closes.
+    A cleanup context registered at creation: it starts before the index is built (the trail
+    must run while start-up waits for the bucket) and stops before the index closes."""
+    svc = app[SERVICES]
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(AUDIT_TICK_S)
+            try:
+                record_denials(svc)
+                await asyncio.to_thread(
+                    svc.audit.ship_due, svc.audit_store, svc.cfg.audit_ship_interval_s
+                )
+            except Exception:
+                log.exception("audit housekeeping failed")
+
+    task = asyncio.create_task(tick())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    record_denials(svc, all_now=True)
+    try:
+        await asyncio.to_thread(svc.audit.ship, svc.audit_store)
+    except Exception:
+        log.exception("shipping the audit log at shutdown failed")
+    svc.audit.close()
+
+
+def _audit_store(cfg: CloudConfig, store: ObjectStore) -> ObjectStore:
+    return open_store(cfg.audit_store_url) if cfg.audit_store_url else store
+
 
 def create_app(
-    cfg: CloudConfig, store: ObjectStore, restore: RestoreConfig | None = None
+    cfg: CloudConfig,
+    store: ObjectStore,
+    restore: RestoreConfig | None = None,
+    audit_store: ObjectStore | None = None,
 ) -> web.Application:
-    """The app for one replica; its index and audit log live under `cfg.data_dir`."""
+    """The app for one replica; its index and audit log live under `cfg.data_dir`. Refuses
+    (ConfigError) an audit key file that others may read."""
     data = Path(cfg.data_dir)
+    tokens, shares = TokenStore(cfg.tokens_file), sh.ShareStore(store)
     svc = Services(
         cfg=cfg,
         restore=restore or RestoreConfig(),
         store=store,
         index=CatalogIndex(data / "catalog.sqlite"),
-        tokens=TokenStore(cfg.tokens_file),
-        audit=AuditLog(data),
+        tokens=tokens,
+        audit=AuditLog(data, audit_key(cfg, create=True), max_bytes=cfg.audit_max_bytes),
+        audit_store=audit_store or _audit_store(cfg, store),
+        denials=DenialGate(
+            window_s=cfg.denied_window_s,
+            rate_per_s=cfg.denied_rate_per_s,
+            burst=cfg.denied_burst,
+            max_clients=cfg.denied_max_clients,
+        ),
+        shares=shares,
+        sessions=se.Sessions(cfg, tokens, shares),
     )
     app = web.Application(
-        middlewares=[metrics.http_metrics_middleware(), cors, guard], client_max_size=1024**2
+        middlewares=[metrics.http_metrics_middleware(), cors, guard, sh.scope],
+        client_max_size=1024**2,
     )
     app[SERVICES] = svc
+    h.attach_dicomweb(app)  # one bounded read pool and the metadata cache
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:
         route = app.router.add_route(method, path, handler)
         needs[route] = (need, action)
     ops.mount(app, SERVICES, needs)  # /healthz, /readyz, /metrics
-    app[PUBLIC] = admin_api.mount_console(app)  # /console: HTML/JS/CSS, data only via /api
+    app[PUBLIC] = (
+        admin_api.mount_console(app)  # /console: HTML/JS/CSS, data only via /api
+        | se.mount_public(app)  # /login, /logout, /share/{token}: each audits itself
+        | _mount_viewer(app, cfg, svc.sessions)  # /viewer/: the OHIF build, no data
+    )
     app[NEEDS] = needs
     app.on_response_prepare.append(_on_prepare)
+    app.cleanup_ctx.append(_audit_housekeeping)  # before on_startup/on_cleanup: see its docstring
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app
+
+
+def _mount_viewer(app: web.Application, cfg: CloudConfig, sessions: se.Sessions) -> frozenset[Any]:
+    """The OHIF viewer at /viewer/ on this origin's /dicomweb; absent build: a 503 that says
+    how to install it (the API itself still serves)."""
+    try:
+        dist = viewer.locate_build(cfg.viewer_dir)
+    except viewer.ViewerBuildMissing as exc:
+        log.warning("viewer not served error=%s", exc)
+        reason = str(exc)
+
+        async def missing(request: web.Request) -> web.Response:
+            return web.Response(status=503, text=reason)
+
+        return frozenset({app.router.add_get("/viewer/{tail:.*}", missing).resource})
+    settings = viewer.ViewerSettings(dist=dist, login_path=se.LOGIN_PATH)
+    return viewer.mount(app, settings, sessions.authorized)
 
 
 def ssl_context(cfg: CloudConfig) -> ssl.SSLContext | None:

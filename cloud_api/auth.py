@@ -9,6 +9,8 @@ Roles:
 - `reader`: QIDO/WADO on its sites only (a teleradiologist).
 - `agent`: a machine, least privilege: STOW-RS (into site `cloud`, which must be in its scope)
   and reading its sites' restore jobs; no patient data is read with it. Readers never write.
+- `share`: not a token but a share link's session (cloud_api/shares.py): READ of one study
+  (`Principal.study`) within the sites of the admin or reader who created the link.
 
 A route declares what it needs (`Need`); a route without a declaration is refused (403) even
 with an admin token, so a forgotten declaration fails closed.
@@ -38,23 +40,29 @@ class Need(StrEnum):
     READ = "read"  # patient data of the sites in scope
     WRITE = "write"  # STOW-RS into site `cloud`
     RESTORE_READ = "restore_read"  # a site's restore jobs
+    SHARE = "share"  # create, list and revoke share links (a reader: its own)
     ADMIN = "admin"
 
 
 ALLOWED: dict[str, frozenset[Need]] = {
     "admin": frozenset(Need),
-    "reader": frozenset({Need.READ}),
+    "reader": frozenset({Need.READ, Need.SHARE}),
     "agent": frozenset({Need.WRITE, Need.RESTORE_READ}),
+    "share": frozenset({Need.READ}),
 }
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's name, role and site scope (`*` in sites: all)."""
+    """Who is calling: the token's name, role and site scope (`*` in sites: all).
+
+    `study` (a share link) narrows READ to one Study Instance UID: the request must name it
+    (`study_filter`); cloud_api/shares.py enforces it on every DICOMweb route."""
 
     name: str
     role: str
     sites: tuple[str, ...]
+    study: str = ""
 
     @property
     def all_sites(self) -> bool:
@@ -63,6 +71,10 @@ class Principal:
     def site_filter(self) -> list[str] | None:
         """Sites to restrict queries to; None means every site."""
         return None if self.all_sites else list(self.sites)
+
+    def study_filter(self) -> str | None:
+        """The one study this principal may read; None means no study restriction."""
+        return self.study or None
 
     def may(self, need: Need, site: str | None = None) -> bool:
         if need not in ALLOWED.get(self.role, frozenset()):
@@ -120,16 +132,25 @@ class TokenStore:
         self._mtime = None
 
     def authenticate(self, header: str | None) -> Principal:
-        """The principal for an `Authorization: Bearer ...` header, or Unauthenticated."""
-        if not header or not header.startswith("Bearer "):
+        """The principal for an `Authorization: Bearer ...` header, or Unauthenticated. The
+        scheme name is case-insensitive (RFC 9110 section 11.1), as the edge has it."""
+        scheme, _, token = (header or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("a bearer token is required")
-        token = header[len("Bearer ") :].strip()
         with self._lock:
             self._load()
             rec = self._by_hash.get(hash_token(token))
         if rec is None:
             raise Unauthenticated("unknown or revoked token")
         return Principal(rec.name, rec.role, tuple(rec.sites))
+
+    def principal_for_hash(self, sha256: str) -> Principal | None:
+        """The principal of an active token known by its hash (a session names its token so)."""
+        with self._lock:
+            self._load()
+            rec = self._by_hash.get(sha256)
+        return None if rec is None else Principal(rec.name, rec.role, tuple(rec.sites))
 
     def create(self, name: str, role: str, sites: list[str]) -> str:
         """A new token; the only time its clear text exists outside the caller."""

@@ -7,23 +7,31 @@ that an instance of site B exists: out-of-scope studies are simply not found (40
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 import json
 import tempfile
 import time
-from collections import deque
-from collections.abc import Generator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pydicom
 from aiohttp import web
+from pydicom.dataset import Dataset
 
-from cloud_api import qido, wado
-from cloud_api.auth import Need, Principal
+from cloud_api import qido
+from cloud_api.auth import ROLES, Need, Principal
 from cloud_api.stow import STOW_SITE, StowOutcome, append_catalog, store_part
+from shared.dicomweb import frames, media, metadata, multipart, render, stream, urls
+from shared.dicomweb import stow as dw_stow
+from shared.dicomweb.source import InstanceRef
 from shared.errors import (
     BadRequest,
-    ChecksumMismatch,
+    InvalidDataset,
+    InvalidField,
+    NoConversion,
     NotAuthorized,
     NotFound,
     PayloadTooLarge,
@@ -40,12 +48,9 @@ from shared.restore import (
 if TYPE_CHECKING:
     from cloud_api.app import Services
 
-CHUNK = 1024 * 1024
 PRINCIPAL = web.RequestKey("principal", Principal)
 AUDIT = web.RequestKey("audit", dict)  # what the audit record should say about this request
 DICOM_JSON = "application/dicom+json"
-HEADER_PROBE_BYTES = 64 * 1024
-METADATA_CONCURRENCY = 8
 
 
 def _svc(request: web.Request) -> Services:
@@ -59,7 +64,24 @@ def _principal(request: web.Request) -> Principal:
 
 
 def _base_url(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}/dicomweb"
+    """The public DICOMweb root for URLs in responses (shared/dicomweb/urls.py decides)."""
+    cfg = _svc(request).cfg
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    origin = urls.RequestOrigin(
+        scheme=request.scheme,
+        host=request.headers.get("Host"),
+        local_port=sock[1] if isinstance(sock, tuple) else None,
+        local_host=sock[0] if isinstance(sock, tuple) else "localhost",
+        peer=request.remote,
+        headers=request.headers,
+    )
+    trusted = _networks(tuple(cfg.trusted_proxies))
+    return urls.public_base(origin, trusted, cfg.public_base_url) + "/dicomweb"
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> tuple[urls.Network, ...]:
+    return urls.parse_networks(cidrs)
 
 
 def _json(data: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
@@ -135,36 +157,53 @@ def _instances(request: web.Request) -> list[dict[str, Any]]:
     return out
 
 
-def _check_accept(request: web.Request, part_type: str) -> None:
-    accept = request.headers.get("Accept", "")
-    if not accept or "*/*" in accept or "multipart/related" in accept:
-        return
-    raise web.HTTPNotAcceptable(text=f"this resource is multipart/related; type={part_type}")
+# ---- WADO-RS: the shared DICOMweb (shared/dicomweb) over the catalog and the bucket -----------
+
+READ_POOL = web.AppKey("read_pool", ThreadPoolExecutor)
+READ_THREADS = 16  # object reads (and conversions) of every WADO request share this pool
+METADATA_CACHE = web.AppKey("metadata_cache", metadata.EncodedCache)
+METADATA_CACHE_BYTES = 64 * 1024**2  # encoded instance headers kept per replica
 
 
-async def wado_retrieve(request: web.Request) -> web.StreamResponse:
-    """Instances as multipart/related application/dicom, streamed from the store.
+def attach_dicomweb(app: web.Application) -> None:
+    """Per app: one bounded pool for object reads (a request never starts threads of its own)
+    and the cache of encoded instance metadata."""
+    app[READ_POOL] = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="dicomweb-read")
+    app[METADATA_CACHE] = metadata.EncodedCache(METADATA_CACHE_BYTES)
 
-    A worker thread reads objects into segments of about `SEGMENT` bytes (many small
-    instances per write, a large one in several), the next segment is read while the current
-    one is written, so memory stays bounded whatever the study size.
-    """
-    _check_accept(request, "application/dicom")
-    svc = _svc(request)
-    rows = await asyncio.to_thread(_instances, request)
-    request[AUDIT]["detail"] = f"WADO instances={len(rows)}"
-    boundary = wado.new_boundary()
-    resp = web.StreamResponse(
-        headers={"Content-Type": wado.multipart_content_type(boundary, "application/dicom")}
+    async def close(app: web.Application) -> None:
+        app[READ_POOL].shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(close)
+
+
+def _ref(row: Mapping[str, Any]) -> InstanceRef:
+    """A catalog row as the shared DICOMweb code sees an instance."""
+    return InstanceRef(
+        study_uid=row["study_uid"],
+        series_uid=row["series_uid"],
+        sop_instance_uid=row["sop_instance_uid"],
+        transfer_syntax=row["transfer_syntax"] or media.EXPLICIT_LE,
+        size=int(row["size"]),
+        locator=row["object_key"],
+        sop_class_uid=row.get("sop_class_uid") or "",
     )
-    # The catalog knows every object's size, so the body length is known up front: a
-    # Content-Length spares clients chunked decoding (slow in Python's http.client).
-    resp.content_length = sum(
-        len(wado.part_header(boundary, _part_type(r), i == 0)) + r["size"]
-        for i, r in enumerate(rows)
-    ) + len(wado.closing(boundary))
-    await resp.prepare(request)
-    segments = _segments(svc, rows, boundary)
+
+
+def _refs(request: web.Request) -> list[InstanceRef]:
+    return [_ref(r) for r in _instances(request)]
+
+
+def _opener(svc: Services) -> stream.Opener:
+    return lambda ref: svc.store.open(ref.locator)
+
+
+def _accept(request: web.Request) -> list[media.MediaRange]:
+    return media.parse_accept(request.headers.get("Accept"))
+
+
+async def _pump(resp: web.StreamResponse, segments: Generator[bytes, None, None]) -> None:
+    """Write segments produced by a worker thread, the next one read while this one is sent."""
     nxt = asyncio.ensure_future(asyncio.to_thread(next, segments, None))
     try:
         while (segment := await nxt) is not None:
@@ -173,237 +212,267 @@ async def wado_retrieve(request: web.Request) -> web.StreamResponse:
     finally:
         if not nxt.done():
             await asyncio.wait([nxt])
-        segments.close()
+        await asyncio.to_thread(segments.close)
+
+
+async def wado_retrieve(request: web.Request) -> web.StreamResponse:
+    """Instances as multipart/related application/dicom, in the negotiated transfer syntax,
+    streamed from the store (never a study in memory)."""
+    svc, ranges = _svc(request), _accept(request)
+    refs = await asyncio.to_thread(_refs, request)
+    targets = media.negotiate_instances(ranges, {r.transfer_syntax for r in refs})
+    parts = stream.plan(refs, targets)
+    converted = sum(1 for p in parts if not p.as_is)
+    request[AUDIT]["detail"] = f"WADO instances={len(refs)} converted={converted}"
+    boundary = multipart.new_boundary()
+    resp = web.StreamResponse(
+        headers={"Content-Type": multipart.content_type(boundary, media.DICOM)}
+    )
+    length = stream.content_length(parts, boundary)
+    if length is not None:
+        resp.content_length = length
+    await resp.prepare(request)
+    pool = request.app[READ_POOL]
+    await _pump(resp, stream.segments(parts, boundary, _opener(svc), pool))
     await resp.write_eof()
     return resp
 
 
-SEGMENT = 4 * 1024 * 1024
-SMALL_OBJECT = 8 * 1024 * 1024
-READ_AHEAD = 8
-
-
-def _part_type(row: dict[str, Any]) -> str:
-    return f"application/dicom; transfer-syntax={row['transfer_syntax']}"
-
-
-def _segments(
-    svc: Services, rows: list[dict[str, Any]], boundary: str
-) -> Generator[bytes, None, None]:
-    """Multipart body segments. Objects up to SMALL_OBJECT are fetched READ_AHEAD at a time
-    in parallel (a bucket's per-object latency would otherwise add up over a study); larger
-    ones are streamed chunk by chunk. Memory stays within READ_AHEAD * SMALL_OBJECT + SEGMENT."""
-    parts: list[bytes] = []
-    size = 0
-    # on file:// too: measured, the reads overlapping the event loop's writes beat one reader
-    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="wado-read") as pool:
-        pending: deque[Future[bytes] | None] = deque()
-        queued = 0
-
-        def fill() -> None:
-            nonlocal queued
-            while queued < len(rows) and len(pending) < READ_AHEAD:
-                r = rows[queued]
-                small = r["size"] <= SMALL_OBJECT
-                pending.append(
-                    pool.submit(_read_object, svc, r["object_key"], False) if small else None
-                )
-                queued += 1
-
-        fill()
-        for i, row in enumerate(rows):
-            fut = pending.popleft()
-            fill()
-            parts.append(wado.part_header(boundary, _part_type(row), i == 0))
-            got = 0
-            if fut is not None:
-                data = fut.result()
-                parts.append(data)
-                got = len(data)
-                size += got
-            else:
-                with svc.store.open(row["object_key"]) as fh:
-                    while chunk := fh.read(CHUNK):
-                        parts.append(chunk)
-                        size += len(chunk)
-                        got += len(chunk)
-                        if size >= SEGMENT:
-                            yield b"".join(parts)
-                            parts, size = [], 0
-            if got != row["size"]:  # the announced length would be a lie: abort the response
-                raise ChecksumMismatch(f"object {row['object_key']} is not the cataloged size")
-            if size >= SEGMENT:
-                yield b"".join(parts)
-                parts, size = [], 0
-    parts.append(wado.closing(boundary))
-    yield b"".join(parts)
-
-
-def _read_object(svc: Services, key: str, header_only: bool) -> bytes:
+def _read_object(svc: Services, ref: InstanceRef, header_only: bool) -> bytes:
     if header_only:
-        with svc.store.open(key, 0, HEADER_PROBE_BYTES) as fh:
+        with svc.store.open(ref.locator, 0, metadata.HEADER_PROBE_BYTES) as fh:
             return fh.read()
-    with svc.store.open(key) as fh:
+    with svc.store.open(ref.locator) as fh:
         return fh.read()
 
 
-def _metadata_one(svc: Services, row: dict[str, Any], base: str) -> dict[str, Any]:
-    data = _read_object(svc, row["object_key"], header_only=True)
+def _metadata_one(svc: Services, ref: InstanceRef, probe: bytes) -> bytes:
+    """One instance's DICOM JSON, encoded with relative URLs; the whole object is read only
+    when its header is longer than the probe."""
     try:
-        ds = wado.parse_dataset(data, stop_before_pixels=True)
-        if len(data) >= HEADER_PROBE_BYTES and "PixelData" not in ds and "Rows" not in ds:
-            raise ValueError("header longer than the probe")
-    except Exception:
-        ds = wado.parse_dataset(_read_object(svc, row["object_key"], False), True)
-    url = f"{base}/studies/{row['study_uid']}/series/{row['series_uid']}/instances/"
-    return wado.metadata_json(ds, url + row["sop_instance_uid"])
+        ds = metadata.parse_header(probe)
+        complete = metadata.header_complete(ds, len(probe))
+    except InvalidDataset:
+        complete = len(probe) < metadata.HEADER_PROBE_BYTES
+        if complete:
+            raise
+    if not complete:
+        ds = metadata.parse_header(_read_object(svc, ref, header_only=False))
+    path = f"/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_instance_uid}"
+    return metadata.encode_instance(ds, path, ref.transfer_syntax)
+
+
+def _metadata_all(
+    svc: Services, refs: list[InstanceRef], cache: metadata.EncodedCache, pool: Executor
+) -> bytes:
+    """Cached instances as they are; the others' header probes are read a few at a time in the
+    shared pool (bucket latency), parsed and encoded here: one worker thread per request."""
+    docs: list[bytes | None] = [cache.get((r.locator, r.size)) for r in refs]
+    missing = [r for r, d in zip(refs, docs, strict=True) if d is None]
+    probes = stream.read_ahead(missing, lambda r: _read_object(svc, r, True), pool)
+    fresh = iter([_metadata_one(svc, r, p) for r, p in zip(missing, probes, strict=True)])
+    out = []
+    for ref, doc in zip(refs, docs, strict=True):
+        if doc is None:
+            doc = next(fresh)
+            cache.put((ref.locator, ref.size), doc)
+        out.append(doc)
+    return b"[" + b",".join(out) + b"]"
 
 
 async def wado_metadata(request: web.Request) -> web.Response:
     svc = _svc(request)
-    rows = await asyncio.to_thread(_instances, request)
-    base = _base_url(request)
-    sem = asyncio.Semaphore(METADATA_CONCURRENCY)
-
-    async def one(row: dict[str, Any]) -> dict[str, Any]:
-        async with sem:
-            return await asyncio.to_thread(_metadata_one, svc, row, base)
-
-    body = await asyncio.gather(*(one(r) for r in rows))
-    request[AUDIT]["detail"] = f"WADO metadata instances={len(rows)}"
-    return _json(body, content_type=DICOM_JSON)
+    if not media.accepts_json(_accept(request)):
+        raise NoConversion("metadata is served as application/dicom+json only")
+    refs = await asyncio.to_thread(_refs, request)
+    cache, pool = request.app[METADATA_CACHE], request.app[READ_POOL]
+    body = await asyncio.to_thread(_metadata_all, svc, refs, cache, pool)
+    request[AUDIT]["detail"] = f"WADO metadata instances={len(refs)}"
+    return web.Response(body=metadata.with_base(body, _base_url(request)), content_type=DICOM_JSON)
 
 
-async def _dataset(request: web.Request) -> Any:
-    svc = _svc(request)
-    rows = await asyncio.to_thread(_instances, request)
-    # one instance, or for a study/series thumbnail the middle image of its first series
-    first = [r for r in rows if r["series_uid"] == rows[0]["series_uid"]]
-    row = first[len(first) // 2]
-    data = await asyncio.to_thread(_read_object, svc, row["object_key"], False)
-    return await asyncio.to_thread(wado.parse_dataset, data)
+def _pick(refs: list[InstanceRef]) -> InstanceRef:
+    """One instance, or for a study/series thumbnail the middle image of its first series."""
+    first = [r for r in refs if r.series_uid == refs[0].series_uid]
+    return first[len(first) // 2]
 
 
-def _multipart(parts: list[bytes], part_type: str, extra: str = "") -> web.Response:
-    boundary = wado.new_boundary()
-    body = bytearray()
-    for i, p in enumerate(parts):
-        body += wado.part_header(boundary, part_type + extra, i == 0)
-        body += p
-    body += wado.closing(boundary)
+def _dataset(svc: Services, ref: InstanceRef) -> Dataset:
+    data = _read_object(svc, ref, header_only=False)
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise InvalidDataset(f"stored object is not readable DICOM: {exc}") from exc
+
+
+def _multipart(parts: list[bytes], part_type: str, media_type: str) -> web.Response:
+    boundary = multipart.new_boundary()
     return web.Response(
-        body=bytes(body),
-        headers={"Content-Type": wado.multipart_content_type(boundary, part_type)},
+        body=multipart.body([(part_type, p) for p in parts], boundary),
+        headers={"Content-Type": multipart.content_type(boundary, media_type)},
     )
 
 
 async def wado_frames(request: web.Request) -> web.Response:
-    numbers = wado.parse_frame_numbers(request.match_info["frames"])
-    ds = await _dataset(request)
-    frames, media, ts = await asyncio.to_thread(wado.extract_frames, ds, numbers)
-    extra = f"; transfer-syntax={ts}" if media == "application/octet-stream" else ""
-    return _multipart(frames, media, extra)
+    svc = _svc(request)
+    numbers = frames.parse_frame_numbers(request.match_info["frames"])
+    ranges = _accept(request)
+    ref = _pick(await asyncio.to_thread(_refs, request))
+    target = media.negotiate_frames(ranges, ref.transfer_syntax)
+    ds = await asyncio.to_thread(_dataset, svc, ref)
+    data = await asyncio.to_thread(frames.extract, ds, numbers, target)
+    media_type, part = frames.frames_part_type(target)
+    request[AUDIT]["detail"] = f"WADO frames={len(numbers)} transfer_syntax={target}"
+    return _multipart(data, part, media_type)
 
 
 async def wado_bulkdata(request: web.Request) -> web.Response:
-    ds = await _dataset(request)
-    value = await asyncio.to_thread(wado.bulk_value, ds, request.match_info["tag"])
-    return _multipart([value], "application/octet-stream")
+    svc = _svc(request)
+    if not media.accepts_bulk(_accept(request)):
+        raise NoConversion("bulk data is served as application/octet-stream parts")
+    ref = _pick(await asyncio.to_thread(_refs, request))
+    ds = await asyncio.to_thread(_dataset, svc, ref)
+    value = frames.bulk_value(ds, request.match_info["tag"])
+    return _multipart([value], media.OCTET_STREAM, media.OCTET_STREAM)
 
 
-async def _rendered(request: web.Request, max_size: int) -> web.Response:
-    media = wado.choose_image_type(request.headers.get("Accept", ""))
-    window = wado.parse_window(request.query.get("window"))
+def _render_one(svc: Services, ref: InstanceRef, frame: int, params: Any, size: int) -> bytes:
+    return render.render(_dataset(svc, ref), frame, params, size)
+
+
+async def _rendered(request: web.Request, thumbnail: bool) -> web.StreamResponse:
+    svc, mi = _svc(request), request.match_info
+    media_type = media.negotiate_rendered(_accept(request))
+    params = render.parse_params(request.query, media_type)
     frame = 1
-    if "frames" in request.match_info:
-        frame = wado.parse_frame_numbers(request.match_info["frames"])[0]
-    if "viewport" in request.query:
+    if "frames" in mi:
+        frame = frames.parse_frame_numbers(mi["frames"])[0]
+    size = render.THUMBNAIL_PX if thumbnail else 0
+    refs = await asyncio.to_thread(_refs, request)
+    if thumbnail or "instance" in mi:
+        ref = _pick(refs)
+        data = await asyncio.to_thread(_render_one, svc, ref, frame, params, size)
+        return web.Response(body=data, content_type=media_type)
+    return await _rendered_many(request, refs, params)
+
+
+async def _rendered_many(
+    request: web.Request, refs: list[InstanceRef], params: render.RenderParams
+) -> web.StreamResponse:
+    """A rendered study or series: multipart/related, one rendered image per instance (its
+    first frame); instances without pixel data are left out."""
+    svc, pool = _svc(request), request.app[READ_POOL]
+
+    def one(ref: InstanceRef) -> bytes:
         try:
-            max_size = max(int(v) for v in request.query["viewport"].split(",")[:2])
-        except ValueError as exc:
-            raise BadRequest("viewport must be width,height") from exc
-    quality = int(request.query.get("quality", "90") or 90)
-    ds = await _dataset(request)
-    data = await asyncio.to_thread(wado.render, ds, frame, window, media, max_size, quality)
-    return web.Response(body=data, content_type=media)
+            return _render_one(svc, ref, 1, params, 0)
+        except (NotFound, NoConversion):
+            return b""  # an SR, a document, an undecodable image: not rendered
+
+    images = (img for img in stream.read_ahead(refs, one, pool) if img)
+    first = await asyncio.to_thread(next, images, None)
+    if first is None:
+        raise NotFound("nothing in this study or series can be rendered")
+    boundary = multipart.new_boundary()
+    resp = web.StreamResponse(
+        headers={"Content-Type": multipart.content_type(boundary, params.media_type)}
+    )
+    await resp.prepare(request)
+    await resp.write(multipart.part_header(boundary, params.media_type, True) + first)
+    while (img := await asyncio.to_thread(next, images, None)) is not None:
+        await resp.write(multipart.part_header(boundary, params.media_type, False) + img)
+    await resp.write(multipart.closing(boundary))
+    await resp.write_eof()
+    return resp
 
 
-async def wado_rendered(request: web.Request) -> web.Response:
-    return await _rendered(request, 0)
+async def wado_rendered(request: web.Request) -> web.StreamResponse:
+    return await _rendered(request, thumbnail=False)
 
 
-async def wado_thumbnail(request: web.Request) -> web.Response:
-    return await _rendered(request, 128)
+async def wado_thumbnail(request: web.Request) -> web.StreamResponse:
+    return await _rendered(request, thumbnail=True)
 
 
 # ---- STOW-RS ------------------------------------------------------------------------------------
 
 
 async def stow(request: web.Request) -> web.Response:
-    """Parts are spooled to temp files as they arrive, then stored and cataloged one by one."""
+    """Parts are parsed by the shared streaming reader (any boundary a peer sends, malformed
+    bodies are 400), spooled to temp files as they arrive, stored and cataloged one by one."""
     svc, p = _svc(request), _principal(request)
     p.require(Need.WRITE, STOW_SITE)
     limit = svc.cfg.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body over cloud.max_body_bytes ({limit})")
-    if request.content_type != "multipart/related":
-        raise web.HTTPUnsupportedMediaType(text="STOW-RS takes multipart/related")
+    boundary = multipart.stow_boundary(request.headers.get("Content-Type"))
     study = request.match_info.get("study")
+    reveal = p.all_sites and p.may(Need.READ)  # else: no existence oracle (stow.py)
     tmp_dir = Path(svc.cfg.data_dir) / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[StowOutcome] = []
-    received = 0
-    reader = await request.multipart()
     with tempfile.TemporaryDirectory(dir=tmp_dir) as spool:
-        n = 0
-        while (part := await reader.next()) is not None:
-            n += 1
-            path = Path(spool) / f"{n}.dcm"
-            with path.open("wb") as fh:
-                while chunk := await part.read_chunk(CHUNK):  # type: ignore[union-attr]
-                    received += len(chunk)
-                    if received > limit:
-                        raise PayloadTooLarge(f"request body over cloud.max_body_bytes ({limit})")
-                    await asyncio.to_thread(fh.write, chunk)
-            outcomes.append(await asyncio.to_thread(store_part, svc.store, path, study))
+        parts = _spooled_parts(request.content.iter_any(), boundary, Path(spool), limit)
+        async for path in parts:
+            outcomes.append(
+                await asyncio.to_thread(store_part, svc.store, path, study, reveal_existing=reveal)
+            )
+    if not outcomes:
+        raise BadRequest("the request contained no parts")
     rows = [o.row for o in outcomes if o.row is not None]
+    kept = [o for o in outcomes if o.kept_as]
     if rows:
         cursor = svc.index.cursors().get(STOW_SITE, "")
         await asyncio.to_thread(append_catalog, svc.store, rows, cursor)
         await asyncio.to_thread(svc.index.apply, STOW_SITE, rows)  # visible at once to QIDO
     studies = sorted({o.study_uid for o in outcomes if o.study_uid})
     request[AUDIT]["study_uid"] = ",".join(studies)[:200]
-    request[AUDIT]["detail"] = f"STOW stored={len(rows)} failed={len(outcomes) - len(rows)}"
-    body = _stow_response(_base_url(request), outcomes, study)
-    status = 200 if rows and len(rows) == len(outcomes) else (202 if rows else 409)
-    if not outcomes:
-        raise BadRequest("the request contained no parts")
-    return _json(body, status=status, content_type=DICOM_JSON)
+    ok = sum(o.stored for o in outcomes)
+    request[AUDIT]["detail"] = f"STOW stored={len(rows)} failed={len(outcomes) - ok}" + (
+        f" conflicts_kept={len(kept)}" if kept else ""
+    )
+    body = dw_stow.response_json(_base_url(request), outcomes, study)
+    return _json(body, status=dw_stow.status(outcomes), content_type=DICOM_JSON)
 
 
-def _stow_response(base: str, outcomes: list[StowOutcome], study: str | None) -> dict[str, Any]:
-    def ui(v: str) -> dict[str, Any]:
-        return {"vr": "UI", "Value": [v]} if v else {"vr": "UI"}
+async def _spooled_parts(
+    chunks: AsyncIterable[bytes], boundary: str, spool: Path, limit: int
+) -> AsyncIterator[Path]:
+    """Each complete part as a temp file; the body limit is checked while reading."""
+    parser = multipart.MultipartParser(boundary)
+    received, fh, path, n = 0, None, spool / "0.dcm", 0
+    done: list[Path] = []
 
-    ok, failed = [], []
-    for o in outcomes:
-        item = {"00081150": ui(o.sop_class_uid), "00081155": ui(o.sop_instance_uid)}
-        if o.row is not None:
-            url = f"{base}/studies/{o.study_uid}/series/{o.series_uid}/instances/"
-            item["00081190"] = {"vr": "UR", "Value": [url + o.sop_instance_uid]}
-            ok.append(item)
-        else:
-            item["00081197"] = {"vr": "US", "Value": [o.failure]}
-            failed.append(item)
-    body: dict[str, Any] = {}
-    study_uid = study or next((o.study_uid for o in outcomes if o.row is not None), "")
-    if study_uid:
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uid}"]}
-    if failed:
-        body["00081198"] = {"vr": "SQ", "Value": failed}
-    if ok:
-        body["00081199"] = {"vr": "SQ", "Value": ok}
-    return body
+    def apply(events: list[multipart.Event]) -> None:
+        nonlocal fh, path, n
+        for ev in events:
+            if isinstance(ev, multipart.PartStart):
+                n += 1
+                path = spool / f"{n}.dcm"
+                fh = path.open("wb")
+            elif isinstance(ev, multipart.PartEnd):
+                assert fh is not None
+                fh.close()
+                fh = None
+                done.append(path)
+            else:
+                assert fh is not None
+                fh.write(ev)
+
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"request body over cloud.max_body_bytes ({limit})")
+            await asyncio.to_thread(apply, parser.feed(chunk))
+            while done:
+                yield done.pop(0)
+        await asyncio.to_thread(apply, parser.finish())
+        while done:
+            yield done.pop(0)
+    finally:
+        if fh is not None:
+            fh.close()
 
 
 # ---- admin API ----------------------------------------------------------------------------------
@@ -426,10 +495,54 @@ async def api_tokens(request: web.Request) -> web.Response:
     )
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequest("the body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+async def api_token_create(request: web.Request) -> web.Response:
+    """Admin: a new token; its secret is in this answer only (stored as a hash)."""
+    svc = _svc(request)
+    body = await _json_body(request)
+    name, role, sites = body.get("name"), body.get("role"), body.get("sites", [])
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidField("name", "1-64 characters")
+    if role not in ROLES:
+        raise InvalidField("role", f"one of {', '.join(ROLES)}")
+    if isinstance(sites, str):
+        sites = [x.strip() for x in sites.split(",") if x.strip()]
+    if not isinstance(sites, list) or not all(isinstance(x, str) for x in sites):
+        raise InvalidField("sites", "a list of site names")
+    for site in sites:
+        if site != "*":
+            check_site(site)
+    token = await asyncio.to_thread(svc.tokens.create, name.strip(), role, sites)
+    request[AUDIT]["detail"] = f"token created name={name.strip()} role={role} sites={sites}"
+    return _json(
+        {"name": name.strip(), "role": role, "sites": sorted(set(sites)), "token": token},
+        status=201,
+    )
+
+
+async def api_token_revoke(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    name = request.match_info["name"]
+    await asyncio.to_thread(svc.tokens.revoke, name)
+    request[AUDIT]["detail"] = f"token revoked name={name}"
+    return _json({"revoked": name})
+
+
 async def api_restore_create(request: web.Request) -> web.Response:
     svc, p = _svc(request), _principal(request)
     site = check_site(request.match_info["site"])
     p.require(Need.ADMIN, site)
+    if site == STOW_SITE:
+        raise BadRequest(f"site {STOW_SITE!r} holds STOW uploads to this API: no edge restores it")
     body: dict[str, Any] = {}
     if request.can_read_body:
         try:

@@ -2,35 +2,45 @@
 
 Synchronous (called from worker threads). The object key comes from `shared.keys.instance_key`
 and the write is create-only: the same bytes stored twice succeed (idempotent retries), other
-bytes under an existing SOP Instance UID are a `DuplicateConflict`, never an overwrite. Catalog
+bytes under an existing SOP Instance UID are never an overwrite. For a caller that may read
+every site they are a `DuplicateConflict` (0x0111); for any other caller (an `agent` token) the
+answer must not say whether the UID exists, so the bytes are kept under `conflict_key` (as the
+sync agent keeps its conflicts), logged for an admin, and the part answers like a new instance
+(docs/ARCHITECTURE.md, "Existence oracle"). Catalog
 rows go to the next free `catalog/cloud/<seq>` object, also create-only, so several replicas
 can accept uploads at once without overwriting each other's journal.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
+from shared import acceptance
 from shared.catalog import CatalogRow, encode_batch
 from shared.checksum import crc32c_file
 from shared.dicom import Header, read_header
 from shared.errors import (
     DuplicateConflict,
-    InvalidDataset,
     ObjectExists,
     PacsError,
     UIDMismatch,
     dimse_status,
 )
-from shared.keys import catalog_key, catalog_prefix, catalog_sequence, instance_key
+from shared.keys import (
+    catalog_key,
+    catalog_prefix,
+    catalog_sequence,
+    conflict_key,
+    instance_key,
+)
 from shared.store.base import ObjectStore
 
 STOW_SITE = "cloud"
+
+log = logging.getLogger("hpacs.cloud.stow")
 
 
 @dataclass
@@ -42,34 +52,30 @@ class StowOutcome:
     row: CatalogRow | None = None
     failure: int = 0  # DIMSE failure reason (PS3.18 Table I.2-1 uses the DIMSE statuses)
     error: str = ""
+    kept_as: str = ""  # different bytes under an existing UID, kept here (hidden conflict)
+
+    @property
+    def stored(self) -> bool:
+        """What the caller is told: stored (a new instance, the same bytes again, or a
+        conflict it may not learn about) or failed."""
+        return self.row is not None or bool(self.kept_as)
 
 
 def _normalise(path: Path) -> Header:
-    """Headers of a Part-10 file; a bare dataset (no preamble, as some clients send) is
+    """The acceptance rule every door applies (shared/acceptance.py), then the headers. A bare
+    dataset (no preamble, as dicomweb-client may send) is accepted, like on the edge, and
     rewritten as Part-10 in place so the bucket only ever holds Part-10 objects."""
-    try:
-        return read_header(path)
-    except InvalidDataset:
-        pass
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        meta = getattr(ds, "file_meta", None)
-        if meta is None or "TransferSyntaxUID" not in meta:
-            ds.file_meta = meta or pydicom.dataset.FileMetaDataset()
-            implicit = ds.original_encoding[0] if ds.original_encoding else False
-            ds.file_meta.TransferSyntaxUID = (
-                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-            )
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(path, enforce_file_format=True)
-    except Exception as exc:
-        raise InvalidDataset(f"part is not a DICOM dataset: {exc}") from exc
+    accepted = acceptance.check(path)
+    if not accepted.part10:
+        acceptance.rewrite_as_part10(path, accepted)
     return read_header(path)
 
 
-def store_part(store: ObjectStore, path: Path, study_uid: str | None) -> StowOutcome:
-    """Validate, upload create-only and describe one part; failures are in the outcome."""
+def store_part(
+    store: ObjectStore, path: Path, study_uid: str | None, *, reveal_existing: bool = True
+) -> StowOutcome:
+    """Validate, upload create-only and describe one part; failures are in the outcome.
+    `reveal_existing`: whether the caller may learn that the UID exists with other bytes."""
     out = StowOutcome("", "")
     try:
         h = _normalise(path)
@@ -85,6 +91,9 @@ def store_part(store: ObjectStore, path: Path, study_uid: str | None) -> StowOut
         except ObjectExists:
             existing = store.head(key)
             if existing is None or existing.crc32c != crc:
+                if not reveal_existing:
+                    out.kept_as = _keep_conflict(store, path, h, crc)
+                    return out
                 raise DuplicateConflict(
                     "different bytes are stored under this SOP Instance UID"
                 ) from None
@@ -100,6 +109,25 @@ def store_part(store: ObjectStore, path: Path, study_uid: str | None) -> StowOut
     except PacsError as exc:
         out.failure, out.error = dimse_status(exc), str(exc)
     return out
+
+
+def _keep_conflict(store: ObjectStore, path: Path, h: Header, crc: str) -> str:
+    """Keep other bytes under an existing UID beside it, create-only; no catalog row (the
+    stored instance stays the one every reader sees)."""
+    key = conflict_key(h.study_uid, h.series_uid, h.sop_instance_uid, crc)
+    try:
+        store.put(key, path, content_type="application/dicom", if_absent=True)
+    except ObjectExists:
+        existing = store.head(key)
+        if existing is None or existing.crc32c != crc:
+            raise DuplicateConflict("could not keep the conflicting copy") from None
+    log.warning(
+        "STOW conflict kept sop_instance_uid=%s key=%s: other bytes exist under this UID; the "
+        "caller may not learn it and was answered as for a new instance (resolve by hand)",
+        h.sop_instance_uid,
+        key,
+    )
+    return key
 
 
 def append_catalog(store: ObjectStore, rows: list[CatalogRow], hint_key: str = "") -> str:

@@ -60,12 +60,12 @@ def child_main(cfg: Config, parent_pid: int, ready: Any, index: int) -> None:
     attach_routing(server.ingestor, cfg.routes)
     try:
         server.start(retrier=False)  # the parent runs the commitment report queue
-        ready.put((index, os.getpid(), ""))
+        ready.send((index, os.getpid(), ""))
         while not stop.wait(1.0):
             if os.getppid() != parent_pid:  # belt and braces beside PDEATHSIG
                 break
     except Exception as exc:
-        ready.put((index, os.getpid(), f"{type(exc).__name__}: {exc}"))
+        ready.send((index, os.getpid(), f"{type(exc).__name__}: {exc}"))
         raise
     finally:
         server.stop()
@@ -79,7 +79,10 @@ class Acceptors:
         self.cfg = cfg
         self.count = count
         self._ctx = multiprocessing.get_context("spawn")
-        self._ready: Any = self._ctx.Queue()
+        # A pipe, not a multiprocessing.Queue: a Queue's named semaphores outlive a parent
+        # killed with -9, and the resource tracker then writes a warning into the edge's log.
+        # One small message per child is written atomically (under PIPE_BUF).
+        self._ready_in, self._ready = self._ctx.Pipe(duplex=False)
         self.procs: list[Any] = []
 
     def _spawn(self, index: int) -> Any:
@@ -98,7 +101,10 @@ class Acceptors:
             raise ValueError("edge.acceptors > 1 needs a fixed edge.port or edge.tls.port")
         self.procs = [self._spawn(i) for i in range(self.count)]
         for _ in range(self.count):
-            index, pid, error = self._ready.get(timeout=timeout_s)
+            if not self._ready_in.poll(timeout_s):
+                self.stop()
+                raise RuntimeError(f"acceptors did not report ready within {timeout_s:g} s")
+            index, pid, error = self._ready_in.recv()
             if error:
                 self.stop()
                 raise RuntimeError(f"acceptor {index} (pid {pid}) failed to start: {error}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import signal
 import sys
 import threading
+import time
 
 from edge.acceptors import Acceptors
+from edge.audit import EdgeAudit, cli_actor
 from edge.cache import Cache
 from edge.forwarder import Forwarder, Sender, attach_routing, dimse_sender
 from edge.hotfolder import HotFolder
@@ -17,15 +20,19 @@ from edge.importer import run_import
 from edge.ingest import Ingestor
 from edge.reconcile import reconcile
 from edge.routequeue import retry, routes_report
+from edge.routestore import check_config_routes, removal_blockers, stored_routes
 from edge.runtime import configure
 from edge.scu import client_ssl_context, echo, node_ssl_context
 from edge.server import EdgeServer
+from edge.users import ROLES, add_user, list_users, remove_user, set_password
 from shared.cli import entry_parser, load_entry_config
-from shared.config import PERMISSIONS, Config
+from shared.config import PERMISSIONS, Config, ConfigError
 from shared.errors import PacsError
 from shared.index import Database
 from shared.logs import setup_logging
 from shared.registry import (
+    CONFIG,
+    REGISTRY,
     Node,
     apply_config_nodes,
     get_node,
@@ -57,9 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_parser("list", help="list registered nodes")
     rm = nodes.add_parser("remove", help="remove a node")
     rm.add_argument("ae_title")
+    for p_ in (add, rm):
+        p_.add_argument("--reason", default="", help="recorded in the audit trail")
     ec = nodes.add_parser("echo", help="C-ECHO a registered node")
     ec.add_argument("ae_title")
     ec.add_argument("--timeout", type=float, default=10.0)
+    users = sub.add_parser("users", help="console accounts of this edge").add_subparsers(
+        dest="users_command", required=True
+    )
+    ua = users.add_parser("add", help="add a user; the password is read from stdin")
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=ROLES)
+    users.add_parser("list", help="list users and their roles")
+    ur = users.add_parser("remove", help="remove a user (ends their sessions)")
+    ur.add_argument("name")
+    up = users.add_parser("passwd", help="set a new password, read from stdin (ends sessions)")
+    up.add_argument("name")
+    for p_ in (ua, ur, up):
+        p_.add_argument("--reason", default="", help="recorded in the audit trail")
     sub.add_parser("studies", help="list the studies in the index")
     imp = sub.add_parser("import", help="import files and folders (recursive) into the index")
     imp.add_argument("paths", nargs="+", metavar="PATH")
@@ -92,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 with db.write() as conn:
                     apply_config_nodes(conn, cfg.nodes)
                 return nodes_command(cfg, db, args)
+            if args.command == "users":
+                return users_command(cfg, db, args)
             if args.command == "studies":
                 return studies_command(db)
             if args.command == "import":
@@ -108,8 +132,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(cfg: Config, ready: threading.Event | None = None) -> int:
     db = Database(cfg.edge.index_path)
-    with db.write() as conn:
-        apply_config_nodes(conn, cfg.nodes)
+    try:
+        with db.write() as conn:
+            apply_config_nodes(conn, cfg.nodes)
+            check_config_routes(conn, cfg.routes)  # destinations: [[nodes]] or the registry
+    except ConfigError as exc:
+        db.close()
+        print(f"hpacs-edge: {exc}", file=sys.stderr)
+        return 2
     server = EdgeServer(cfg, db)
     reconcile(db, server.cache)
     attach_routing(server.ingestor, cfg.routes)
@@ -200,34 +230,35 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
             tls=args.tls,
             permissions=perms,
             max_associations=args.max_associations,
+            source=REGISTRY,
+            added_by="cli",
         )
         with db.write() as conn:
             upsert_node(conn, node)
+        _audit(cfg, "node-add", node.ae_title, args.reason)
         print(f"registered {node.ae_title} {node.host}:{node.port} {','.join(sorted(perms))}")
         return 0
     if cmd == "list":
-        rows = list_nodes(db.reader())
-        print(f"{'AE TITLE':16} {'HOST':20} {'PORT':>5} {'TLS':3} {'MAX':>3} {'SOURCE':6} PERMS")
-        for n in rows:
-            print(
-                f"{n.ae_title:16} {n.host:20} {n.port:>5} {'yes' if n.tls else 'no':3} "
-                f"{n.max_associations:>3} {n.source:6} {','.join(sorted(n.permissions))}"
-            )
+        print(nodes_report(list_nodes(db.reader())))
         return 0
     if cmd == "remove":
-        existing = get_node(db.reader(), args.ae_title)
-        if existing is not None and existing.source == "config":
-            print(
-                f"hpacs-edge: {args.ae_title} comes from [[nodes]] in {cfg.source_path}: "
-                "remove it there (it would come back at the next start)",
-                file=sys.stderr,
-            )
-            return 1
         with db.write() as conn:
-            removed = remove_node(conn, args.ae_title)
-        if not removed:
-            print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
+            used = removal_blockers(conn, cfg.routes, args.ae_title, REGISTRY)
+            removed = not used and remove_node(conn, args.ae_title, REGISTRY)
+        if used:
+            print(f"hpacs-edge: {args.ae_title} is a destination of {used}", file=sys.stderr)
             return 1
+        if not removed:
+            if get_node(db.reader(), args.ae_title, CONFIG) is not None:
+                print(
+                    f"hpacs-edge: {args.ae_title} comes from [[nodes]] in {cfg.source_path}: "
+                    "remove it there (it would come back at the next start)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"hpacs-edge: no node {args.ae_title!r}", file=sys.stderr)
+            return 1
+        _audit(cfg, "node-remove", args.ae_title, args.reason)
         print(f"removed {args.ae_title}")
         return 0
     if cmd == "echo":
@@ -244,6 +275,61 @@ def nodes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
         )
         return 0 if res.ok else 1
     return 2
+
+
+def nodes_report(rows: list[Node]) -> str:
+    """Both sources; a registry row under a config row of the same AE title is `shadowed`."""
+    lines = [f"{'AE TITLE':16} {'HOST':20} {'PORT':>5} {'TLS':3} {'MAX':>3} {'SOURCE':8} PERMS"]
+    configured = {n.ae_title for n in rows if n.source == CONFIG}
+    for n in rows:
+        source = "shadowed" if n.source == REGISTRY and n.ae_title in configured else n.source
+        lines.append(
+            f"{n.ae_title:16} {n.host:20} {n.port:>5} {'yes' if n.tls else 'no':3} "
+            f"{n.max_associations:>3} {source:8} {','.join(sorted(n.permissions))}"
+        )
+    if any(n.source == REGISTRY and n.ae_title in configured for n in rows):
+        lines.append("shadowed: a [[nodes]] entry of the same AE title is in force")
+    return "\n".join(lines)
+
+
+def _audit(cfg: Config, action: str, target: str, reason: str) -> None:
+    audit = EdgeAudit(cfg)
+    try:
+        audit.record(action=action, actor=cli_actor(), target=target, reason=reason)
+    finally:
+        audit.close()
+
+
+def users_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
+    cmd = args.users_command
+    if cmd == "list":
+        print(f"{'USER':24} {'ROLE':10} CREATED")
+        for u in list_users(db.reader()):
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(u.created_at))
+            print(f"{u.name:24} {u.role:10} {created}")
+        return 0
+    if cmd == "remove":
+        with db.write() as conn:
+            remove_user(conn, args.name)
+        _audit(cfg, "user-remove", args.name, args.reason)
+        print(f"removed {args.name}")
+        return 0
+    password = _read_password()
+    with db.write() as conn:
+        if cmd == "add":
+            add_user(conn, args.name, args.role, password)
+        else:
+            set_password(conn, args.name, password)
+    _audit(cfg, "user-add" if cmd == "add" else "user-passwd", args.name, args.reason)
+    print(f"{'added' if cmd == 'add' else 'password set for'} {args.name}")
+    return 0
+
+
+def _read_password() -> str:
+    """The password from stdin: the first line (a terminal prompts without echo)."""
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def studies_command(db: Database) -> int:
@@ -283,7 +369,8 @@ def routes_command(cfg: Config, db: Database, args: argparse.Namespace) -> int:
             n = retry(conn, ids=args.ids or None, route=args.route, destination=args.destination)
         print(f"requeued {n} dead forward job(s)")
         return 0
-    print(routes_report(cfg.routes, db.reader()))
+    conn = db.reader()
+    print(routes_report(cfg.routes + [r for r, _, _ in stored_routes(conn)], conn))
     return 0
 
 

@@ -25,19 +25,18 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from edge import events
 from edge.access import permitted
 from edge.assoc import AssocInfo
-from edge.cache import Cache
 from edge.commitqueue import Report, ReportQueue, ReportState
 from edge.dimse import client, dataset
 from edge.dimse import command as cmd
 from edge.dimse.engine import RELEASE, Association, Message, PeerAborted
 from edge.dimse.link import LinkClosed, LinkTimeout
 from edge.dimse.pdu import ProtocolError
-from shared.checksum import crc32c_file
-from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator
+from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS, PacsError
 from shared.index import Database
-from shared.lifecycle import State
 from shared.registry import Node, get_node
 
 log = logging.getLogger("hpacs.edge.commitment")
@@ -64,13 +63,15 @@ class Verdict:
 
 
 def verify(
-    conn: sqlite3.Connection, cache: Cache, refs: Iterable[tuple[str, str]]
+    conn: sqlite3.Connection, locator: Locator, refs: Iterable[tuple[str, str]]
 ) -> list[Verdict]:
-    """Check each (SOP class, SOP instance) against the index and the cache file's checksum."""
+    """Check each (SOP class, SOP instance) against the index and the cache file's checksum
+    (edge/locate.py: a damaged file is quarantined and repaired from its cloud copy, or the
+    instance is lost and the commitment fails)."""
     out = []
     for sop_class, sop_instance in refs:
         row = conn.execute(
-            "SELECT sop_class_uid, path, state, crc32c FROM instances WHERE sop_instance_uid = ?",
+            f"SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.sop_instance_uid = ?",
             (sop_instance,),
         ).fetchone()
         if row is None:
@@ -81,12 +82,11 @@ def verify(
                 Verdict(sop_class, sop_instance, CLASS_INSTANCE_CONFLICT, "SOP class differs")
             )
             continue
-        if row["state"] == State.EVICTED.value:
-            out.append(Verdict(sop_class, sop_instance))  # verified in the bucket before eviction
-            continue
         try:
-            ok = crc32c_file(cache.path(row["path"])) == row["crc32c"]
-            detail = "" if ok else "checksum mismatch"
+            locator.verify(InstanceRef.from_row(row))  # evicted: verified before eviction
+            ok, detail = True, ""
+        except PacsError as exc:
+            ok, detail = False, str(exc)
         except (OSError, ValueError) as exc:
             ok, detail = False, f"cache file unreadable: {exc}"
         out.append(Verdict(sop_class, sop_instance, 0 if ok else PROCESSING_FAILURE, detail))
@@ -156,13 +156,13 @@ class CommitmentService:
     def __init__(
         self,
         db: Database,
-        cache: Cache,
+        locator: Locator,
         queue: ReportQueue,
         settings: CommitSettings,
         ssl_context_for: Callable[[Node], ssl.SSLContext | None],
     ) -> None:
         self.db = db
-        self.cache = cache
+        self.locator = locator
         self.queue = queue
         self.settings = settings
         self.ssl_context_for = ssl_context_for
@@ -196,13 +196,16 @@ class CommitmentService:
             respond(INVALID_ARGUMENT)
             return
         respond(SUCCESS)
-        verdicts = verify(self.db.reader(), self.cache, refs)
+        verdicts = verify(self.db.reader(), self.locator, refs)
         report_id = self.queue.add(
             info.calling_ae,
             tx,
             [(v.sop_class_uid, v.sop_instance_uid, v.failure_reason) for v in verdicts],
         )
         failed = sum(1 for v in verdicts if v.failure_reason)
+        if failed:
+            detail = f"{failed} of {len(verdicts)} instance(s) not committed, transaction {tx}"
+            events.record(self.db, events.COMMITMENT_FAILED, info.calling_ae, "", detail)
         if self._on_same_association(assoc, msg, tx, verdicts) and self.queue.claim(report_id):
             self.queue.sent(report_id)
             self._log(info.calling_ae, tx, len(verdicts), failed, "same association")
@@ -266,6 +269,8 @@ class CommitmentService:
         except Exception as exc:
             attempts = report.attempts + 1
             state = self.queue.failed(report.id, attempts, str(exc))
+            detail = f"report for transaction {report.transaction_uid} not delivered: {exc}"
+            events.record(self.db, events.COMMITMENT_FAILED, report.calling_ae, "", detail)
             log.warning(
                 "commitment report not delivered calling_ae=%s transaction_uid=%s attempt=%d "
                 "state=%s reason=%s",

@@ -8,16 +8,17 @@ that are often shared or screenshotted.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from edge import routequeue
+from edge.troubleshoot import last_errors
 from shared.errors import NotFound
+from shared.eviction import parse_watermark
 from shared.index import Database
 from shared.lifecycle import LOCAL_STATES, State
-from shared.metrics import capacity_bytes, watermark_bytes
-from shared.registry import list_nodes
 
 SYNCED_STATES = frozenset({State.SYNCED, State.EVICTING, State.EVICTED, State.RECALLING})
 
@@ -37,8 +38,17 @@ def study_state(counts: Mapping[str, int]) -> tuple[str, str]:
     return cache, sync
 
 
-def status(db: Database, cache_dir: str, high: str, low: str, active: int) -> dict[str, Any]:
-    """The dashboard: cache against watermarks, backlog, associations, last errors."""
+def status(
+    db: Database,
+    cache_dir: str,
+    high: str,
+    low: str,
+    active: int,
+    per_node: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The dashboard: the disk or the cache against the watermarks it is compared with
+    (shared/eviction.py: percents with the disk's used bytes, sizes with the cache bytes),
+    backlog and its age, associations per node, the recall queue, the last errors."""
     conn = db.reader()
     by_state = {
         r[0]: {"instances": r[1], "bytes": int(r[2])}
@@ -46,58 +56,53 @@ def status(db: Database, cache_dir: str, high: str, low: str, active: int) -> di
             "SELECT state, count(*), total(size) FROM instances GROUP BY state"  # index-only
         )
     }
-    cache_bytes = sum(
-        v["bytes"] for s, v in by_state.items() if State(s) in LOCAL_STATES | {State.EVICTING}
-    )
+    cache_states = LOCAL_STATES | {State.EVICTING}
+    cache_bytes = sum(v["bytes"] for s, v in by_state.items() if State(s) in cache_states)
     backlog = [by_state.get(s, {"instances": 0, "bytes": 0}) for s in ("cached", "uploading")]
     oldest = conn.execute(
         "SELECT min(received_at) FROM instances WHERE state IN ('cached','uploading')"
     ).fetchone()[0]
-    cap = capacity_bytes(cache_dir)
-    errors = [
-        dict(r)
-        for r in conn.execute(
-            "SELECT at, kind, calling_ae, peer, detail FROM events ORDER BY at DESC LIMIT 5"
-        )
-    ]
-    errors += [
-        {"at": r["state_changed_at"], "kind": f"upload_{r['state']}", "detail": r["last_error"]}
-        for r in conn.execute(
-            "SELECT state, state_changed_at, last_error FROM instances "
-            "WHERE (state IN ('failed','conflict') OR (state IN ('cached','uploading') "
-            "AND next_attempt_at > 0)) AND last_error != '' "
-            "ORDER BY state_changed_at DESC LIMIT 5"
-        )
-    ]
-    errors.sort(key=lambda e: e["at"], reverse=True)
+    recalling = conn.execute(
+        "SELECT count(*), min(state_changed_at) FROM instances WHERE state = 'recalling'"
+    ).fetchone()
+    now = time.time()
     return {
-        "cache": {
-            "used_bytes": cache_bytes,
-            "capacity_bytes": cap,
-            "high_watermark_bytes": _watermark(high, cap),
-            "low_watermark_bytes": _watermark(low, cap),
-        },
+        "disk": disk_usage(cache_dir),
+        "cache": {"bytes": cache_bytes},
+        "watermarks": watermarks(high, low, disk_usage(cache_dir), cache_bytes),
         "backlog": {
             "instances": sum(b["instances"] for b in backlog),
             "bytes": sum(b["bytes"] for b in backlog),
-            "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
+            "oldest_age_s": round(now - oldest, 1) if oldest else 0.0,
         },
         "states": by_state,
-        "associations": {"active": active},
+        "associations": {"active": active, "per_node": per_node or {}},
+        "recall": {
+            "instances": recalling[0],
+            "oldest_age_s": round(now - recalling[1], 1) if recalling[1] else 0.0,
+        },
         "studies": conn.execute("SELECT count(*) FROM studies").fetchone()[0],
-        "last_errors": errors[:5],
+        "last_errors": last_errors(conn, now),
     }
 
 
-def _watermark(spec: str, cap: int) -> int | None:
-    try:
-        return watermark_bytes(spec, cap)
-    except ValueError:
-        return None
+def disk_usage(path: str) -> dict[str, int]:
+    du = shutil.disk_usage(path)
+    return {"capacity_bytes": du.total, "used_bytes": du.total - du.free, "free_bytes": du.free}
 
 
-def nodes(db: Database) -> list[dict[str, Any]]:
-    return [n.as_dict() for n in list_nodes(db.reader())]
+def watermarks(high: str, low: str, disk: dict[str, int], cache_bytes: int) -> dict[str, Any]:
+    """Each watermark with the figure it is compared with, as the evictor does: a percent of
+    the disk against the disk's used bytes, a size against the cache bytes."""
+    hi, lo = parse_watermark(high), parse_watermark(low)
+    basis = "disk" if hi.percent else "cache"
+    return {
+        "basis": basis,
+        "compared_bytes": disk["used_bytes"] if hi.percent else cache_bytes,
+        "scale_bytes": disk["capacity_bytes"] if hi.percent else max(hi.bytes_of(0), cache_bytes),
+        "high": {"spec": high, "bytes": hi.bytes_of(disk["capacity_bytes"])},
+        "low": {"spec": low, "bytes": lo.bytes_of(disk["capacity_bytes"])},
+    }
 
 
 def studies(db: Database, limit: int = 50) -> list[dict[str, Any]]:

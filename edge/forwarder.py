@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edge.cache import Cache
 from edge.ingest import Ingestor
-from edge.locate import INSTANCE_COLUMNS, InstanceRef, Recaller
+from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator, Recaller
 from edge.routequeue import (
     Job,
     JobState,
@@ -33,7 +33,8 @@ from edge.routequeue import (
     prune_sent,
     recover,
 )
-from edge.routing import Rule, backoff_s, rules_from_config
+from edge.routestore import RouteTable
+from edge.routing import backoff_s
 from edge.sender import CacheSource, send_instances
 from shared.config import Config, RouteConfig
 from shared.dicom import Header
@@ -44,6 +45,7 @@ from shared.rows import Origin
 log = logging.getLogger("hpacs.edge.forwarder")
 
 SENT_RETENTION_S = 7 * 86400
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,19 @@ class SendResult:
 Sender = Callable[[Node, list[Job]], dict[int, SendResult]]
 
 
-def attach_routing(ingestor: Ingestor, routes: list[RouteConfig]) -> list[Rule]:
-    """Enqueue forward jobs for every stored instance that matches a rule (no-op without rules)."""
-    rules = rules_from_config(routes)
-    if not rules:
-        return rules
+def attach_routing(ingestor: Ingestor, routes: list[RouteConfig]) -> RouteTable:
+    """Enqueue forward jobs for every stored instance that matches a rule: the config's
+    `routes` and the console's (edge/routestore.py), re-read inside the ingest transaction
+    when they changed, so an edit applies to the next instance without a restart."""
+    table = RouteTable(routes)
 
     def _enqueue(conn: sqlite3.Connection, header: Header, origin: Origin) -> None:
-        enqueue(conn, rules, header, origin.calling_ae, time.time())
+        rules = table.rules(conn)
+        if rules:
+            enqueue(conn, rules, header, origin.calling_ae, time.time())
 
     ingestor.on_indexed.append(_enqueue)
-    return rules
+    return table
 
 
 class Forwarder:
@@ -87,20 +91,16 @@ class Forwarder:
         self.send = send
         self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
-        self.routes = {r.name: r for r in cfg.routes}
-        self.limits: dict[str, int] = {}
-        for r in cfg.routes:
-            for dest in r.destinations:
-                self.limits[dest] = max(self.limits.get(dest, 1), r.concurrency)
+        # the config's routes and the console's, reloaded at each dispatch when they changed
+        self.table = RouteTable(cfg.routes)
         self._active: dict[str, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Reused worker threads (each keeps one index reader): at most the sum of the limits.
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, sum(self.limits.values())), thread_name_prefix="forward"
-        )
+        # Reused worker threads (each keeps one index reader), started on demand; the limits
+        # per destination bound what runs, this only caps threads when routes are added live.
+        self._pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="forward")
         self._futures: set[Future[None]] = set()
         self._last_prune = 0.0
 
@@ -153,10 +153,12 @@ class Forwarder:
                 prune_sent(conn, now - SENT_RETENTION_S)
             self._last_prune = now
         started = 0
+        self.table.refresh(self.db.reader())
+        limits = self.table.limits()
         for dest in due_destinations(self.db.reader(), now):
             while not self._stop.is_set():
                 with self._lock:
-                    if self._active.get(dest, 0) >= self.limits.get(dest, 1):
+                    if self._active.get(dest, 0) >= limits.get(dest, 1):
                         break
                 with self.db.write() as conn:
                     jobs = claim(conn, dest, time.time(), self.batch_size)
@@ -211,7 +213,7 @@ class Forwarder:
                 # One delay per route and attempt count: the batch stays together next time.
                 key = (job.route, job.attempts)
                 if key not in delays:
-                    rc = self.routes.get(job.route)
+                    rc = self.table.route(job.route)
                     delays[key] = backoff_s(
                         job.attempts + 1,
                         rc.backoff_initial_s if rc else 5.0,
@@ -253,7 +255,7 @@ def dimse_sender(
     """The forwarder's sender: the retrieve path's `send_instances` (one association per batch,
     transfer syntax converted when the destination needs it)."""
 
-    source = CacheSource(cache, recaller)
+    source = CacheSource(Locator(db, cache, recaller), reader="routing")
 
     def send(node: Node, batch: list[Job]) -> dict[int, SendResult]:
         by_uid = {j.sop_instance_uid: j for j in batch}

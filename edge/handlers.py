@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edge import events
 from edge.access import permitted
 from edge.assoc import AssocInfo
 from edge.dimse import command as cmd
@@ -26,15 +27,22 @@ from shared.errors import (
     PacsError,
     dimse_status,
 )
+from shared.index import Database
 
 log = logging.getLogger("hpacs.edge.store")
 
+STORE_REFUSED = "C-STORE refused (0x0124): the node lacks the store permission"
+
 
 class StoreService:
-    """C-ECHO and C-STORE, built from the ingestor and where to spool."""
+    """C-ECHO and C-STORE, built from the ingestor, where to spool, and the index (for the
+    dashboard's refused-store events)."""
 
-    def __init__(self, ingestor: Ingestor, spool_dir: Path, max_object_bytes: int) -> None:
+    def __init__(
+        self, ingestor: Ingestor, spool_dir: Path, max_object_bytes: int, db: Database
+    ) -> None:
         self.ingestor = ingestor
+        self.db = db
         self.spool_dir = spool_dir
         self.max_object_bytes = max_object_bytes
 
@@ -68,6 +76,7 @@ class StoreService:
         if not permitted(info, "store") or isinstance(sink, DrainSink):
             info.failed += 1
             metrics.store_failed(REFUSED_NOT_AUTHORIZED)
+            events.record(self.db, events.STORE_REFUSED, info.calling_ae, info.peer, STORE_REFUSED)
             return REFUSED_NOT_AUTHORIZED
         uid = command.sop_instance
         try:

@@ -5,9 +5,13 @@ full rescan at start and every `import_rescan_s` finds whatever an event missed 
 inotify queues, network shares without events, files present before start). A file is taken
 only once it has stopped growing: the same size and mtime on two looks at least
 `import_settle_s` apart, and an mtime that old. It goes through the one ingest path
-(`Ingestor.ingest_path`), then to `done/<same relative path>`, or to `failed/...` with a
-`.reason` file beside it. DICOMDIR media layouts work: files need no `.dcm` suffix, and the
-DICOMDIR index file itself is moved to done/ without being ingested.
+(`Ingestor.ingest_path`, which refuses a copy whose source changed while it was read or since
+that settled look, and the acceptance rule, which refuses a truncated object), then to
+`done/<same relative path>`, or to `failed/...` with a `.reason` file beside it. A file that
+changed after it was ingested is not moved: it settles again and is taken again (same bytes:
+a duplicate, done/; other bytes: the duplicates policy decides, a conflict goes to failed/).
+DICOMDIR media layouts work: files need no `.dcm` suffix, and the DICOMDIR index file itself
+is moved to done/ without being ingested.
 """
 
 from __future__ import annotations
@@ -183,7 +187,9 @@ class HotFolder:
             self._move(path, DONE)
             return
         try:
-            result = self.ingestor.ingest_path(path, Origin("hotfolder"))
+            result = self.ingestor.ingest_path(
+                path, Origin("hotfolder"), expect=(seen.size, seen.mtime_ns)
+            )
         except PacsError as exc:
             if isinstance(exc, InvalidDataset) and self._changed(path, seen):
                 return  # still being written after all: look again later
@@ -200,10 +206,17 @@ class HotFolder:
             log.warning("hot folder file failed path=%s error=%s hint=%s", rel, exc, exc.hint)
             self._move(path, FAILED, f"{type(exc).__name__}: {exc}\n{exc.hint}\n")
             return
-        if self._changed(path, seen):
-            log.warning("hot folder file changed while it was ingested path=%s", rel)
         key = "duplicate" if result.outcome.value == "duplicate" else "stored"
         self.counts[key] += 1
+        if self._changed(path, seen):
+            # Written to again after the copy we stored: look at it again once it settles.
+            log.warning(
+                "hot folder file changed after it was ingested path=%s sop_instance_uid=%s; "
+                "it is taken again once it settles",
+                rel,
+                result.header.sop_instance_uid,
+            )
+            return
         log.info(
             "hot folder file ingested path=%s outcome=%s sop_instance_uid=%s",
             rel,

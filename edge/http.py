@@ -3,17 +3,22 @@
 The DIMSE path stays synchronous (docs/ARCHITECTURE.md); aiohttp runs here in a dedicated
 thread with its own event loop, so a slow browser never touches an association thread.
 
-Access: `/api/*` is denied unless the request carries the console token
-(`Authorization: Bearer <token>`). `/metrics`, `/healthz` and `/readyz` are open by design:
-Prometheus and the service manager probe them without credentials, they carry no patient data,
-and the listener binds to loopback (`edge.http_host = 127.0.0.1`) unless an admin widens it.
+Access: every `/api` route is in the route table `ROUTES` with the `Need` it requires
+(edge/webauth.py); a request needs the console token (`Authorization: Bearer`, full admin) or
+a session cookie from signing in (`POST /login`, a local user or the token), and a route
+without a declared need is refused even to an admin (deny by default; the walking test in
+tests/test_edge_roles.py). Public, with no data: the console's static files, `/login`,
+`/logout`, and `/metrics`, `/healthz`, `/readyz`, open by design: Prometheus and the service
+manager probe them without credentials, they carry no patient data, and the listener binds to
+loopback (`edge.http_host = 127.0.0.1`) unless an admin widens it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import logging
+import math
 import os
 import secrets
 import sys
@@ -26,13 +31,19 @@ from aiohttp import web
 
 import shared
 from edge import commitqueue, dashboard
-from edge.scu import echo, node_ssl_context
+from edge.admin_api import PRINCIPAL, AdminApi, read_json
+from edge.audit import EdgeAudit
+from edge.diskprobe import DiskProbe
+from edge.slots import AssocSlots
+from edge.webauth import TOKEN_ACTOR, Need, Principal, WebAuth
 from shared import health
 from shared.config import Config
 from shared.errors import (
     BadRequest,
+    NotAuthorized,
     NotFound,
     PacsError,
+    TooManyRequests,
     Unauthenticated,
     http_status,
     problem_json,
@@ -41,12 +52,24 @@ from shared.index import Database
 from shared.metrics import CONTENT_TYPE, edge_registry, render
 from shared.registry import get_node
 from shared.store import open_store
+from shared.store.base import ObjectStore
 from shared.uids import is_valid_uid
+from shared.web.session import Credentials, clear_cookie, set_cookie
 
 log = logging.getLogger("hpacs.edge.http")
 
 CONSOLE_DIR = Path(__file__).parent / "console"
 SHARED_WEB_DIR = Path(shared.__file__).parent / "web"
+HOUSEKEEPING_TICK_S = 1.0
+NEEDS = web.AppKey("needs", dict)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The console page loads only our own files and talks only to our own origin.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def token_path(cfg: Config) -> Path:
@@ -95,12 +118,26 @@ class EdgeHttp:
     """aiohttp app on `edge.http_host:edge.http_port`, run in a thread with its own loop."""
 
     def __init__(
-        self, cfg: Config, db: Database, active: Callable[[], int], token: str | None = None
+        self,
+        cfg: Config,
+        db: Database,
+        active: Callable[[], int],
+        token: str | None = None,
+        audit: EdgeAudit | None = None,
     ) -> None:
         self.cfg = cfg
         self.db = db
         self.active = active
         self.token = token if token is not None else ensure_token(cfg)[0]
+        self.auth = WebAuth(cfg.edge, db, self.token)
+        self.audit = audit if audit is not None else EdgeAudit(cfg)
+        self._own_audit = audit is None
+        self.admin = AdminApi(cfg, db, self.audit)
+        self.probe = DiskProbe(cfg.edge.cache_dir)
+        # the acceptors' slots file, read through a descriptor of our own (edge/slots.py)
+        self.slots = AssocSlots(
+            Path(cfg.edge.data_dir) / "associations.slots", cfg.edge.max_associations
+        )
         self.registry = edge_registry(
             cfg.edge.index_path,
             cfg.edge.cache_dir,
@@ -128,6 +165,10 @@ class EdgeHttp:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         self._loop = None
+        self._ship_audit()
+        self.slots.close()
+        if self._own_audit:
+            self.audit.close()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -145,64 +186,165 @@ class EdgeHttp:
             loop.close()
             return
         self._loop = loop
+        housekeeping = loop.create_task(self._housekeeping())
         self._ready.set()
         try:
             loop.run_forever()
         finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(housekeeping)
             loop.run_until_complete(runner.cleanup())
             loop.close()
 
+    async def _housekeeping(self) -> None:
+        """The cache-disk probe and audit shipping, on this thread's loop."""
+        e = self.cfg.edge
+        while True:
+            try:
+                if e.disk_probe_interval_s and self.probe.due(e.disk_probe_interval_s):
+                    await asyncio.to_thread(self.probe.run)
+                store = self._audit_store()
+                if store is not None:
+                    await asyncio.to_thread(self.audit.ship_due, store, e.audit_ship_interval_s)
+            except Exception:
+                log.exception("http housekeeping failed")
+            await asyncio.sleep(HOUSEKEEPING_TICK_S)
+
+    def _audit_store(self) -> ObjectStore | None:
+        s = self.cfg.sync
+        if not s.store_url:
+            return None  # no object store: the audit log stays local
+        return open_store(s.store_url, emulator_host=s.emulator_host)
+
+    def _ship_audit(self) -> None:
+        try:
+            store = self._audit_store()
+            if store is not None:
+                self.audit.ship(store)
+        except Exception:
+            log.exception("shipping the audit log at stop failed")
+
     # ---- the app ------------------------------------------------------------------------
+    def routes(self) -> list[tuple[str, str, Handler, Need]]:
+        """Every /api route with the need it declares (deny by default: none means 403)."""
+        a = self.admin
+        return [
+            ("GET", "/api/session", self.api_session, Need.VIEW),
+            ("GET", "/api/status", self.api_status, Need.OPERATE),
+            ("GET", "/api/nodes", a.nodes, Need.OPERATE),
+            ("POST", "/api/nodes", a.node_create, Need.ADMIN),
+            ("POST", "/api/nodes-test", a.node_test, Need.ADMIN),
+            ("PUT", "/api/nodes/{ae}", a.node_update, Need.ADMIN),
+            ("DELETE", "/api/nodes/{ae}", a.node_delete, Need.ADMIN),
+            ("POST", "/api/nodes/{ae}/echo", self.api_echo, Need.OPERATE),
+            ("GET", "/api/studies", self.api_studies, Need.VIEW),
+            ("POST", "/api/studies/{uid}/pin", self.api_pin, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/unpin", self.api_unpin, Need.OPERATE),
+            ("GET", "/api/routes", self.api_routes, Need.OPERATE),
+            ("POST", "/api/routes/retry", self.api_routes_retry, Need.OPERATE),
+            ("GET", "/api/routes/rules", a.rules, Need.OPERATE),
+            ("POST", "/api/routes/rules", a.rule_save, Need.OPERATE),
+            ("PUT", "/api/routes/rules/{name}", a.rule_save, Need.OPERATE),
+            ("DELETE", "/api/routes/rules/{name}", a.rule_delete, Need.OPERATE),
+            ("GET", "/api/events", self.api_events, Need.OPERATE),
+            ("GET", "/api/commitments", self.api_commitments, Need.OPERATE),
+            ("POST", "/api/commitments/retry", self.api_commitments_retry, Need.OPERATE),
+            ("GET", "/api/users", a.users, Need.ADMIN),
+            ("POST", "/api/users", a.user_create, Need.ADMIN),
+            ("PUT", "/api/users/{name}", a.user_update, Need.ADMIN),
+            ("DELETE", "/api/users/{name}", a.user_delete, Need.ADMIN),
+            ("GET", "/api/audit", a.audit_recent, Need.ADMIN),
+        ]
+
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth])
+        app = web.Application(middlewares=[self._errors, self._guard])
         r = app.router
+        needs: dict[Any, Need] = {}
+        for method, path, handler, need in self.routes():
+            needs[r.add_route(method, path, handler)] = need
+        app[NEEDS] = needs
         r.add_get("/", self.index)
+        r.add_post("/login", self.login)
+        r.add_post("/logout", self.logout)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics)
-        r.add_get("/api/status", self.api_status)
-        r.add_get("/api/nodes", self.api_nodes)
-        r.add_post("/api/nodes/{ae}/echo", self.api_echo)
-        r.add_get("/api/studies", self.api_studies)
-        r.add_post("/api/studies/{uid}/pin", self.api_pin)
-        r.add_post("/api/studies/{uid}/unpin", self.api_unpin)
-        r.add_get("/api/routes", self.api_routes)
-        r.add_post("/api/routes/retry", self.api_routes_retry)
-        r.add_get("/api/events", self.api_events)
-        r.add_get("/api/commitments", self.api_commitments)
-        r.add_post("/api/commitments/retry", self.api_commitments_retry)
         r.add_static("/static/", CONSOLE_DIR)
-        r.add_static("/shared/", SHARED_WEB_DIR)
+        r.add_get("/shared/{name}", shared_asset)
         return app
 
     @web.middleware
-    async def _errors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]
-    ) -> web.StreamResponse:
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             resp: web.StreamResponse = await handler(request)
             return resp
         except PacsError as exc:
-            return web.json_response(
+            resp = web.json_response(
                 problem_json(exc), status=http_status(exc), content_type="application/problem+json"
             )
+            if isinstance(exc, TooManyRequests):
+                resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+            return resp
 
     @web.middleware
-    async def _auth(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]
-    ) -> web.StreamResponse:
-        """Deny by default under /api/: only a request with the console token passes."""
-        if request.path.startswith("/api/"):
-            header = request.headers.get("Authorization", "")
-            given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-            if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
-                raise Unauthenticated("a valid console token is required")
-        resp: web.StreamResponse = await handler(request)
-        return resp
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Under /api/: authenticate, then the route's declared need (none: refused)."""
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        creds = Credentials.of(request)
+        principal = await asyncio.to_thread(self.auth.authenticate, creds)
+        request[PRINCIPAL] = principal
+        need = request.app[NEEDS].get(request.match_info.route)
+        if need is None:
+            if request.match_info.http_exception is not None:
+                raise request.match_info.http_exception
+            raise NotAuthorized("this route declares no access rule")  # fail closed
+        principal.require(need)
+        return await handler(request)
 
     # ---- open endpoints -----------------------------------------------------------------
     async def index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(CONSOLE_DIR / "index.html")
+        resp = web.FileResponse(CONSOLE_DIR / "index.html")
+        resp.headers.update(PAGE_HEADERS)
+        return resp
+
+    async def login(self, request: web.Request) -> web.Response:
+        """Sign in: `{"user", "password"}` or `{"token"}` (JSON or a form); a session cookie
+        on success. Same-origin only (a foreign page must not sign a browser in)."""
+        client = request.remote or ""
+        if not Credentials.of(request).same_origin:
+            raise Unauthenticated("sign in from this console's own page")
+        data: Any = await request.post() if request.content_type.endswith("form") else None
+        if data is None:
+            data = await read_json(request)
+        user, password = str(data.get("user", "")), str(data.get("password", ""))
+        token = str(data.get("token", ""))
+        try:
+            principal, cookie = await asyncio.to_thread(
+                self.auth.sign_in, user, password, token, client
+            )
+        except (Unauthenticated, TooManyRequests) as exc:
+            name = TOKEN_ACTOR if token else user.strip()[:64]
+            self.audit.record(
+                action="login", actor=name, client=client, outcome="denied", detail=str(exc)
+            )
+            raise
+        resp = web.json_response(
+            {"name": principal.name, "role": principal.role, "needs": principal.needs}
+        )
+        secure = request.secure or self.auth.force_secure
+        set_cookie(resp, cookie, int(self.auth.ttl_s), secure)
+        self.audit.record(action="login", actor=principal.name, role=principal.role, client=client)
+        log.info("login user=%s role=%s client=%s", principal.name, principal.role, client)
+        return resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        if not Credentials.of(request).same_origin:
+            raise Unauthenticated("sign out from this console's own page")
+        resp = web.json_response({"signed_out": True})
+        clear_cookie(resp, request.secure or self.auth.force_secure)
+        return resp
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -226,6 +368,10 @@ class EdgeHttp:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     # ---- JSON API -----------------------------------------------------------------------
+    async def api_session(self, request: web.Request) -> web.Response:
+        p: Principal = request[PRINCIPAL]
+        return web.json_response({"name": p.name, "role": p.role, "kind": p.kind, "needs": p.needs})
+
     async def api_status(self, request: web.Request) -> web.Response:
         e, s = self.cfg.edge, self.cfg.sync
         body = await asyncio.to_thread(
@@ -235,38 +381,18 @@ class EdgeHttp:
             s.cache_high_watermark,
             s.cache_low_watermark,
             self.active(),
+            self.slots.per_node(),
         )
         body["ae_title"] = e.ae_title
+        body["disk_probe"] = self.probe.summary() | {"interval_s": e.disk_probe_interval_s}
         return web.json_response(body)
-
-    async def api_nodes(self, request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(dashboard.nodes, self.db))
 
     async def api_echo(self, request: web.Request) -> web.Response:
         ae = request.match_info["ae"]
         node = await asyncio.to_thread(lambda: get_node(self.db.reader(), ae))
         if node is None:
             raise NotFound(f"no node {ae!r}")
-        ctx = node_ssl_context(self.cfg.edge.tls, node)
-        res = await asyncio.to_thread(
-            echo, self.cfg.edge.ae_title, node, ssl_context=ctx, timeout_s=10.0
-        )
-        log.info(
-            "console echo ae_title=%s ok=%s status=%s rtt_ms=%.1f",
-            ae,
-            res.ok,
-            res.status,
-            res.rtt_ms,
-        )
-        return web.json_response(
-            {
-                "ae_title": ae,
-                "ok": res.ok,
-                "status": f"0x{res.status:04X}" if res.status is not None else None,
-                "rtt_ms": round(res.rtt_ms, 1),
-                "detail": res.detail,
-            }
-        )
+        return web.json_response(await self.admin.echo_node(node))
 
     async def api_studies(self, request: web.Request) -> web.Response:
         limit = _int_param(request, "limit", 50, 1, 1000)
@@ -314,6 +440,20 @@ class EdgeHttp:
         n = await asyncio.to_thread(queue.retry_failed)
         log.info("console commitment retry reports=%d", n)
         return web.json_response({"requeued": n})
+
+
+SHARED_ASSETS = {".css": "text/css", ".js": "text/javascript"}
+
+
+async def shared_asset(request: web.Request) -> web.FileResponse:
+    """A style sheet or script of shared/web (its Python modules live there too: not served)."""
+    name = request.match_info["name"]
+    path = SHARED_WEB_DIR / name
+    if "/" in name or name.startswith(".") or path.suffix not in SHARED_ASSETS:
+        raise web.HTTPNotFound()
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Content-Type": SHARED_ASSETS[path.suffix]})
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edge.ingest import Ingestor, Outcome
+from shared import acceptance
 from shared.checksum import crc32c_file
 from shared.dicom import read_header
 from shared.errors import DuplicateConflict, IndexUnavailable, OutOfResources, PacsError
@@ -162,7 +164,18 @@ def _size(path: Path) -> int:
 
 
 def _dry_run_one(ingestor: Ingestor, path: Path, seen: dict[str, tuple[int, str]]) -> Outcome:
-    """What ingest would answer, without writing: parse, then compare with the index."""
+    """What ingest would answer, without writing: accept, parse, compare with the index."""
+    accepted = acceptance.check(path)
+    if accepted.part10:
+        return _compare(ingestor, path, seen)
+    with tempfile.TemporaryDirectory() as tmp:  # compare the Part-10 form ingest would store
+        part10 = Path(tmp) / "part10.dcm"
+        with part10.open("wb") as out:
+            acceptance.write_part10(path, accepted, out)
+        return _compare(ingestor, part10, seen)
+
+
+def _compare(ingestor: Ingestor, path: Path, seen: dict[str, tuple[int, str]]) -> Outcome:
     header = read_header(path)
     uid = header.sop_instance_uid
     mine = (path.stat().st_size, crc32c_file(path))

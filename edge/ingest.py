@@ -1,14 +1,23 @@
 """The one ingest path: C-STORE, STOW-RS, the hot folder and `import` all end here.
 
-Write order (invariant 1): temp file in the cache filesystem -> fsync -> create-only link to
-the opaque fan-out path -> fsync the directory -> index transaction -> only then success. When
-the index write fails the file is removed and the caller answers a failure.
+Every object first passes the acceptance rule (`shared.acceptance`); a bare dataset (no
+preamble) is given its Part-10 form. Write order (invariant 1): temp file in the cache
+filesystem -> fsync -> create-only link to the opaque fan-out path -> fsync the directory ->
+index transaction -> only then success. When the index write fails the file is removed and the
+caller answers a failure.
+
+Replacing an instance (`edge.duplicates = "replace"`) keeps the same order: the new bytes get
+a new cache path (a create-only link, directory fsynced), one transaction checks the row's
+state and switches its path, size and crc32c, and only then is the old file unlinked. A crash
+at any point leaves the old row with its old file or the new row with its new file; start-up
+reconcile removes the file of whichever side lost (`edge.reconcile`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -19,17 +28,18 @@ from typing import BinaryIO
 
 from edge.cache import Cache
 from edge.commit import GroupCommit
-from shared import metrics
+from shared import acceptance, metrics
 from shared.checksum import crc32c_file
 from shared.dicom import Header, read_header
 from shared.errors import (
     DuplicateConflict,
     IndexUnavailable,
     InstanceBusy,
+    InvalidDataset,
     OutOfResources,
     UIDMismatch,
 )
-from shared.fsutil import durable_link, durable_rename, fsync_file
+from shared.fsutil import durable_link, fsync_dir, fsync_file
 from shared.index import Database
 from shared.lifecycle import LOCAL_STATES, TRANSITIONS, State, transition
 from shared.rows import Origin, index_instance
@@ -103,12 +113,32 @@ class Ingestor:
             raise OutOfResources(f"cannot spool the object to the cache: {exc}") from exc
         return self.ingest_temp(temp, origin)
 
-    def ingest_path(self, path: str | Path, origin: Origin) -> IngestResult:
-        """Ingest a file from anywhere (hot folder, import); the source file is left alone."""
+    def ingest_path(
+        self, path: str | Path, origin: Origin, *, expect: tuple[int, int] | None = None
+    ) -> IngestResult:
+        """Ingest a file from anywhere (hot folder, import); the source file is left alone.
+
+        The copy is refused when the source changed while it was read, or when its (size,
+        mtime_ns) differs from `expect` (the hot folder's settled signature): a file still
+        being written is never stored from a mixed snapshot.
+        """
         try:
-            temp = self.cache.copy_to_temp(path)
+            with open(path, "rb") as src:
+                before = _signature(os.fstat(src.fileno()))
+                fh, temp = self.cache.new_temp()
+                try:
+                    with fh:
+                        while chunk := src.read(1024 * 1024):
+                            fh.write(chunk)
+                except BaseException:
+                    _unlink_quietly(temp)
+                    raise
+                after = _signature(os.fstat(src.fileno()))
         except OSError as exc:
             raise OutOfResources(f"cannot copy {path} into the cache: {exc}") from exc
+        if before != after or (expect is not None and before != expect):
+            _unlink_quietly(temp)
+            raise InvalidDataset("the file changed while it was read; it is still being written")
         return self.ingest_temp(temp, origin)
 
     # ---- the pipeline ------------------------------------------------------------------
@@ -124,6 +154,10 @@ class Ingestor:
                 f"object of {temp.stat().st_size} bytes exceeds edge.max_object_bytes="
                 f"{self.max_object_bytes}"
             )
+        accepted = acceptance.check(temp)
+        if not accepted.part10:
+            # A bare dataset (dicomweb-client, in-memory writers): stored as Part-10.
+            acceptance.rewrite_as_part10(temp, accepted)
         header = read_header(temp)
         if expected_sop_class is not None and expected_sop_class != header.sop_class_uid:
             raise UIDMismatch(
@@ -158,11 +192,15 @@ class Ingestor:
             self.commits.run(index)
         except sqlite3.IntegrityError as exc:
             # A row appeared although no file was at the path: a concurrent store of the same
-            # bytes adopted our file (keep it), or the instance was evicted and is sent again
-            # (the verified cloud copy stands: drop our link), or its file was lost.
+            # bytes adopted our file (keep it), or the instance was evicted or replaced (its
+            # row points elsewhere) and is sent again, or its file was lost: drop our link.
             row = self._row(header.sop_instance_uid)
-            same = row is not None and (row["size"], row["crc32c"]) == (size, crc)
-            if not (same and row is not None and State(row["state"]) in LOCAL_STATES):
+            adopted = (
+                row is not None
+                and (row["size"], row["crc32c"], row["path"]) == (size, crc, relpath)
+                and State(row["state"]) in LOCAL_STATES
+            )
+            if not adopted:
                 _unlink_quietly(final)
             if row is None:
                 raise IndexUnavailable(f"index write failed: {exc}") from exc
@@ -179,7 +217,7 @@ class Ingestor:
         return (
             self.db.reader()
             .execute(
-                "SELECT size, crc32c, state FROM instances WHERE sop_instance_uid = ?",
+                "SELECT size, crc32c, state, path FROM instances WHERE sop_instance_uid = ?",
                 (sop_instance_uid,),
             )
             .fetchone()
@@ -199,7 +237,7 @@ class Ingestor:
         row = (
             self.db.reader()
             .execute(
-                "SELECT id, size, crc32c, state FROM instances WHERE sop_instance_uid = ?",
+                "SELECT id, size, crc32c, state, path FROM instances WHERE sop_instance_uid = ?",
                 (header.sop_instance_uid,),
             )
             .fetchone()
@@ -214,7 +252,7 @@ class Ingestor:
                 f"{header.sop_instance_uid}: different bytes are being stored concurrently"
             )
         if row["size"] == size and row["crc32c"] == crc:
-            return IngestResult(Outcome.DUPLICATE, header, size, crc, relpath)
+            return IngestResult(Outcome.DUPLICATE, header, size, crc, row["path"])
         if self.duplicates != "replace":
             log.warning(
                 "duplicate with different bytes kept the stored version "
@@ -225,12 +263,7 @@ class Ingestor:
             raise DuplicateConflict(
                 f"{header.sop_instance_uid} already stored with different bytes (policy keep)"
             )
-        if State.CACHED not in TRANSITIONS[State(row["state"])]:
-            # evicting or recalling: replacing the file under that work would corrupt it
-            raise InstanceBusy(
-                f"{header.sop_instance_uid} is {row['state']}; replace it once that finishes"
-            )
-        return self._replace(temp, header, origin, size, crc, relpath, final)
+        return self._replace(temp, header, origin, size, crc, relpath)
 
     def _adopt_or_wait(
         self, header: Header, relpath: str, size: int, crc: str, origin: Origin
@@ -248,49 +281,100 @@ class Ingestor:
         return IngestResult(Outcome.DUPLICATE, header, size, crc, relpath)
 
     def _replace(
-        self,
-        temp: Path,
-        header: Header,
-        origin: Origin,
-        size: int,
-        crc: str,
-        relpath: str,
-        final: Path,
+        self, temp: Path, header: Header, origin: Origin, size: int, crc: str, relpath: str
     ) -> IngestResult:
+        """New bytes for an existing instance, in the durable write order (module docstring)."""
         try:
-            durable_rename(temp, final)
+            new_rel, new_path = self._link_version(temp, relpath)
         except OSError as exc:
             raise OutOfResources(f"cannot write to the cache: {exc}") from exc
         try:
             with self.db.write() as conn:
-                row = conn.execute(
-                    "SELECT id, state FROM instances WHERE sop_instance_uid = ?",
-                    (header.sop_instance_uid,),
-                ).fetchone()
-                ok = transition(
-                    conn,
-                    row["id"],
-                    State(row["state"]),
-                    State.CACHED,
-                    size=size,
-                    crc32c=crc,
-                    path=relpath,
-                    transfer_syntax=header.transfer_syntax,
-                    attempts=0,
-                    next_attempt_at=0,
-                    last_error="",
-                )
-                if not ok:
-                    raise IndexUnavailable("instance changed state during replace; retry")
-        except sqlite3.Error as exc:
-            raise IndexUnavailable(f"index write failed: {exc}") from exc
+                old_rel = self._switch(conn, header, size, crc, new_rel)
+        except BaseException as exc:
+            _unlink_quietly(new_path)
+            if isinstance(exc, sqlite3.Error):
+                raise IndexUnavailable(f"index write failed: {exc}") from exc
+            raise
+        if old_rel is None:  # the same bytes were stored meanwhile
+            _unlink_quietly(new_path)
+            return IngestResult(Outcome.DUPLICATE, header, size, crc, relpath)
+        if old_rel != new_rel:
+            _retire(self.cache.root / old_rel)
         log.warning(
             "duplicate with different bytes replaced the stored version "
             "sop_instance_uid=%s calling_ae=%s policy=replace",
             header.sop_instance_uid,
             origin.calling_ae,
         )
-        return IngestResult(Outcome.REPLACED, header, size, crc, relpath)
+        return IngestResult(Outcome.REPLACED, header, size, crc, new_rel)
+
+    def _link_version(self, temp: Path, relpath: str) -> tuple[str, Path]:
+        """A create-only link of the (fsynced) temp file to a fresh name beside `relpath`."""
+        for _ in range(8):
+            rel = version_relpath(relpath)
+            path = self.cache.root / rel
+            if durable_link(temp, path):
+                return rel, path
+        raise OSError("no free name for the replacement file")
+
+    def _switch(
+        self, conn: sqlite3.Connection, header: Header, size: int, crc: str, new_rel: str
+    ) -> str | None:
+        """Inside one transaction: check the row and point it at the new file.
+
+        Returns the old path, or None when the row already holds these bytes."""
+        row = conn.execute(
+            "SELECT id, state, path, size, crc32c FROM instances WHERE sop_instance_uid = ?",
+            (header.sop_instance_uid,),
+        ).fetchone()
+        if row is None:
+            raise IndexUnavailable(f"{header.sop_instance_uid} was removed during replace; retry")
+        if (row["size"], row["crc32c"]) == (size, crc):
+            return None
+        state = State(row["state"])
+        if State.CACHED not in TRANSITIONS[state]:
+            # evicting or recalling: replacing the file under that work would corrupt it
+            raise InstanceBusy(
+                f"{header.sop_instance_uid} is {state}; replace it once that finishes"
+            )
+        transition(
+            conn,
+            row["id"],
+            state,
+            State.CACHED,
+            size=size,
+            crc32c=crc,
+            path=new_rel,
+            transfer_syntax=header.transfer_syntax,
+            attempts=0,
+            next_attempt_at=0,
+            last_error="",
+        )  # cannot miss: the state was read in this same write transaction
+        return str(row["path"])
+
+
+def version_relpath(relpath: str) -> str:
+    """A fresh cache path in the same directory as `relpath` (the shape of every cache path:
+    `ab/cd/<64 hex>.dcm`, its first four digits kept), for the new bytes of a replace."""
+    directory, name = relpath.rsplit("/", 1)
+    return f"{directory}/{name[:4]}{secrets.token_hex(30)}.dcm"
+
+
+def _retire(old: Path) -> None:
+    """Unlink the replaced file once the index points at its successor; a crash before this
+    leaves it to start-up reconcile."""
+    try:
+        os.unlink(old)
+        fsync_dir(old.parent)
+    except FileNotFoundError:
+        pass  # an evicted instance had no file
+    except OSError as exc:
+        log.warning("replaced file not removed path=%s error=%s; reconcile will", old, exc)
+
+
+def _signature(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
 
 
 def _unlink_quietly(path: Path) -> None:

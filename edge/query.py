@@ -36,6 +36,7 @@ _SUBQUERY_SOP_CLASSES = (
 )
 _PATIENT_SCOPE = "FROM studies p WHERE p.patient_id = st.patient_id"
 _NEARLINE = "'evicted', 'recalling'"
+_UNAVAILABLE = "'lost'"  # no intact copy anywhere (shared.lifecycle State.LOST)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ ATTRS: dict[str, Attr] = {
         Attr(
             "InstanceAvailability",
             "IMAGE",
-            f"CASE WHEN i.state IN ({_NEARLINE}) THEN 'NEARLINE' ELSE 'ONLINE' END",
+            f"CASE WHEN i.state IN ({_NEARLINE}) THEN 'NEARLINE' "
+            f"WHEN i.state = {_UNAVAILABLE} THEN 'UNAVAILABLE' ELSE 'ONLINE' END",
             "const",
         ),
     )

@@ -1,8 +1,10 @@
 """Start-up reconciliation of the cache against the index (invariant 4, edge side).
 
 Temp files are removed; files without rows are re-indexed (a crash between the link and the
-index commit, before any success was sent); rows whose file is missing are reported loudly;
-rows left in `recalling` by a crash go back to `evicted` (the recall never finished).
+index commit, before any success was sent); a file without a row whose instance's row points at
+another file is the loser of an interrupted replace (edge/ingest.py) and is removed; rows whose
+file is missing are reported loudly; rows left in `recalling` by a crash go back to `evicted`
+(the recall never finished).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from shared.dicom import read_header
 from shared.errors import PacsError
 from shared.index import Database
 from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.quarantine import QUARANTINE_DIR
 from shared.rows import Origin, index_instance
 
 log = logging.getLogger("hpacs.edge.reconcile")
@@ -30,6 +33,7 @@ class ReconcileReport:
     unreadable: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     recalls_reset: int = 0
+    replace_leftovers: int = 0
 
 
 def reconcile(db: Database, cache: Cache) -> ReconcileReport:
@@ -41,7 +45,7 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
     on_disk: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(cache.root):
         if dirpath == str(cache.root):
-            dirnames[:] = [d for d in dirnames if d not in ("tmp", "lost+found")]
+            dirnames[:] = [d for d in dirnames if d not in ("tmp", "lost+found", QUARANTINE_DIR)]
         for name in filenames:
             rel = os.path.relpath(os.path.join(dirpath, name), cache.root)
             on_disk.add(rel)
@@ -59,12 +63,14 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
             rep.missing_files[:5],
         )
     log.info(
-        "reconciled temp_removed=%d reindexed=%d unreadable=%d missing_files=%d recalls_reset=%d",
+        "reconciled temp_removed=%d reindexed=%d unreadable=%d missing_files=%d recalls_reset=%d "
+        "replace_leftovers=%d",
         rep.temp_removed,
         rep.reindexed,
         len(rep.unreadable),
         len(rep.missing_files),
         rep.recalls_reset,
+        rep.replace_leftovers,
     )
     return rep
 
@@ -73,6 +79,9 @@ def _reindex(db: Database, cache: Cache, rel: str, rep: ReconcileReport) -> None
     path = cache.root / rel
     try:
         header = read_header(path)
+        if _replace_leftover(db, cache, rel, header.sop_instance_uid):
+            rep.replace_leftovers += 1
+            return
         expected_rel, _ = cache.path_for(header.sop_instance_uid)
         if expected_rel != rel:
             raise PacsError(f"file is not at its instance's path ({expected_rel})")
@@ -98,6 +107,31 @@ def _reindex(db: Database, cache: Cache, rel: str, rep: ReconcileReport) -> None
         aside = cache.root / "lost+found"
         aside.mkdir(exist_ok=True)
         os.replace(path, aside / os.path.basename(rel))
+
+
+def _replace_leftover(db: Database, cache: Cache, rel: str, sop_instance_uid: str) -> bool:
+    """Remove `rel` if it lost an interrupted replace: its instance's row points at another
+    file that exists (the winner), or is no longer local (evicted: the cloud copy stands)."""
+    row = (
+        db.reader()
+        .execute(
+            "SELECT path, state FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        .fetchone()
+    )
+    if row is None or row["path"] == rel:
+        return False
+    local = State(row["state"]) in LOCAL_STATES
+    if local and not (cache.root / row["path"]).is_file():
+        return False  # the row's own file is gone: keep this one as evidence (lost+found)
+    os.unlink(cache.root / rel)
+    log.warning(
+        "removed the file of an interrupted replace path=%s sop_instance_uid=%s kept=%s",
+        rel,
+        sop_instance_uid,
+        row["path"],
+    )
+    return True
 
 
 def _reset_recalls(db: Database) -> int:

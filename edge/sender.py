@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
-from edge.cache import Cache
 from edge.dimse import client
 from edge.dimse import command as cmd
 from edge.dimse.dataset import encode as encode_dataset
@@ -30,10 +29,9 @@ from edge.dimse.engine import Association, PeerAborted
 from edge.dimse.link import LinkClosed, LinkTimeout
 from edge.dimse.negotiation import Context
 from edge.dimse.pdu import ProtocolError
-from edge.locate import InstanceRef, Recaller, ensure_local
+from edge.locate import InstanceRef, Locator
 from edge.transcode import LOSSLESS_ENCODE_TARGETS, choose, convert, ts_name
 from shared.errors import InvalidDataset, NoConversion, PacsError
-from shared.integrity import read_verified
 from shared.registry import Node
 
 log = logging.getLogger("hpacs.edge.sender")
@@ -51,18 +49,17 @@ class Source(Protocol):
 
 
 class CacheSource:
-    """Instance bytes from the cache (recalled first when evicted), verified against the crc32c
-    recorded at ingest on the same read: a damaged file raises CorruptInstance and fails that
-    one sub-operation with its UID listed. The one place to swap for edge/locate.py's verified
-    readers (seam 1 in docs/ARCHITECTURE.md)."""
+    """Instance bytes through edge/locate.py (seam 1): from the cache (an evicted row recalled
+    first), verified against the crc32c recorded at ingest on the same read; a damaged file is
+    quarantined and repaired from its cloud copy, or raises (CorruptInstance, NotFound) and
+    fails that one sub-operation with its UID listed. `reader` names the caller in its logs."""
 
-    def __init__(self, cache: Cache, recaller: Recaller | None) -> None:
-        self.cache = cache
-        self.recaller = recaller
+    def __init__(self, locator: Locator, reader: str = "retrieve") -> None:
+        self.locator = locator
+        self.reader = reader
 
     def read(self, ref: InstanceRef) -> bytes:
-        path = ensure_local(self.cache, ref, self.recaller)
-        return read_verified(path, ref.crc32c, ref.size, ref.sop_instance_uid)
+        return self.locator.read(ref, reader=self.reader)
 
 
 def requested_contexts(refs: Iterable[InstanceRef]) -> Wanted:

@@ -14,6 +14,7 @@ import ssl
 import time
 from pathlib import Path
 
+from edge import events
 from edge.access import RJ_LOCAL_LIMIT_EXCEEDED, Decision, decide
 from edge.assoc import AssocInfo
 from edge.cache import Cache
@@ -28,7 +29,7 @@ from edge.dimse.negotiation import Context, Request, supported_context
 from edge.find import FIND_SOP_CLASSES, FindService
 from edge.handlers import StoreService
 from edge.ingest import Ingestor
-from edge.locate import Recaller
+from edge.locate import Locator, Recaller
 from edge.recall import StoreRecaller
 from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveService, RetrieveSettings
 from edge.scu import node_ssl_context
@@ -76,17 +77,19 @@ class EdgeServer:
             concurrency=sc.recall_concurrency,
         )
         self.reports = ReportQueue(db)
-        self.store = StoreService(self.ingestor, self.cache.tmp, e.max_object_bytes)
+        # Every read of a cached instance goes through edge/locate.py (verified, repaired).
+        self.locator = Locator(db, self.cache, self.recaller)
+        self.store = StoreService(self.ingestor, self.cache.tmp, e.max_object_bytes, db)
         self.find = FindService(db.path, e.ae_title, e.find_max_results)
         self.retrieve = RetrieveService(
             db,
-            CacheSource(self.cache, self.recaller),
+            CacheSource(self.locator),
             RetrieveSettings(e.ae_title, e.max_pdu_bytes, e.association_timeout_s),
             self._node_ssl,
         )
         self.commitment = CommitmentService(
             db,
-            self.cache,
+            self.locator,
             self.reports,
             CommitSettings(e.ae_title, e.association_timeout_s),
             self._node_ssl,
@@ -231,7 +234,9 @@ class EdgeServer:
         cap): one WARNING line with the peer, and a row for the console's rejected list."""
         log.warning("connection refused peer=%s reason=%s", peer, reason)
         metrics.association_rejected(reason.split(":")[0])
-        self._record_event("association_rejected", calling_ae, peer, reason)
+        # at most one row per peer and minute (edge/events.py): a flood of sockets must not
+        # become a flood of index writes; every refusal still has its log line
+        events.record(self.db, "association_rejected", calling_ae, peer, reason)
 
     def _record_event(self, kind: str, calling_ae: str, peer: str, detail: str) -> None:
         try:

@@ -96,6 +96,19 @@ class AssocSlots:
                 return 0
             return sum(1 for i in range(self.size) if self._held(i))
 
+    def per_node(self) -> dict[str, int]:
+        """Active associations by calling AE title, across every process (the dashboard)."""
+        out: dict[str, int] = {}
+        with self._thread_lock:
+            if self._fd < 0:
+                return out
+            for i in range(self.size):
+                if self._held(i):
+                    raw = os.pread(self._fd, _AE, (i + 1) * RECORD).rstrip(b"\0 ")
+                    ae = raw.decode("ascii", "replace")
+                    out[ae] = out.get(ae, 0) + 1
+        return out
+
     def take(self, calling_ae: str) -> Slot | None:
         """Lock a free slot for calling_ae; None when all are held. Call inside locked()."""
         for i in range(self.size):

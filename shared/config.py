@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from shared.dicomweb.urls import check_base_url, parse_networks
 from shared.uids import is_valid_ae_title
 
 PERMISSIONS = ("echo", "store", "find", "move", "get", "commit")
@@ -90,8 +91,16 @@ def watermark(v: str) -> str | None:
     return None
 
 
+def cidr_list(v: list[str]) -> str | None:
+    try:
+        parse_networks(v)
+    except ValueError as exc:
+        return f'must be a list of IP networks like "10.0.0.0/8": {exc}'
+    return None
+
+
 def emulator_url(v: str) -> str | None:
-    if v and not re.match(r"^https?://[^/\s]+/?$", v):
+    if v and not re.fullmatch(r"https?://[^/\s]+/?", v):
         return f'must be empty or a URL like "http://127.0.0.1:4443", got {v!r}'
     return None
 
@@ -156,6 +165,22 @@ class EdgeConfig:
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
     console_token_file: str = ""  # empty: <data_dir>/console_token, generated at first start
+    # Console sign-in (edge/webauth.py): signed session cookies, their lifetime and key file
+    # ("": <data_dir>/session.key), Secure cookies also over plain HTTP (behind a TLS proxy),
+    # and failed sign-ins allowed per user name and per client address within a window.
+    session_ttl_s: float = checked(8 * 3600.0, positive)
+    session_key_file: str = ""
+    session_cookie_secure: bool = False
+    login_max_failures_per_user: int = checked(5, positive)
+    login_max_failures_per_client: int = checked(20, positive)
+    login_window_s: float = checked(900.0, positive)
+    # The edge's audit trail (edge/audit.py): HMAC key ("": <data_dir>/audit.key), rotation,
+    # and how often serve ships it to audit/<sync.site>/ (no store_url: it stays local).
+    audit_key: str = ""
+    audit_max_bytes: int = checked(64 * 1024**2, positive)
+    audit_ship_interval_s: float = checked(60.0, positive)
+    # Dashboard: a small write+fsync probe of the cache disk every this many seconds (0: off)
+    disk_probe_interval_s: float = checked(30.0, non_negative)
     readyz_timeout_s: float = checked(2.0, positive)  # per readiness check (index lock, store)
     import_dir: str = ""
     import_settle_s: float = checked(2.0, positive)  # a hot-folder file must stop growing this long
@@ -229,6 +254,8 @@ class SyncConfig:
     evict_interval_s: float = checked(30.0, positive)
     status_log_interval_s: float = checked(60.0, positive)
     recall_concurrency: int = checked(8, positive)
+    # background re-verification of cached files (sync/scrub.py); 0 turns the scrub off
+    scrub_bytes_per_s: int = checked(8 * 1024 * 1024, non_negative)
     # "http://127.0.0.1:4443": talk to a GCS emulator (anonymous credentials) instead of Google
     emulator_host: str = checked("", emulator_url)
 
@@ -253,7 +280,27 @@ class CloudConfig:
     tls_key_file: str = ""
     dev_admin_token_file: str = ""  # dev only: mint an admin token at start and write it here
     cors_origins: list[str] = checked(default_factory=list)  # web viewers (OHIF) on other origins
+    # where clients reach the API ("https://pacs.example.org"): RetrieveURL/BulkDataURI start
+    # with it; empty: from trusted proxies' Forwarded/X-Forwarded-* headers or the request
+    public_base_url: str = checked("", check_base_url)
+    trusted_proxies: list[str] = checked(default_factory=list, check=cidr_list)  # CIDRs
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    # The audit trail (shared/audit.py): HMAC key ("": <data_dir>/audit.key, a path or
+    # file:///path; gcp-kms://... is refused until implemented), rotation and shipping.
+    audit_key: str = ""
+    audit_max_bytes: int = checked(64 * 1024**2, positive)
+    audit_ship_interval_s: float = checked(60.0, positive)
+    audit_store_url: str = ""  # "": store_url; a bucket of its own can carry a retention policy
+    # Requests refused before a route (no valid token): one audit record per client address and
+    # window, and a token bucket per address (429 with Retry-After beyond it).
+    denied_window_s: float = checked(60.0, positive)
+    denied_rate_per_s: float = checked(2.0, positive)
+    denied_burst: int = checked(20, positive)
+    denied_max_clients: int = checked(10000, positive)
+    viewer_dir: str = ""  # the OHIF build (@ohif/app dist/); "": where `make viewer` installs it
+    session_ttl_s: float = checked(8 * 3600.0, positive)  # browser session lifetime
+    session_key_file: str = ""  # signing key; "": <data_dir>/session.key; replicas share one
+    session_cookie_secure: bool = False  # Secure cookie also over plain HTTP (TLS ends at a proxy)
 
 
 @dataclass(frozen=True)
@@ -345,15 +392,32 @@ def _check_cross(cfg: Config) -> None:
         if node.ae_title in seen:
             raise ConfigError(f"nodes[{i}].ae_title", f"duplicate AE title {node.ae_title!r}")
         seen.add(node.ae_title)
+    # A route may name any registered node, from [[nodes]] or the registry (CLI, console): the
+    # registry lives in the index, so destinations are checked where it is known, at serve
+    # start-up and when a route is edited (edge/routestore.py), not here.
+    names: set[str] = set()
     for i, route in enumerate(cfg.routes):
-        for dest in route.destinations:
-            if dest not in seen:
-                raise ConfigError(f"routes[{i}].destinations", f"{dest!r} is not in [[nodes]]")
+        if route.name in names:
+            raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r}")
+        names.add(route.name)
     tls = cfg.edge.tls
     if bool(tls.cert_file) != bool(tls.key_file):
         raise ConfigError("edge.tls", "cert_file and key_file must be set together")
     if cfg.edge.tls.require_client_cert and not cfg.edge.tls.ca_file:
         raise ConfigError("edge.tls.require_client_cert", "needs edge.tls.ca_file")
+
+
+def parse_route(data: dict[str, Any]) -> RouteConfig:
+    """One route from a JSON object (the console's route form); errors name the field."""
+    route: RouteConfig = _build("", RouteConfig, data)
+    if not route.name.strip():
+        raise ConfigError("name", "required")
+    if not route.destinations:
+        raise ConfigError("destinations", "name at least one registered node")
+    for dest in route.destinations:
+        if not is_valid_ae_title(dest):
+            raise ConfigError("destinations", f"not a valid AE title: {dest[:40]!r}")
+    return route
 
 
 def load_config(path: str | Path) -> Config:

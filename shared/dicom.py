@@ -53,6 +53,10 @@ INSTANCE_TAGS = {
     "SpecificCharacterSet": "specific_character_set",
 }
 _INT_FIELDS = {"series_number", "instance_number", "rows", "columns", "number_of_frames"}
+# UIDs are read from their raw bytes and lose only their padding (trailing NUL or space):
+# pydicom's UID type strips all whitespace, so "1.2.3\n" would be indexed as "1.2.3" while the
+# file keeps the newline; kept whole, the newline makes the value invalid and it is refused.
+_UID_FIELDS = {"sop_instance_uid", "sop_class_uid", "study_uid", "series_uid"}
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,16 @@ def _text(value: Any) -> str:
     if isinstance(value, pydicom.multival.MultiValue):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
+
+
+def _raw_uid(ds: Dataset, tag: int) -> str:
+    """A UID as its bytes say, without its padding (see _UID_FIELDS)."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return ""
+    if isinstance(elem.value, bytes):
+        return elem.value.decode("latin-1").rstrip("\0 ")
+    return _text(elem.value)  # already converted by pydicom
 
 
 def _int(value: Any) -> int | None:
@@ -160,10 +174,16 @@ def _fast_ok(ds: Dataset) -> dict[Any, Any] | None:
     cs = elems.get(_CHARSET_TAG)
     if cs is None:
         return elems
-    raw = cs.value if isinstance(cs, RawDataElement) else None
-    if type(raw) is bytes and raw.rstrip(b"\0 ").strip() in _ASCII_CHARSETS:
-        return elems
-    return None
+    # dcmread converts (0008,0005) while reading (it needs the encodings), so the value is
+    # usually a str already; several values (ISO 2022 code extensions) never qualify.
+    value = cs.value
+    if type(value) is bytes:
+        name = value.rstrip(b"\0 ").strip()
+    elif type(value) is str:
+        name = value.strip().encode("ascii", "replace")
+    else:
+        return None
+    return elems if name in _ASCII_CHARSETS else None
 
 
 def header_from_dataset(ds: Dataset, transfer_syntax: str, *, fast: bool = True) -> Header:
@@ -177,6 +197,9 @@ def header_from_dataset(ds: Dataset, transfer_syntax: str, *, fast: bool = True)
     try:
         for name, (keyword, tag) in _TAGS.items():
             is_int = name in _INT_FIELDS
+            if name in _UID_FIELDS:
+                values[name] = _raw_uid(ds, tag)
+                continue
             value = _fast_value(elems, tag, is_int) if elems is not None else _SLOW
             if value is _SLOW:
                 raw = ds.get(keyword)
@@ -242,6 +265,9 @@ def walked_header(path: str | Path) -> Header | None:
         item = raw.get(tag)
         if item is None:
             values[name] = None if is_int else ""
+            continue
+        if name in _UID_FIELDS:  # as _raw_uid: the bytes without their padding, nothing more
+            values[name] = item[1].decode("latin-1").rstrip("\0 ")
             continue
         vr = item[0].decode("ascii") if item[0] else dict_vr
         value = _walked_value(vr, item[1], is_int)

@@ -65,6 +65,21 @@ class BadRequest(PacsError):
     hint = ""
 
 
+class InvalidField(BadRequest):
+    """A request body whose named field is wrong; `field` goes to the client (problem+json
+    member `field`) so a form can mark the input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Conflict(PacsError):
+    """The request contradicts the current state (a name taken, a node a route still uses)."""
+
+    hint = ""
+
+
 class Unauthenticated(PacsError):
     hint = "the request carried no valid bearer token"
 
@@ -109,6 +124,24 @@ class PayloadTooLarge(PacsError):
     hint = "the request body is over the configured limit (cloud.max_body_bytes)"
 
 
+class TooManyRequests(PacsError):
+    """A client over its rate limit; `retry_after_s` goes to the peer (HTTP Retry-After)."""
+
+    hint = "a client keeps sending refused requests; see the audit trail's denied records"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnsupportedMediaType(PacsError):
+    hint = "the client sent a request body of a media type this service does not take"
+
+
+class Gone(PacsError):
+    hint = "the share link expired or was revoked: ask its sender for a new one"
+
+
 # Named DIMSE statuses (PS3.7 Annex C and the service classes of PS3.4).
 SUCCESS = 0x0000
 REFUSED_NOT_AUTHORIZED = 0x0124
@@ -137,6 +170,8 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     UnknownDestination: MOVE_DESTINATION_UNKNOWN,
     NotFound: UNABLE_TO_PROCESS,
     BadRequest: IDENTIFIER_DOES_NOT_MATCH,
+    InvalidField: IDENTIFIER_DOES_NOT_MATCH,
+    Conflict: UNABLE_TO_PROCESS,
     Unauthenticated: REFUSED_NOT_AUTHORIZED,
     ObjectStoreError: UNABLE_TO_PROCESS,
     TransientStoreError: UNABLE_TO_PROCESS,
@@ -146,6 +181,9 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     CorruptInstance: UNABLE_TO_PROCESS,
     NoConversion: UNABLE_TO_PROCESS,
     PayloadTooLarge: OUT_OF_RESOURCES,
+    TooManyRequests: OUT_OF_RESOURCES,
+    UnsupportedMediaType: CANNOT_UNDERSTAND,
+    Gone: UNABLE_TO_PROCESS,
 }
 
 HTTP_STATUS: dict[type[PacsError], int] = {
@@ -160,6 +198,8 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     UnknownDestination: 404,
     NotFound: 404,
     BadRequest: 400,
+    InvalidField: 400,
+    Conflict: 409,
     Unauthenticated: 401,
     ObjectStoreError: 502,
     TransientStoreError: 503,
@@ -169,6 +209,9 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     CorruptInstance: 502,
     NoConversion: 406,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
+    UnsupportedMediaType: 415,
+    Gone: 410,
 }
 
 
@@ -200,4 +243,12 @@ def problem_json(err: BaseException) -> dict[str, object]:
     status = http_status(err)
     title = type(err).__name__ if isinstance(err, PacsError) else "InternalError"
     detail = str(err) if isinstance(err, PacsError) else "internal error"
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body: dict[str, object] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if isinstance(err, InvalidField):
+        body["field"] = err.field  # an extension member (RFC 9457 section 3.2)
+    return body

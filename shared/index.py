@@ -154,7 +154,48 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX instances_state_size ON instances(state, size, received_at);
     """,
-    # 5: Storage Commitment reports (edge/commitqueue.py): one row per verified request, kept
+    # 5: administration from the console (issue 10). Nodes keyed by (ae_title, source), so
+    # `[[nodes]]` rows (source 'config') and registry rows (CLI, console, restore) never
+    # overwrite each other (shared/registry.py); routes edited in the console (edge/routestore.py)
+    # beside the config's; local console users (edge/users.py, argon2 hashes; `epoch` moves on
+    # a password change or removal and ends that user's sessions).
+    """
+    CREATE TABLE nodes_v5 (
+        ae_title TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('config', 'registry')),
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        tls INTEGER NOT NULL DEFAULT 0,
+        permissions TEXT NOT NULL,
+        max_associations INTEGER NOT NULL DEFAULT 0,
+        added_by TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (ae_title, source)
+    );
+    INSERT INTO nodes_v5 SELECT ae_title,
+        CASE WHEN source = 'config' THEN 'config' ELSE 'registry' END,
+        host, port, tls, permissions, max_associations,
+        CASE WHEN source = 'config' THEN '' ELSE source END, updated_at FROM nodes;
+    DROP TABLE nodes;
+    ALTER TABLE nodes_v5 RENAME TO nodes;
+
+    CREATE TABLE routes (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL DEFAULT ''
+    );
+
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        epoch INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    # 6: Storage Commitment reports (edge/commitqueue.py): one row per verified request, kept
     # until the N-EVENT-REPORT was answered; retry state in the row (invariant 6).
     """
     CREATE TABLE commitment_reports (

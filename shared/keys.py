@@ -12,7 +12,7 @@ import re
 from shared.errors import BadRequest, InvalidUID
 from shared.uids import is_valid_uid
 
-_SITE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SITE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: `$` lets a final "\n" in
 
 
 def _uid(value: str, what: str) -> str:
@@ -22,7 +22,7 @@ def _uid(value: str, what: str) -> str:
 
 
 def check_site(site: str) -> str:
-    if not _SITE_RE.match(site):
+    if not _SITE_RE.fullmatch(site):
         raise BadRequest(f"site name must match {_SITE_RE.pattern}, got {site[:80]!r}")
     return site
 
@@ -94,3 +94,27 @@ def audit_key(service: str, date: str, name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise BadRequest("bad audit object name")
     return f"audit/{service}/{date}/{name}"
+
+
+def audit_checkpoints_prefix(service: str, replica: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_-]+", service) or not re.fullmatch(r"[A-Za-z0-9_]+", replica):
+        raise BadRequest("bad audit checkpoint key parts")
+    return f"audit/{service}/checkpoints/{replica}-"
+
+
+def audit_checkpoint_key(service: str, replica: str, seq: int, mac: str) -> str:
+    """The name carries the witness (seq and MAC of the chain's record), so `verify` lists
+    checkpoints without reading them."""
+    if not re.fullmatch(r"[0-9a-f]{64}", mac):
+        raise BadRequest("bad audit checkpoint MAC")
+    return f"{audit_checkpoints_prefix(service, replica)}{seq:012d}-{mac}.json"
+
+
+SHARES_PREFIX = "shares/"
+
+
+def share_key(share_id: str) -> str:
+    """A share link's record (cloud API): one object per link, looked up by its id."""
+    if not re.fullmatch(r"[a-z0-9]{8,40}", share_id):
+        raise BadRequest(f"bad share id {share_id[:80]!r}")
+    return f"{SHARES_PREFIX}{share_id}.json"

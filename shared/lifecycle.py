@@ -21,26 +21,37 @@ class State(StrEnum):
     RECALLING = "recalling"
     FAILED = "failed"
     CONFLICT = "conflict"
+    LOST = "lost"
 
 
 S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.CACHED: frozenset({S.UPLOADING, S.CACHED}),
-    # transient error -> back to cached with a next attempt time; verified -> synced
-    S.UPLOADING: frozenset({S.SYNCED, S.CACHED, S.FAILED, S.CONFLICT}),
-    # replaced bytes (edge.duplicates = "replace") need a new upload
-    S.SYNCED: frozenset({S.EVICTING, S.CACHED}),
-    # file deleted -> evicted; eviction abandoned (e.g. a retrieve touched it) -> synced
+    # a damaged cache file with no verified cloud copy -> lost (file quarantined)
+    S.CACHED: frozenset({S.UPLOADING, S.CACHED, S.LOST}),
+    # transient error -> back to cached with a next attempt time; verified -> synced;
+    # the local file fails its own crc32c while being uploaded -> lost
+    S.UPLOADING: frozenset({S.SYNCED, S.CACHED, S.FAILED, S.CONFLICT, S.LOST}),
+    # replaced bytes (edge.duplicates = "replace") need a new upload; a damaged cache file is
+    # quarantined and its verified cloud copy fetched again (-> recalling)
+    S.SYNCED: frozenset({S.EVICTING, S.CACHED, S.RECALLING}),
+    # file deleted -> evicted; eviction abandoned (a retrieve touched or is serving it) -> synced
     S.EVICTING: frozenset({S.EVICTED, S.SYNCED}),
     S.EVICTED: frozenset({S.RECALLING, S.CACHED}),
-    # recalled and verified -> synced; download failed -> evicted
-    S.RECALLING: frozenset({S.SYNCED, S.EVICTED}),
-    S.FAILED: frozenset({S.CACHED}),
-    S.CONFLICT: frozenset({S.CACHED}),
+    # recalled and verified -> synced; download failed -> evicted; the store has no object
+    # any more -> lost
+    S.RECALLING: frozenset({S.SYNCED, S.EVICTED, S.LOST}),
+    S.FAILED: frozenset({S.CACHED, S.LOST}),
+    S.CONFLICT: frozenset({S.CACHED, S.LOST}),
+    # no intact copy anywhere: sent again (ingest) -> cached; an admin retry after putting
+    # the object back in the bucket -> recalling
+    S.LOST: frozenset({S.CACHED, S.RECALLING}),
 }
 
 # States in which the instance's file is in the cache and may be served.
 LOCAL_STATES = frozenset({S.CACHED, S.UPLOADING, S.SYNCED, S.FAILED, S.CONFLICT})
+# States whose row vouches for a verified cloud copy of exactly the row's bytes (invariant 2):
+# a damaged cache file of these is replaced from the bucket, never served.
+CLOUD_VERIFIED_STATES = frozenset({S.SYNCED, S.EVICTING, S.EVICTED, S.RECALLING})
 # States a crashed process can leave behind, and where start-up puts them back.
 RECOVERY: dict[State, State] = {
     S.UPLOADING: S.CACHED,

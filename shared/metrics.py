@@ -5,9 +5,10 @@ Two kinds of figures:
   bumped by one-line calls from the adapters (`association_opened()`, `store_outcome()`...).
   They are created unregistered and added to each service's registry, so tests that run several
   edges in one process do not trip over duplicate registrations.
-- State figures (cache bytes, sync backlog, upload errors, route queue depth) are computed from
-  the SQLite index at scrape time by `IndexCollector`: the edge reports what the sync agent did
-  without any coupling to the sync process, and a restart loses nothing.
+- State figures (cache bytes, sync backlog, upload errors, lost instances, the scrub's progress,
+  route queue depth) are computed from the SQLite index at scrape time by `IndexCollector`: the
+  edge reports what the sync agent did without any coupling to the sync process, and a restart
+  loses nothing.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.lifecycle import LOCAL_STATES, State
+from shared.scrubstate import load_progress
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Registry = CollectorRegistry  # for type hints elsewhere: prometheus-client stays in this module
@@ -203,6 +205,8 @@ class IndexCollector(Collector):
             yield from self._cache(per_state)
             yield from self._backlog(per_state, oldest)
             yield from self._upload_errors(per_state, retrying)
+            yield from self._lost(per_state)
+            yield from self._scrub(conn)
             yield from self._routes(conn)
         finally:
             conn.close()
@@ -264,6 +268,37 @@ class IndexCollector(Collector):
         g.add_metric(["conflict"], per_state.get("conflict", (0, 0.0))[0])
         g.add_metric(["retrying"], retrying)
         yield g
+
+    def _lost(self, per_state: dict[str, tuple[int, float]]) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "hpacs_instances_lost",
+            "Instances with no intact copy in the cache or the object store (state lost): alert; "
+            "send them again or restore them (`hpacs-sync status` lists them)",
+            value=per_state.get(State.LOST.value, (0, 0.0))[0],
+        )
+
+    def _scrub(self, conn: sqlite3.Connection) -> Iterator[Metric]:
+        p = load_progress(conn)
+        yield CounterMetricFamily(
+            "hpacs_scrub_verified_bytes",
+            "Bytes of cached files re-verified by the background scrub (sync.scrub_bytes_per_s)",
+            value=p.verified_bytes,
+        )
+        yield CounterMetricFamily(
+            "hpacs_scrub_verified_instances",
+            "Cached files re-verified by the background scrub",
+            value=p.verified_instances,
+        )
+        yield CounterMetricFamily(
+            "hpacs_scrub_damaged",
+            "Damaged cache files the background scrub found (quarantined, repaired or lost)",
+            value=p.damaged,
+        )
+        yield GaugeMetricFamily(
+            "hpacs_scrub_last_full_pass_timestamp_seconds",
+            "When the scrub last finished verifying the whole cache (0: never)",
+            value=p.last_full_pass_at,
+        )
 
     def _routes(self, conn: sqlite3.Connection) -> Iterator[Metric]:
         g = GaugeMetricFamily(

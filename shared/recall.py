@@ -1,14 +1,17 @@
 """Recall: an evicted instance comes back from the object store into the cache.
 
-Used by the edge's retrieve (edge/recall.py, read-through) and by the sync agent's restore
-prefetch: one recall path for both.
+Used by the edge's retrieve (edge/recall.py, read-through), by the sync agent's restore
+prefetch and scrub, and by the damage policy (shared/quarantine.py): one recall path for all.
 
 `evicted -> recalling` (a compare-and-set: one recaller per instance, across processes) ->
 download -> crc32c and size checked against the index -> temp file in the cache filesystem,
 fsync, rename into place -> `recalling -> synced`. A failure puts the row back to `evicted`
 and raises a PacsError, so the caller fails one sub-operation and nothing half-written is ever
-visible at the instance's path. Rows another actor is moving (`evicting` by the sync agent,
-`recalling` by another process) are waited for until they settle.
+visible at the instance's path; a store that answers "no such object" marks the row `lost`
+(one ERROR line saying what to do). A row `recalling` by another process is waited for until
+it settles; a row `evicting` is never waited for: its file is still there, so the eviction is
+cancelled (`evicting -> synced`, which the evictor re-checks before it unlinks) and the file
+served.
 
 The first recall of a study starts parallel downloads of the rest of it
 (`sync.recall_concurrency`), in retrieve order, so a C-MOVE of an evicted study streams
@@ -34,11 +37,13 @@ from shared.errors import ChecksumMismatch, NotFound, OutOfResources, PacsError,
 from shared.fsutil import durable_rename
 from shared.index import Database
 from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.quarantine import LOST_ADVICE
 from shared.store import ObjectStore
 
 log = logging.getLogger("hpacs.recall")
 
 CHUNK = 1024 * 1024
+MISSING_FILE_WAIT_S = 2.0  # a local row without its file: another actor is moving it right now
 _RELPATH = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")  # shared.keys.cache_relpath
 
 
@@ -147,6 +152,14 @@ class Recaller:
             raise NotFound(f"instance row {iid} is gone")
         return row[0], row[1], row[2], int(row[3]), row[4]
 
+    def _uid(self, iid: int) -> str:
+        row = (
+            self.db.reader()
+            .execute("SELECT sop_instance_uid FROM instances WHERE id = ?", (iid,))
+            .fetchone()
+        )
+        return str(row[0]) if row else f"row {iid}"
+
     def _local(self, iid: int) -> Path | None:
         state, relpath, *_ = self._row(iid)
         if State(state) in LOCAL_STATES:
@@ -162,33 +175,61 @@ class Recaller:
 
     def _recall_one(self, iid: int) -> Path:
         deadline = time.monotonic() + self.settle_timeout_s
+        missing_since: float | None = None
         delay = 0.005
         while True:
             state, relpath, key, size, crc = self._row(iid)
             st = State(state)
+            if st is State.EVICTING:
+                # the file is still there: cancel the eviction instead of waiting for it
+                with self.db.write() as conn:
+                    transition(conn, iid, State.EVICTING, State.SYNCED, last_access=time.time())
+                continue
             if st in LOCAL_STATES:
                 path = self._path(relpath)
                 if path.is_file():
                     return path
-                # the row says local but the file is gone: an eviction is deleting it right now
+                # the row says local but the file is gone: being quarantined or removed
+                now = time.monotonic()
+                missing_since = now if missing_since is None else missing_since
+                if now - missing_since > MISSING_FILE_WAIT_S:
+                    raise NotFound(
+                        f"{self._uid(iid)}: state {st} but the cache file is missing",
+                        hint="the file was removed outside hpacs; see the edge's start-up "
+                        "reconcile report",
+                    )
             elif st is State.EVICTED:
                 with self.db.write() as conn:
                     claimed = transition(conn, iid, State.EVICTED, State.RECALLING)
                 if claimed:
                     return self._fetch(iid, relpath, key, size, crc)
+            elif st is State.LOST:
+                raise NotFound(
+                    f"{self._uid(iid)}: the instance is lost (no intact copy in the cache or "
+                    "the object store)",
+                    hint=LOST_ADVICE,
+                )
             if time.monotonic() > deadline:
                 raise TransientStoreError(
                     f"instance {iid} stayed {st} for {self.settle_timeout_s}s"
                 )
-            time.sleep(delay)  # another actor is mid-transition: evicting or recalling
+            time.sleep(delay)  # another actor is mid-transition: recalling
             delay = min(delay * 2, 0.2)
 
+    def fetch_claimed(self, iid: int) -> Path:
+        """Download a row the caller already moved to `recalling` (the damage policy in
+        shared/quarantine.py, the admin's `retry-lost`)."""
+        state, relpath, key, size, crc = self._row(iid)
+        if State(state) is not State.RECALLING:
+            raise NotFound(f"{self._uid(iid)} is {state}, not recalling")
+        return self._fetch(iid, relpath, key, size, crc)
+
     def _fetch(self, iid: int, relpath: str, key: str, size: int, crc: str) -> Path:
-        final = self._path(relpath)
         tmp: Path | None = None
         try:
+            final = self._path(relpath)
             if not key:
-                raise NotFound(f"instance {iid} is evicted but has no object key")
+                raise NotFound(f"instance {iid} has no object key: it never reached the store")
             fd, name = tempfile.mkstemp(dir=str(self.tmp_dir), suffix=".recall")
             tmp = Path(name)
             fh = os.fdopen(fd, "wb")
@@ -209,11 +250,7 @@ class Recaller:
         except BaseException as exc:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
-            with self.db.write() as conn:
-                transition(
-                    conn, iid, State.RECALLING, State.EVICTED, last_error=f"recall: {exc}"[:500]
-                )
-            log.warning("recall failed object_key=%s error=%s", key, exc)
+            self._failed(iid, key, exc)
             if isinstance(exc, PacsError):
                 raise
             if isinstance(exc, OSError):
@@ -224,3 +261,27 @@ class Recaller:
                 conn, iid, State.RECALLING, State.SYNCED, last_access=time.time(), last_error=""
             )
         return final
+
+    def _failed(self, iid: int, key: str, exc: BaseException) -> None:
+        """`recalling -> evicted` (try again later), or `-> lost` when the store has no object."""
+        lost = isinstance(exc, NotFound)
+        text = " ".join(str(exc).split())[:300]  # store errors can span lines
+        with self.db.write() as conn:
+            transition(
+                conn,
+                iid,
+                State.RECALLING,
+                State.LOST if lost else State.EVICTED,
+                last_error=f"recall: {text}",
+            )
+        if lost:
+            log.error(
+                "instance lost sop_instance_uid=%s object_key=%s error=%s: neither the cache "
+                "nor the object store holds it; %s",
+                self._uid(iid),
+                key,
+                text,
+                LOST_ADVICE,
+            )
+        else:
+            log.warning("recall failed object_key=%s error=%s", key, text)

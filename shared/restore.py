@@ -23,7 +23,7 @@ from typing import Any
 from shared.errors import BadRequest
 
 RESTORE_FORMAT = 1
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` lets a final "\n" in
 
 
 class RestorePhase(StrEnum):
@@ -48,7 +48,7 @@ def new_restore_id(now: float | None = None) -> str:
 
 
 def check_restore_id(restore_id: str) -> str:
-    if not _ID_RE.match(restore_id):
+    if not _ID_RE.fullmatch(restore_id):
         raise BadRequest(f"bad restore id {restore_id[:80]!r}")
     return restore_id
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from shared.dicom import Header
-from shared.lifecycle import State
+from shared.lifecycle import State, transition
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def index_instance(
         "SELECT id FROM series WHERE series_uid = ?", (h.series_uid,)
     ).fetchone()
     if series_row is None:
-        series_id = conn.execute(
+        new_series = conn.execute(
             "INSERT INTO series(series_uid, study_id, modality, series_number, "
             "series_description, body_part, series_date, series_time, created_at) "
             "VALUES (?,?,?,?,?,?,?,?,?)",
@@ -54,10 +54,39 @@ def index_instance(
                 now,
             ),
         ).lastrowid
+        series_id = int(new_series or 0)
         conn.execute("UPDATE studies SET num_series = num_series + 1 WHERE id = ?", (study_id,))
     else:
-        series_id = series_row[0]
-    cur = conn.execute(
+        series_id = int(series_row[0])
+    try:
+        cur = _insert(conn, h, series_id, study_id, relpath, size, crc, origin, now, state)
+    except sqlite3.IntegrityError:
+        revived = _revive_lost(conn, h, series_id, relpath, size, crc, now, state)
+        if revived is None:
+            raise
+        conn.execute("UPDATE studies SET updated_at = ? WHERE id = ?", (now, study_id))
+        return revived
+    conn.execute("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?", (series_id,))
+    conn.execute(
+        "UPDATE studies SET num_instances = num_instances + 1, updated_at = ? WHERE id = ?",
+        (now, study_id),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    h: Header,
+    series_id: int,
+    study_id: int,
+    relpath: str,
+    size: int,
+    crc: str,
+    origin: Origin,
+    now: float,
+    state: State,
+) -> sqlite3.Cursor:
+    return conn.execute(
         "INSERT INTO instances(sop_instance_uid, series_id, study_id, sop_class_uid, "
         "instance_number, rows, columns, number_of_frames, specific_character_set, "
         "transfer_syntax, path, size, crc32c, received_at, calling_ae, source, state, "
@@ -84,12 +113,45 @@ def index_instance(
             now,
         ),
     )
-    conn.execute("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?", (series_id,))
-    conn.execute(
-        "UPDATE studies SET num_instances = num_instances + 1, updated_at = ? WHERE id = ?",
-        (now, study_id),
+
+
+def _revive_lost(
+    conn: sqlite3.Connection,
+    h: Header,
+    series_id: int,
+    relpath: str,
+    size: int,
+    crc: str,
+    now: float,
+    state: State,
+) -> int | None:
+    """An instance sent again after it was lost (no intact copy anywhere) becomes these bytes:
+    `lost -> cached`, uploaded again. Nothing is kept that could conflict, so any bytes of the
+    same instance in the same series are taken. None: not a lost row, leave the error."""
+    if state is not State.CACHED:
+        return None
+    row = conn.execute(
+        "SELECT id, series_id FROM instances WHERE sop_instance_uid = ? AND state = ?",
+        (h.sop_instance_uid, State.LOST.value),
+    ).fetchone()
+    if row is None or row[1] != series_id:
+        return None
+    ok = transition(
+        conn,
+        row[0],
+        State.LOST,
+        State.CACHED,
+        path=relpath,
+        size=size,
+        crc32c=crc,
+        transfer_syntax=h.transfer_syntax,
+        object_key="",
+        attempts=0,
+        next_attempt_at=0,
+        last_error="",
+        last_access=now,
     )
-    return int(cur.lastrowid or 0)
+    return int(row[0]) if ok else None
 
 
 def _upsert_study(conn: sqlite3.Connection, h: Header, now: float) -> int:

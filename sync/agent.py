@@ -20,6 +20,7 @@ from typing import IO
 from shared.config import Config
 from shared.errors import PacsError
 from shared.index import Database
+from shared.recall import Recaller
 from shared.store import ObjectStore, open_store
 from sync.backoff import retry_delay
 from sync.backup import backup_if_changed
@@ -27,6 +28,7 @@ from sync.catalog import CatalogWriter
 from sync.evictor import Evictor
 from sync.recovery import recover
 from sync.restore_jobs import poll_restores
+from sync.scrub import Scrubber
 from sync.status import Status, collect
 from sync.uploader import BatchStats, Uploader
 
@@ -57,7 +59,11 @@ class Agent:
         self.uploader = Uploader(db, self.store, self.cache_dir, s, self.pool)
         self.catalog = CatalogWriter(db, self.store, s.site, s.catalog_batch)
         self.evictor = Evictor(db, self.store, self.cache_dir, s, self.pool)
+        # The scrub repairs damaged files from the bucket itself (one download at a time).
+        self.scrub_recaller = Recaller(db, self.cache_dir, self.store, concurrency=1)
+        self.scrubber = Scrubber(db, self.cache_dir, s.scrub_bytes_per_s, self.scrub_recaller)
         self.stop_event = threading.Event()
+        self._scrub_thread: threading.Thread | None = None
         self._lock_file: IO[str] | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
@@ -77,6 +83,11 @@ class Agent:
         self._lock_file = fh
 
     def close(self) -> None:
+        self.stop_event.set()
+        if self._scrub_thread is not None:
+            self._scrub_thread.join()
+            self._scrub_thread = None
+        self.scrub_recaller.close()
         self.pool.shutdown(wait=True)
         if self._lock_file is not None:
             self._lock_file.close()
@@ -96,6 +107,7 @@ class Agent:
             self.store.url,
             s.upload_concurrency,
         )
+        self.start_scrub()
         next_evict = next_status = next_backup = next_restore = 0.0
         idle_wait = s.poll_interval_s
         outage_batches = 0
@@ -132,6 +144,19 @@ class Agent:
         self._guarded("final catalog flush", self.catalog.flush)
         log.info("sync agent stopped")
 
+    def start_scrub(self) -> None:
+        """The background scrub in its own thread (sync.scrub_bytes_per_s; 0: not started)."""
+        if self.cfg.sync.scrub_bytes_per_s <= 0 or self._scrub_thread is not None:
+            return
+        self._scrub_thread = threading.Thread(target=self._scrub, name="sync-scrub", daemon=True)
+        self._scrub_thread.start()
+
+    def _scrub(self) -> None:
+        try:
+            self.scrubber.run(self.stop_event)
+        except Exception:  # the agent keeps uploading; the scrub says why it stopped
+            log.exception("scrub stopped")
+
     def _upload_batch(self) -> BatchStats:
         try:
             return self.uploader.run_batch()
@@ -153,7 +178,10 @@ class Agent:
             log.warning("%s failed, will retry error=%s", what, exc)
 
     def status(self) -> Status:
-        return collect(self.db, self.evictor.usage(), self.catalog.pending())
+        rate = self.cfg.sync.scrub_bytes_per_s
+        return collect(
+            self.db, self.evictor.usage(), self.catalog.pending(), scrub_bytes_per_s=rate
+        )
 
     def drain(self, timeout_s: float = 60.0) -> None:
         """Run batches until nothing is due (tests and benchmarks; the loop does this forever)."""

@@ -17,6 +17,7 @@ from shared.uids import is_valid_uid
 from sync.agent import Agent, AlreadyRunning, store_for
 from sync.catalog import pending_count
 from sync.evictor import Watermarks, measure_usage
+from sync.lost import retry_lost
 from sync.restore import restore_index
 from sync.status import collect
 
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(verb, help=f"{verb} a study (pinned studies are never evicted)")
         sp.add_argument("study_uid")
     sub.add_parser("retry-failed", help="give failed and conflict instances another upload")
+    sub.add_parser(
+        "retry-lost",
+        help="recall lost instances again (after their objects were put back in the bucket)",
+    )
     rs = sub.add_parser("restore", help="rebuild the index from a site's catalog journal")
     rs.add_argument("--site", required=True)
     return p
@@ -52,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             marks = Watermarks.from_config(cfg.sync)
             cache_dir = cfg.edge.cache_dir
             cache_dir.mkdir(parents=True, exist_ok=True)
-            st = collect(db, measure_usage(db, cache_dir, marks), pending_count(db))
+            usage = measure_usage(db, cache_dir, marks)
+            rate = cfg.sync.scrub_bytes_per_s
+            st = collect(db, usage, pending_count(db), scrub_bytes_per_s=rate)
             print("\n".join(st.lines()))
             return 0
         if args.command in ("pin", "unpin"):
@@ -74,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                     )
             print(f"{n} instances queued for upload again")
             return 0
+        if args.command == "retry-lost":
+            got = retry_lost(db, cfg.edge.cache_dir, store_for(cfg))
+            print(
+                f"{got.recalled} lost instances recalled, {got.still_lost} still lost, "
+                f"{got.never_uploaded} never uploaded (send those again from the modality)"
+            )
+            return 0 if not got.still_lost else 1
         if args.command == "restore":
             rep = restore_index(db, store_for(cfg), args.site)
             print(

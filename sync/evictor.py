@@ -5,8 +5,10 @@ the study was touched or any instance is not synced), a `head` of each object to
 cloud copy (invariant 2: a missing or different object sends the instance back to `cached` for
 upload instead), a last check that no retrieve touched the study, then the files are deleted and
 the rows go `evicting -> evicted`; every query attribute stays in the index (invariant 3).
-A retrieve that races an eviction never sees half a file: files are unlinked whole, and a row
-in `evicting` is not served from the cache (edge/recall.py waits for it to settle). A file being
+A retrieve that races an eviction never sees half a file: files are unlinked whole, each only
+by winning `evicting -> evicted` in the transaction that unlinks it; a retrieve of an
+`evicting` row cancels the eviction instead (`evicting -> synced`, edge/locate.py) and serves
+the file, which then stays. A file being
 recalled is never deleted: recall works on `evicted -> recalling` rows, which this never claims.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +34,9 @@ log = logging.getLogger("hpacs.sync.evict")
 
 _LOCAL_SQL = ",".join(f"'{s.value}'" for s in LOCAL_STATES)
 # instances that block eviction of their study: anything not synced and not already gone
-_BLOCKING_SQL = ",".join(f"'{s.value}'" for s in State if s not in (State.SYNCED, State.EVICTED))
+# (a lost instance has no file and nothing to upload: it does not hold its study in the cache)
+_NOT_BLOCKING = (State.SYNCED, State.EVICTED, State.LOST)
+_BLOCKING_SQL = ",".join(f"'{s.value}'" for s in State if s not in _NOT_BLOCKING)
 
 
 @dataclass(frozen=True)
@@ -208,21 +213,30 @@ class Evictor:
                 "SELECT last_access FROM studies WHERE id = ?", (study_id,)
             ).fetchone()
             touched = row is None or row[0] > seen_access
+            gone = [] if touched else self._delete(conn, claimed)
         if touched:
             self._release(claimed)
             report.abandoned += 1
             return
+        report.studies_evicted += 1
+        report.instances_evicted += len(gone)
+        report.bytes_freed += sum(r.size for r in gone)
+
+    def _delete(self, conn: sqlite3.Connection, claimed: list[Claimed]) -> list[Claimed]:
+        """`evicting -> evicted`, then the unlink, per instance and inside the caller's
+        transaction: a retrieve that cancelled the eviction (`evicting -> synced`) first wins
+        the compare-and-set, and its file is never deleted while it is being served. A crash
+        after an unlink leaves `evicting` without a file, which recovery completes."""
+        gone = []
         for r in claimed:
+            if not transition(conn, r.id, State.EVICTING, State.EVICTED):
+                continue
             try:
                 os.unlink(self.cache_dir / r.path)
             except FileNotFoundError:
                 pass
-        with self.db.write() as conn:
-            for r in claimed:
-                transition(conn, r.id, State.EVICTING, State.EVICTED)
-        report.studies_evicted += 1
-        report.instances_evicted += len(claimed)
-        report.bytes_freed += sum(r.size for r in claimed)
+            gone.append(r)
+        return gone
 
     def _claim(self, study_id: int, seen_access: float) -> list[Claimed]:
         with self.db.write() as conn:

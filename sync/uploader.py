@@ -10,7 +10,12 @@ Retry policy (invariant 6: all of it in the row):
 - transient store errors (connection, timeout, 408, 429, 5xx): back to `cached` with a jittered,
   capped `next_attempt_at`; an outage is waited out however long it lasts;
 - checksum mismatches and unexpected errors: the same, but after `sync.max_attempts` -> `failed`;
-- permanent errors (403, missing bucket, missing cache file): `failed` at once, with the reason.
+- permanent errors (403, missing bucket, missing cache file): `failed` at once, with the reason;
+- a cache file whose bytes fail the crc32c recorded at ingest (damaged at rest before it was
+  uploaded): `lost` at once, the file quarantined (shared/quarantine.py), one ERROR line saying
+  what to do. Files up to `VERIFY_IN_MEMORY_MAX` are read through the shared verifying reader
+  and the verified bytes uploaded (damaged bytes never leave); larger ones are uploaded from
+  the path and, when the store reports another crc32c, checked locally the same way.
 """
 
 from __future__ import annotations
@@ -26,14 +31,17 @@ from pathlib import Path
 from shared.config import SyncConfig
 from shared.errors import (
     ChecksumMismatch,
+    CorruptInstance,
     NotFound,
     ObjectExists,
     PermanentStoreError,
     TransientStoreError,
 )
 from shared.index import Database
+from shared.integrity import CHUNK, open_verified, read_verified
 from shared.keys import conflict_key, instance_key
 from shared.lifecycle import State, transition
+from shared.quarantine import Damaged, quarantine, report_lost
 from shared.store import ObjectStore
 from sync import rows
 from sync.backoff import retry_delay
@@ -42,10 +50,14 @@ log = logging.getLogger("hpacs.sync.upload")
 
 CONTENT_TYPE = "application/dicom"
 BATCH_FACTOR = 64  # a batch claims up to concurrency * this rows (the loop's work unit)
+# Files up to this size are verified and uploaded from memory in one read (concurrency x this
+# at most in flight); larger ones stream from the path and are verified only on a mismatch.
+VERIFY_IN_MEMORY_MAX = 32 * 1024 * 1024
 
 
 class Result(StrEnum):
     SYNCED = "synced"
+    DAMAGED = "damaged"  # the local file fails its own crc32c: no retry can help
     CONFLICT = "conflict"
     RETRY = "retry"  # transient: never gives up
     RETRY_COUNTED = "retry_counted"  # gives up after max_attempts
@@ -151,6 +163,8 @@ class Uploader:
         """All the network work for one instance; never raises."""
         try:
             return self._upload(inst)
+        except CorruptInstance as exc:
+            return Outcome(Result.DAMAGED, error=str(exc))
         except TransientStoreError as exc:
             return Outcome(Result.RETRY, error=f"transient: {exc}")
         except ChecksumMismatch as exc:
@@ -169,13 +183,18 @@ class Uploader:
         if not path.is_file():
             raise FileNotFoundError(path)
         meta = {"crc32c": inst.crc32c}
+        source: Path | bytes = path
+        if inst.size <= VERIFY_IN_MEMORY_MAX:
+            source = read_verified(path, inst.crc32c, inst.size, inst.sop_instance_uid)
         try:
-            info = self.store.put(key, path, content_type=CONTENT_TYPE, metadata=meta)
+            info = self.store.put(key, source, content_type=CONTENT_TYPE, metadata=meta)
         except ObjectExists:
             return self._existing(inst, key, path)
         if info.crc32c != inst.crc32c:
             # Our own create landed with other bytes: remove it so the retry can create it.
             self._delete_quietly(key)
+            if isinstance(source, Path):
+                _verify_local(path, inst)  # damaged here, or on the way?
             raise ChecksumMismatch(f"stored crc32c {info.crc32c} != local {inst.crc32c}")
         return Outcome(Result.SYNCED, key)
 
@@ -228,6 +247,7 @@ class Uploader:
         now = time.time()
         failed_before = stats.failed
         cfg = self.cfg
+        lost: list[tuple[Damaged, Path, str]] = []
         with self.db.write() as conn:
             for inst, out in zip(claimed, outcomes, strict=True):
                 attempts = inst.attempts + 1
@@ -258,6 +278,20 @@ class Uploader:
                         last_error=out.error[:500],
                     )
                     stats.conflicts += 1
+                elif result is Result.DAMAGED:
+                    row = Damaged(
+                        inst.id,
+                        inst.sop_instance_uid,
+                        State.UPLOADING.value,
+                        inst.path,
+                        inst.size,
+                        inst.crc32c,
+                        "",
+                    )
+                    where = quarantine(conn, self.cache_dir, row, State.LOST, out.error, "upload")
+                    if where is not None:
+                        lost.append((row, where.relative_to(self.cache_dir), out.error))
+                    stats.failed += 1
                 elif result is Result.FAILED:
                     transition(
                         conn, inst.id, State.UPLOADING, State.FAILED, last_error=out.error[:500]
@@ -278,6 +312,8 @@ class Uploader:
             new = self._claim(conn, claim)
         if stats.synced:
             self.last_success_at = now
+        for row, where, detail in lost:
+            report_lost(row, where, detail, "upload")
         self._log(claimed, outcomes, stats, failed_before)
         return new
 
@@ -297,7 +333,7 @@ class Uploader:
                 )
         if stats.failed > failed_before:
             for inst, out in zip(claimed, outcomes, strict=True):
-                if out.result in (Result.FAILED, Result.RETRY_COUNTED):
+                if out.result in (Result.FAILED, Result.RETRY_COUNTED):  # DAMAGED: logged
                     log.error(
                         "upload problem sop_instance_uid=%s attempt=%d error=%s",
                         inst.sop_instance_uid,
@@ -312,3 +348,10 @@ class Uploader:
                 sum(o.result is Result.RETRY for o in retried),
                 retried[0].error[:200],
             )
+
+
+def _verify_local(path: Path, inst: rows.Instance) -> None:
+    """CorruptInstance when the cache file no longer matches the crc32c recorded at ingest."""
+    with open_verified(path, inst.crc32c, inst.size, inst.sop_instance_uid) as reader:
+        while reader.read(CHUNK):
+            pass

@@ -59,8 +59,8 @@ def test_nodes_add_list_remove(hpacs: Any) -> None:
     code, out, _ = hpacs("nodes", "list")
     assert code == 0
     lines = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert lines["CT01"] == ["CT01", "10.0.0.5", "104", "no", "0", "cli", "echo,store"]
-    assert lines["WS01"][:6] == ["WS01", "*", "11112", "yes", "2", "cli"]
+    assert lines["CT01"] == ["CT01", "10.0.0.5", "104", "no", "0", "registry", "echo,store"]
+    assert lines["WS01"][:6] == ["WS01", "*", "11112", "yes", "2", "registry"]
     assert lines["STORESCU"][5] == "config"  # [[nodes]] from the config file
     code, out, _ = hpacs("nodes", "add", "CT01", "10.0.0.6", "104", "--permissions", "echo")
     assert code == 0
@@ -76,7 +76,7 @@ def test_nodes_add_list_remove(hpacs: Any) -> None:
     ("args", "message"),
     [
         (["BAD\\AE", "h", "104"], "not a valid AE title"),
-        (["CT01", "h", "70000"], "port must be 1-65535, got 70000"),
+        (["CT01", "h", "70000"], "port: must be 1-65535, got 70000"),
         (["CT01", "h", "104", "--permissions", "echo,write"], "unknown permission(s) ['write']"),
     ],
 )

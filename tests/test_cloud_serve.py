@@ -10,6 +10,9 @@ from pathlib import Path
 
 import requests
 
+from cloud_api.auth import TokenStore
+from cloud_api.cli import _dev_token
+from shared.config import parse_config
 from shared.store.base import open_store
 from shared.synthetic import StudySpec
 from tests.support.cloud import seed_site
@@ -52,3 +55,24 @@ def test_serve_over_tls_with_dev_token(tmp_path: Path) -> None:
     assert f"dev admin token (also in {token_file}): {token}" in out
     assert "PX" not in out  # no PHI in the INFO log
     assert [i.key for i in store.list("audit/cloud_api/")], "audit not shipped at shutdown"
+
+
+def test_dev_token_is_reused_across_starts(tmp_path: Path) -> None:
+    """`make up` starts the API again and again: the token in the file stays valid and no
+    revoked `dev-admin` row piles up; a token revoked meanwhile is replaced."""
+    cfg = parse_config(
+        {
+            "cloud": {
+                "tokens_file": str(tmp_path / "tokens.json"),
+                "dev_admin_token_file": str(tmp_path / "dev-admin.token"),
+            }
+        }
+    )
+    first = _dev_token(cfg)
+    assert _dev_token(cfg) == first == (tmp_path / "dev-admin.token").read_text().strip()
+    store = TokenStore(cfg.cloud.tokens_file)
+    assert [(r.name, r.revoked_at) for r in store.list()] == [("dev-admin", None)]
+    store.revoke("dev-admin")
+    second = _dev_token(cfg)
+    assert second != first
+    assert [r.revoked_at is None for r in TokenStore(cfg.cloud.tokens_file).list()] == [False, True]

@@ -112,6 +112,14 @@ def test_corrupted_file_is_a_processing_failure(edge: EdgeServer, tmp_path: Path
     (failed,) = info.FailedSOPSequence
     assert failed.ReferencedSOPInstanceUID == pairs[1][1]
     assert failed.FailureReason == PROCESSING_FAILURE
+    # never uploaded, so no intact copy is left: quarantined and lost (a resend revives it)
+    state = (
+        edge.db.reader()
+        .execute("SELECT state FROM instances WHERE sop_instance_uid = ?", (pairs[1][1],))
+        .fetchone()[0]
+    )
+    assert state == "lost" and not path.exists()
+    assert [p.read_bytes() for p in (edge.cache.root / "quarantine").glob("*.dcm")] == [data]
 
 
 def test_report_on_new_association_after_release(edge: EdgeServer, tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ EXAMPLE = ROOT / "deploy" / "hpacs.example.toml"
         ({"edge": {"port": "11112"}}, "edge.port: must be an integer"),
         ({"edge": {"port": True}}, "edge.port: must be an integer"),
         ({"edge": {"min_free_bytes": -1}}, "edge.min_free_bytes: must be >= 0, got -1"),
+        ({"sync": {"scrub_bytes_per_s": -1}}, "sync.scrub_bytes_per_s: must be >= 0, got -1"),
+        ({"sync": {"scrub_bytes_per_s": 1.5}}, "sync.scrub_bytes_per_s: must be an integer"),
         ({"edge": {"log_level": "TRACE"}}, "edge.log_level: must be one of"),
         ({"edge": {"tls": "on"}}, "edge.tls: must be a table"),
         ({"edge": {"prot": 104}}, "edge.prot: unknown key"),
@@ -53,7 +55,7 @@ EXAMPLE = ROOT / "deploy" / "hpacs.example.toml"
             },
             "nodes[1].ae_title: duplicate AE title 'CT01'",
         ),
-        ({"routes": [{"name": "r", "destinations": ["NOPE"]}]}, "routes[0].destinations: 'NOPE'"),
+        ({"routes": [{"name": "r"}, {"name": "r"}]}, "routes[1].name: duplicate route name 'r'"),
         ({"routes": [{"name": "r", "study_description": "("}]}, "routes[0].study_description:"),
         ({"edge": {"tls": {"cert_file": "c.pem"}}}, "edge.tls: cert_file and key_file"),
         (

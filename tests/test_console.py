@@ -95,6 +95,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 def sign_in(page: Any, site: Site, section: str = "dashboard", token: str = TOKEN) -> None:
     page.goto(site.url + f"#{section}")
+    page.get_by_text("Sign in with the console token instead").click()
     page.get_by_label("Console token").fill(token)
     page.get_by_role("button", name="Sign in").click()
 
@@ -104,7 +105,8 @@ def test_console_asks_for_the_token_and_refuses_a_wrong_one(page: Any, site: Sit
     assert page.get_by_role("heading", name="Sign in").is_visible()
     screenshot(page, "login")
     sign_in(page, site, token="not-the-token")
-    page.get_by_text("The token was refused.").wait_for()
+    page.get_by_text("wrong token").wait_for()
+    page.reload()
     assert not page.get_by_role("link", name="Nodes").is_visible()
     sign_in(page, site)
     page.get_by_role("heading", name="Dashboard").wait_for()
@@ -117,6 +119,7 @@ def test_dashboard_shows_cache_backlog_and_last_errors(page: Any, site: Site) ->
     backlog = page.locator("#card-backlog")
     backlog.get_by_text("3 instances").wait_for()
     assert "KB" in page.locator("#card-cache .big").inner_text()
+    assert "disk used vs watermarks" in page.locator("#card-usage").inner_text().lower()
     assert page.locator("#card-assoc .big").inner_text() == "0"
     page.get_by_role("cell", name="unknown calling AE").wait_for()
     screenshot(page, "dashboard")
@@ -179,12 +182,12 @@ def test_routing_page_shows_dead_letters_and_retries_them(page: Any, site: Site)
     assert (states["pending"], states["dead"]) == (2, 0)
 
 
-def test_audit_page_lists_rejected_associations(page: Any, site: Site) -> None:
+def test_rejections_page_lists_rejected_associations(page: Any, site: Site) -> None:
     r = run("echoscu", "-aet", "STRANGER", "-aec", "HPACS", "127.0.0.1", site.edge.ports[0])
     assert r.returncode != 0
-    sign_in(page, site, "audit")
+    sign_in(page, site, "rejections")
     row = page.get_by_role("row").filter(has_text="STRANGER")
     row.wait_for()
     assert "unknown calling AE" in row.inner_text()
     assert "127.0.0.1" in row.inner_text()
-    screenshot(page, "audit")
+    screenshot(page, "rejections")

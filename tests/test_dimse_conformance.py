@@ -91,7 +91,7 @@ def test_big_endian_is_converted_for_routing(edge: EdgeServer) -> None:
         node = get_node(edge.db.reader(), "PYSCP")
         assert node is not None
         report = send_instances(
-            "HPACS", node, [InstanceRef.from_row(row)], CacheSource(edge.cache, None)
+            "HPACS", node, [InstanceRef.from_row(row)], CacheSource(edge.locator)
         )
     assert (report.completed, report.failed, report.converted) == (1, 0, 1)
     ts, data = rec.received[str(ds.SOPInstanceUID)]
@@ -255,9 +255,12 @@ def test_tls_failures_are_one_warning_and_an_event(
     pki: Pki,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from edge import events
+
     with running_edge(_tls_config(tmp_path, pki, mutual=True)) as edge:
         plain, tls = edge.ports
         with caplog.at_level(logging.INFO):
+            events.forget()  # one row per peer and minute (edge/events.py): one per case here
             # a plain DICOM client on the TLS port
             with socket.create_connection(("127.0.0.1", tls), timeout=5) as s:
                 s.sendall(b"\x01\x00\x00\x00\x00\x10" + b"\0" * 16)
@@ -265,6 +268,8 @@ def test_tls_failures_are_one_warning_and_an_event(
                     s.recv(100)
                 except OSError:
                     pass  # reset by the edge: it never spoke DICOM to us
+            wait_for(lambda: len(_rejected_events(edge)) >= 1, what="first event")
+            events.forget()
             # a TLS client on the plain port
             ctx = ssl.create_default_context(cafile=str(pki.ca_file))
             with (
@@ -272,6 +277,8 @@ def test_tls_failures_are_one_warning_and_an_event(
                 pytest.raises((ssl.SSLError, OSError)),
             ):
                 ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            wait_for(lambda: len(_rejected_events(edge)) >= 2, what="second event")
+            events.forget()
             # a TLS client without the client certificate mutual TLS requires
             with socket.create_connection(("127.0.0.1", tls), timeout=5) as raw:
                 try:

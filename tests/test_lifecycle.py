@@ -26,20 +26,28 @@ S = State
 ALLOWED = {
     (S.CACHED, S.UPLOADING),
     (S.CACHED, S.CACHED),
+    (S.CACHED, S.LOST),  # damaged in the cache before any upload
     (S.UPLOADING, S.SYNCED),
     (S.UPLOADING, S.CACHED),
     (S.UPLOADING, S.FAILED),
     (S.UPLOADING, S.CONFLICT),
+    (S.UPLOADING, S.LOST),  # the uploader found the file damaged
     (S.SYNCED, S.EVICTING),
     (S.SYNCED, S.CACHED),
+    (S.SYNCED, S.RECALLING),  # damaged file quarantined, verified cloud copy fetched again
     (S.EVICTING, S.EVICTED),
     (S.EVICTING, S.SYNCED),
     (S.EVICTED, S.RECALLING),
     (S.EVICTED, S.CACHED),
     (S.RECALLING, S.SYNCED),
     (S.RECALLING, S.EVICTED),
+    (S.RECALLING, S.LOST),  # the store answers NotFound
     (S.FAILED, S.CACHED),
+    (S.FAILED, S.LOST),
     (S.CONFLICT, S.CACHED),
+    (S.CONFLICT, S.LOST),
+    (S.LOST, S.CACHED),  # sent again
+    (S.LOST, S.RECALLING),  # admin retry (`hpacs-sync retry-lost`)
 }
 
 
@@ -57,6 +65,9 @@ def test_table_covers_every_state_and_forbids_unverified_eviction() -> None:
     # invariant 2: only a synced (verified) instance can start evicting
     assert [s for s in State if S.EVICTING in TRANSITIONS[s]] == [S.SYNCED]
     assert S.EVICTED not in LOCAL_STATES and S.EVICTING not in LOCAL_STATES
+    # a lost instance has no file, and only a new copy (ingest) or a recall leaves the state
+    assert S.LOST not in LOCAL_STATES and TRANSITIONS[S.LOST] == {S.CACHED, S.RECALLING}
+    assert S.LOST not in RECOVERY
     for stuck, back in RECOVERY.items():
         check_transition(stuck, back)
 

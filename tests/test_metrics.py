@@ -83,6 +83,14 @@ def test_metrics_show_every_family_with_live_values_after_an_ingest(tmp_path: Pa
         assert value(after, "hpacs_upload_errors", kind=kind) == 0
     for state in ("pending", "sending", "sent", "dead"):
         assert ("hpacs_route_queue_jobs", (("state", state),)) in after
+    assert ("hpacs_instances_lost", ()) in after and value(after, "hpacs_instances_lost") == 0
+    for name in (
+        "hpacs_scrub_verified_bytes_total",
+        "hpacs_scrub_verified_instances_total",
+        "hpacs_scrub_damaged_total",
+        "hpacs_scrub_last_full_pass_timestamp_seconds",
+    ):
+        assert (name, ()) in after
 
 
 def test_upload_errors_and_backlog_follow_the_rows_the_sync_agent_writes(tmp_path: Path) -> None:

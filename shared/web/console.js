@@ -50,50 +50,83 @@ function pill(text, kind) {
 class Unauthorized extends Error {}
 class Forbidden extends Error {}
 
-// A JSON call with the session's token; `json` (optional) is sent as the request body.
+// An error answer: `field` names the input a problem+json body blames (400), `status` the code.
+class ApiError extends Error {
+  constructor(message, status, field) { super(message); this.status = status; this.field = field; }
+}
+
+// A JSON call: the token kept in sessionStorage as a bearer token when there is one, else the
+// browser's session cookie (same origin). `json` (optional) is sent as the request body.
 async function api(path, { method = "GET", json } = {}) {
   const token = sessionStorage.getItem(TOKEN_KEY) || "";
-  const headers = { Authorization: `Bearer ${token}`, Accept: "application/json" };
-  const init = { method, headers };
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const init = { method, headers, credentials: "same-origin" };
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
   }
   const resp = await fetch(path, init);
-  if (resp.status === 401) throw new Unauthorized("token refused");
   const body = await resp.json().catch(() => ({}));
+  if (resp.status === 401) throw new Unauthorized(body.detail || "token refused");
   if (resp.status === 403) throw new Forbidden(body.detail || "not allowed");
-  if (!resp.ok) throw new Error(body.detail || `HTTP ${resp.status}`);
+  if (!resp.ok) throw new ApiError(body.detail || `HTTP ${resp.status}`, resp.status, body.field);
   return body;
 }
 
 // The shell: login form (template #login-tpl), nav (#nav, links "#<page>"), sign-out (#logout),
 // and <main id="main"> filled by the current page's function (async, returns nodes).
-function startConsole({ pages, home, onRender = () => {}, onSignOut = () => {} }) {
+// Without `session`, the login form's #token goes to sessionStorage (a bearer token). With
+// `session` ({ whoami, signIn(form), signOut, allowed(principal) -> page names }), the server
+// keeps an HttpOnly cookie: whoami() says who is signed in, and the nav shows only the pages
+// `allowed` returns (the API refuses the others anyway).
+function startConsole({ pages, home, onRender = () => {}, onSignOut = () => {}, session = null }) {
   const main = document.getElementById("main");
   const nav = document.getElementById("nav");
   const logout = document.getElementById("logout");
+  let principal = null;
+
+  function allowedPages() {
+    return session ? session.allowed(principal).filter((p) => pages[p]) : Object.keys(pages);
+  }
 
   function currentPage() {
-    const name = location.hash.replace(/^#/, "");
-    return pages[name] ? name : home;
+    const name = location.hash.replace(/^#/, "").split("?")[0];
+    const allowed = allowedPages();
+    if (allowed.includes(name)) return name;
+    return allowed.includes(home) ? home : allowed[0];
   }
 
   async function render() {
-    if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin();
+    if (session) {
+      if (!principal) {
+        try {
+          principal = await session.whoami();
+        } catch (err) {
+          return showLogin();
+        }
+      }
+    } else if (!sessionStorage.getItem(TOKEN_KEY)) {
+      return showLogin();
+    }
     const name = currentPage();
     nav.hidden = false;
     logout.hidden = false;
+    const allowed = allowedPages();
     for (const a of nav.querySelectorAll("a")) {
-      a.classList.toggle("active", a.getAttribute("href") === `#${name}`);
+      const page = a.getAttribute("href").replace(/^#/, "");
+      a.hidden = !allowed.includes(page);
+      a.classList.toggle("active", page === name);
     }
-    onRender();
+    onRender(principal);
     try {
-      const content = await pages[name](render);
+      const content = await pages[name](render, principal);
       main.replaceChildren(...content);
       main.dataset.page = name;
     } catch (err) {
-      if (err instanceof Unauthorized) return showLogin("The token was refused.");
+      if (err instanceof Unauthorized) {
+        return showLogin(session ? "Your session ended: sign in again." : "The token was refused.");
+      }
       const text = err instanceof Forbidden ? `Refused: ${err.message}` : `Could not load: ${err.message}`;
       main.replaceChildren(el("p", { class: "error", role: "alert" }, text));
       main.dataset.page = name;
@@ -101,23 +134,39 @@ function startConsole({ pages, home, onRender = () => {}, onSignOut = () => {} }
   }
 
   function showLogin(message = "") {
-    sessionStorage.removeItem(TOKEN_KEY);
+    if (!session) sessionStorage.removeItem(TOKEN_KEY);
+    principal = null;
     onSignOut();
     nav.hidden = true;
     logout.hidden = true;
     main.dataset.page = "login";
     main.replaceChildren(document.getElementById("login-tpl").content.cloneNode(true));
-    document.getElementById("login-error").textContent = message;
-    document.getElementById("login-form").addEventListener("submit", (ev) => {
+    const error = document.getElementById("login-error");
+    error.textContent = message;
+    const form = document.getElementById("login-form");
+    form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+      if (!session) {
+        sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+        return render();
+      }
+      try {
+        principal = await session.signIn(form);
+      } catch (err) {
+        error.textContent = err.message;
+        return;
+      }
       render();
     });
-    document.getElementById("token").focus();
+    const first = form.querySelector("input");
+    if (first) first.focus();
   }
 
-  logout.addEventListener("click", () => showLogin());
+  logout.addEventListener("click", async () => {
+    if (session) await session.signOut().catch(() => {});
+    showLogin();
+  });
   window.addEventListener("hashchange", render);
   render();
-  return { render, showLogin };
+  return { render, showLogin, principal: () => principal };
 }

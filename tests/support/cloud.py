@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from cloud_api.app import SERVICES, create_app
 from cloud_api.auth import TokenStore
+from cloud_api.runner import make_runner
 from shared.catalog import CatalogRow, encode_batch
 from shared.checksum import crc32c_bytes
 from shared.config import CloudConfig
@@ -90,7 +91,7 @@ class CloudServer:
             asyncio.set_event_loop(loop)
             try:
                 self.app = create_app(self.cfg, self.store)
-                self._runner = web.AppRunner(self.app, access_log=None)
+                self._runner = make_runner(self.app)
                 loop.run_until_complete(self._runner.setup())
                 site = web.TCPSite(self._runner, "127.0.0.1", self.cfg.port)
                 loop.run_until_complete(site.start())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from edge.http import EdgeHttp
 from edge.server import EdgeServer
@@ -42,14 +43,24 @@ def running_http(server: EdgeServer, token: str = TOKEN) -> Iterator[EdgeHttp]:
 
 
 def call(
-    http: EdgeHttp, path: str, *, method: str = "GET", token: str | None = TOKEN
+    http: EdgeHttp,
+    path: str,
+    *,
+    method: str = "GET",
+    token: str | None = TOKEN,
+    body: Any = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of one request, errors included (no exception on 4xx/5xx)."""
+    """(status, headers, body) of one request, errors included (no exception on 4xx/5xx);
+    `body` is sent as JSON."""
     req = urllib.request.Request(f"http://127.0.0.1:{http.port}{path}", method=method)
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")
+    data = b"" if method in ("POST", "PUT") else None
+    if body is not None:
+        data = json.dumps(body).encode()
+        req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, data=b"" if method == "POST" else None, timeout=30) as r:
+        with urllib.request.urlopen(req, data=data, timeout=30) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -58,6 +69,17 @@ def call(
 def call_json(http: EdgeHttp, path: str, **kw: Any) -> tuple[int, Any]:
     status, _, body = call(http, path, **kw)
     return status, json.loads(body)
+
+
+def signed_in(http: EdgeHttp, user: str, password: str) -> requests.Session:
+    """A browser-like client signed in as a user: the session cookie, and the Origin header a
+    browser sends with state-changing requests."""
+    base = f"http://127.0.0.1:{http.port}"
+    s = requests.Session()
+    s.headers["Origin"] = base
+    r = s.post(base + "/login", json={"user": user, "password": password}, timeout=30)
+    assert r.status_code == 200, r.text
+    return s
 
 
 @contextmanager

@@ -40,6 +40,10 @@ def edge_config(tmp_path: Path, **edge: Any) -> dict[str, Any]:
         "min_free_bytes": 0,
         "tls": {"port": 0},
         "http_port": 0,  # tests that need the edge's HTTP side ask for a free port
+        # one process: tests that patch a function of `hpacs-edge serve` or read its log lines
+        # need the DIMSE work in that process (the default "auto" is tested where it matters:
+        # tests/test_acceptors.py, the stop-time test in tests/test_dimse_attacks.py)
+        "acceptors": 1,
     }
     e.update(edge)
     if nodes is None:
@@ -52,7 +56,8 @@ def edge_config(tmp_path: Path, **edge: Any) -> dict[str, Any]:
             }
             for aet in DCMTK_AETS
         ]
-    return {"edge": e, "nodes": nodes}
+    # a bucket of the test's own (the default, file://var/bucket, is relative to the CWD)
+    return {"edge": e, "nodes": nodes, "sync": {"store_url": f"file://{tmp_path}/bucket"}}
 
 
 @contextmanager
