@@ -23,6 +23,8 @@ from edge.dimse.negotiation import (
     request,
 )
 
+SEND_BUFFER_BYTES = 2 * 1024 * 1024
+
 
 class AssociationFailed(Exception):
     """No association: refused connection, timeout, A-ASSOCIATE-RJ (`rejection` set) or abort."""
@@ -51,6 +53,9 @@ def connect(
         raise AssociationFailed(f"cannot connect to {host}:{port}: {exc}") from exc
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Room for a whole object in the kernel: the send returns at once and the next object
+        # is read and verified while the peer is still receiving this one.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         if ssl_context is not None:
             sock = ssl_context.wrap_socket(sock, server_hostname=host)
     except (OSError, ssl.SSLError) as exc:
