@@ -61,6 +61,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy edge shared sync cloud_api
 
 unit: venv deps viewer
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)

@@ -31,13 +31,15 @@ from cloud_api.audit import AuditLog, audit_key
 from cloud_api.auth import Need, Principal, TokenStore
 from cloud_api.catalog_index import CatalogIndex
 from cloud_api.denials import DenialGate
-from shared import metrics
+from shared import health, metrics
 from shared.config import CloudConfig, RestoreConfig
 from shared.errors import (
     NotAuthorized,
+    NotFound,
     ObjectStoreError,
     PacsError,
     TooManyRequests,
+    TransientStoreError,
     Unauthenticated,
     http_status,
     problem_json,
@@ -264,39 +266,62 @@ async def _poll_loop(app: web.Application) -> None:
 
 
 async def _on_startup(app: web.Application) -> None:
-    """Build the index before the port opens, so no replica answers from a partial index."""
-    svc = app[SERVICES]
-    delay = STARTUP_RETRY_INITIAL_S
-    while True:  # the bucket (or its emulator, under `make up`) may come up after us
-        try:
-            res = await asyncio.to_thread(svc.index.poll, svc.store)
-            break
-        except ObjectStoreError as exc:
-            log.warning(
-                "object store not answering; index not built yet, retry in %.1fs error=%s hint=%s",
-                delay,
-                exc,
-                exc.hint,
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, STARTUP_RETRY_MAX_S)
+    """Build the index before the port opens when the store answers, so no replica answers
+    from a partial index. When it does not (its emulator or bucket comes up after us), open
+    the port anyway, alive but not ready (/readyz and data routes 503), and build the index
+    in the background once the store answers: never exit for a store that is not ready yet."""
+    startup = app[ops.STARTUP]
+    if not await _build_index(app):
+        startup.task = asyncio.create_task(_build_when_ready(app))
+
+
+async def _build_index(app: web.Application) -> bool:
+    svc, startup = app[SERVICES], app[ops.STARTUP]
+    if not await asyncio.to_thread(startup.store.check):
+        return False
+    try:
+        res = await asyncio.to_thread(svc.index.poll, svc.store)
+    except (ObjectStoreError, NotFound) as exc:  # gone again mid-build: wait once more
+        startup.store.ready = False
+        startup.store.reason = f"{type(exc).__name__}: {exc}"[:200]
+        return False
     log.info(
         "catalog index ready objects=%d rows=%d seconds=%.2f", res.objects, res.rows, res.seconds
     )
+    startup.index_built = True
     app[POLLER] = asyncio.create_task(_poll_loop(app))
+    return True
 
 
-STARTUP_RETRY_INITIAL_S = 0.2
-STARTUP_RETRY_MAX_S = 10.0
+async def _build_when_ready(app: web.Application) -> None:
+    for delay in health.retry_delays():
+        await asyncio.sleep(delay)
+        if await _build_index(app):
+            return
+
+
+@web.middleware
+async def starting(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Until the catalog index is built, every route but the probes and the console shell
+    answers 503 (inside the guard: authenticated and audited like any other answer)."""
+    if (
+        not request.app[ops.STARTUP].index_built
+        and request.path not in ops.OPEN_PATHS
+        and request.match_info.route.resource not in request.app[PUBLIC]
+    ):
+        raise TransientStoreError(
+            "starting: the catalog index is not built yet (the object store is not ready)"
+        )
+    return await handler(request)
 
 
 async def _on_cleanup(app: web.Application) -> None:
     svc = app[SERVICES]
-    task = app.get(POLLER)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for task in (app[ops.STARTUP].task, app.get(POLLER)):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     svc.index.close()
 
 
@@ -383,10 +408,11 @@ def create_app(
         sessions=se.Sessions(cfg, tokens, shares),
     )
     app = web.Application(
-        middlewares=[metrics.http_metrics_middleware(), cors, guard, sh.scope],
+        middlewares=[metrics.http_metrics_middleware(), cors, guard, starting, sh.scope],
         client_max_size=1024**2,
     )
     app[SERVICES] = svc
+    app[ops.STARTUP] = ops.Startup(health.StoreReadiness(store, log))
     h.attach_dicomweb(app)  # one bounded read pool and the metadata cache
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:

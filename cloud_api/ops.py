@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,22 @@ from shared.keys import catalog_prefix
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READYZ_TIMEOUT_S = 2.0
 REGISTRY = web.AppKey("metrics_registry", metrics.Registry)
+
+
+@dataclass
+class Startup:
+    """Whether the replica has built its catalog index (it waits for the store to do so)."""
+
+    store: health.StoreReadiness
+    index_built: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def check_index(self) -> None:
+        if not self.index_built:
+            raise RuntimeError(f"not built yet: object store not ready ({self.store.reason})")
+
+
+STARTUP = web.AppKey("startup", Startup)
 
 
 def site_lags_s(index: Any, store: Any) -> dict[str, float]:
@@ -55,6 +72,7 @@ def mount(app: web.Application, services_key: Any, needs: dict[Any, Any]) -> Non
         checks: dict[str, health.Check] = {
             "index": (health.index_writable, (svc.index.path, READYZ_TIMEOUT_S)),
             "store": (health.store_reachable, (svc.store,)),
+            "catalog": (app[STARTUP].check_index, ()),
         }
         ok, body = await health.readiness(checks, READYZ_TIMEOUT_S)
         return web.json_response(body, status=200 if ok else 503)

@@ -8,6 +8,9 @@ WAL-mode index. Association limits hold across children through edge/slots.py.
 The parent keeps everything else (start-up reconcile, HTTP, hot folder, forwarder). Children
 are started with the 'spawn' method (never fork a threaded process), stop on SIGTERM/SIGINT,
 and die with the parent: PR_SET_PDEATHSIG, plus a parent-pid check for the start-up race.
+The kernel re-sends PDEATHSIG once per exiting thread of the parent, so the child's signal
+handling takes no lock (shared/signals.py), and a stopped child skips the interpreter's
+teardown (os._exit once its server and index are closed).
 Metrics counters are per process: the DIMSE counters on the parent's /metrics do not include
 the children's associations (docs/ARCHITECTURE.md).
 """
@@ -49,12 +52,12 @@ def child_main(cfg: Config, parent_pid: int, ready: Any, index: int) -> None:
     from edge.server import EdgeServer
     from shared.index import Database
     from shared.logs import setup_logging
+    from shared.signals import call_on_signals
 
     setup_logging(cfg.edge.log_level, f"edge[acceptor {index}]")
     configure()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    call_on_signals(lambda _signum: stop.set())  # never Event.set() inside a signal handler
     db = Database(cfg.edge.index_path)
     server = EdgeServer(cfg, db, reuse_port=True)
     attach_routing(server.ingestor, cfg.routes)
@@ -70,6 +73,12 @@ def child_main(cfg: Config, parent_pid: int, ready: Any, index: int) -> None:
     finally:
         server.stop()
         db.close()
+    # Everything that must end cleanly has (associations, index); skip the interpreter's
+    # teardown of every imported module, which took 0.5-3 s on a loaded machine and kept an
+    # orphaned acceptor alive that long after its parent's kill -9.
+    ready.close()  # a pipe: our "ready" message was written by send() itself, nothing queued
+    logging.shutdown()
+    os._exit(0)
 
 
 class Acceptors:

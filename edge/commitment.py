@@ -134,6 +134,9 @@ def parse_request(info: Dataset) -> tuple[str, list[tuple[str, str]]]:
     return tx, refs
 
 
+# Threads that verify and report for one association: its own (the one that owns its socket),
+# never a thread per N-ACTION; call-backs from the persistent queue run on the one retrier.
+COMMIT_WORKERS = 1
 SAME_ASSOCIATION_GRACE_S = 1.0  # a requester without role selection that stays this long waits
 SAME_ASSOCIATION_TIMEOUT_S = 5.0  # for its N-EVENT-REPORT response, then we call back
 SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]

@@ -199,15 +199,17 @@ class Forwarder:
 
     def _record(self, dest: str, jobs: list[Job], results: dict[int, SendResult]) -> None:
         now = time.time()
-        sent = dead = retrying = 0
+        sent = dead = retrying = lost = 0
         last_error = ""
         delays: dict[tuple[str, int], float] = {}
         with self.db.write() as conn:
             for job in jobs:
                 res = results.get(job.id, SendResult(False, "no result from the sender"))
                 if res.ok:
-                    mark_sent(conn, job.id, now)
-                    sent += 1
+                    if mark_sent(conn, job.id, now):
+                        sent += 1
+                    else:
+                        lost += 1
                     continue
                 last_error = res.error
                 # One delay per route and attempt count: the batch stays together next time.
@@ -221,10 +223,19 @@ class Forwarder:
                     )
                 delay = delays[key]
                 state = mark_failed(conn, job, res.error, now, delay, res.permanent)
-                if state is JobState.DEAD:
+                if state is None:
+                    lost += 1
+                elif state is JobState.DEAD:
                     dead += 1
                 else:
                     retrying += 1
+        if lost:  # another actor changed these jobs while they were ours: its change stands
+            log.warning(
+                "forward outcomes not recorded destination=%s count=%d: the jobs were no "
+                "longer in state sending (requeued by another process?)",
+                dest,
+                lost,
+            )
         if dead or retrying:
             log.warning(
                 "forward failed destination=%s sent=%d retrying=%d dead=%d error=%s",

@@ -19,7 +19,7 @@ from shared.checksum import crc32c_file
 from shared.dicom import read_header
 from shared.errors import PacsError
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.lifecycle import LOCAL_STATES, RECOVERY, State, transition
 from shared.quarantine import QUARANTINE_DIR
 from shared.rows import Origin, index_instance
 
@@ -51,14 +51,19 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
             on_disk.add(rel)
             if rel not in rows and name.endswith(".dcm"):
                 _reindex(db, cache, rel, rep)
-    for rel, (uid, state) in rows.items():
-        if State(state) in LOCAL_STATES and rel not in on_disk:
-            rep.missing_files.append(uid)
+    rep.missing_files = _still_missing(
+        db,
+        cache,
+        [(uid, rel) for rel, (uid, state) in rows.items() if State(state) in LOCAL_STATES],
+        on_disk,
+    )
     rep.recalls_reset = _reset_recalls(db)
     if rep.missing_files:
         log.error(
             "index rows without their file count=%d first=%s: the cache was altered outside "
-            "hpacs; if the instances were synced, restore them with `hpacs-sync recall`",
+            "hpacs; put the same files back with `hpacs-edge import PATH` (from the modality, "
+            "a backup, or for synced instances their verified copy under instances/ in the "
+            "bucket): identical bytes restore the cache file",
             len(rep.missing_files),
             rep.missing_files[:5],
         )
@@ -73,6 +78,30 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
         rep.replace_leftovers,
     )
     return rep
+
+
+def _still_missing(
+    db: Database, cache: Cache, local: list[tuple[str, str]], on_disk: set[str]
+) -> list[str]:
+    """SOP UIDs of local rows whose file is missing, each confirmed after the walk.
+
+    The sync agent runs while the edge starts: a study it evicts between our reading of the
+    rows and the walk has files gone whose rows were `synced` in our snapshot. An eviction
+    commits `evicting` before it unlinks, so checking the file again and only then reading
+    the row again shows those rows out of the local states: never reported as missing."""
+    out = []
+    reader = db.reader()
+    for uid, rel in local:
+        if rel in on_disk or cache.path(rel).exists():
+            continue
+        row = reader.execute(
+            "SELECT path, state FROM instances WHERE sop_instance_uid = ?", (uid,)
+        ).fetchone()
+        if row is None or State(row["state"]) not in LOCAL_STATES:
+            continue
+        if not cache.path(row["path"]).exists():  # a recall may have put it back meanwhile
+            out.append(uid)
+    return out
 
 
 def _reindex(db: Database, cache: Cache, rel: str, rep: ReconcileReport) -> None:
@@ -140,5 +169,5 @@ def _reset_recalls(db: Database) -> int:
         for row in conn.execute(
             "SELECT id FROM instances WHERE state = ?", (State.RECALLING.value,)
         ).fetchall():
-            n += transition(conn, row["id"], State.RECALLING, State.EVICTED)
+            n += transition(conn, row["id"], State.RECALLING, RECOVERY[State.RECALLING])
     return n

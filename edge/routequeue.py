@@ -1,9 +1,10 @@
 """The persistent routing queue: rows in `route_jobs`, every change a short conditional UPDATE.
 
-States: pending -> sending -> sent; a failure puts the job back to pending with a next attempt
-time, or into `dead` (the dead letter) after `max_attempts` or a permanent error, with the
-reason in `last_error`. `sending` left behind by a crash returns to pending at start-up, so a
-forward interrupted mid-way is sent again (at least once), never lost (invariant 6).
+States (edge/routestate.py, every change through its `transition`): pending -> sending ->
+sent; a failure puts the job back to pending with a next attempt time, or into `dead` (the
+dead letter) after `max_attempts` or a permanent error, with the reason in `last_error`.
+`sending` left behind by a crash returns to pending at start-up (RECOVERY), so a forward
+interrupted mid-way is sent again (at least once), never lost (invariant 6).
 """
 
 from __future__ import annotations
@@ -12,18 +13,11 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
+from edge.routestate import RECOVERY, JobState, transition, transition_all
 from edge.routing import Rule, matching_rules
 from shared.config import RouteConfig
 from shared.dicom import Header
-
-
-class JobState(StrEnum):
-    PENDING = "pending"
-    SENDING = "sending"
-    SENT = "sent"
-    DEAD = "dead"
 
 
 @dataclass(frozen=True)
@@ -70,13 +64,15 @@ def enqueue(
     return n
 
 
-def recover(conn: sqlite3.Connection) -> int:
+def recover(conn: sqlite3.Connection, now: float | None = None) -> int:
     """Jobs a crash left in `sending` go back to pending (sent again: at least once)."""
-    return conn.execute("UPDATE route_jobs SET state = 'pending' WHERE state = 'sending'").rowcount
+    at = time.time() if now is None else now
+    return sum(transition_all(conn, src, dst, at) for src, dst in RECOVERY.items())
 
 
 _DUE = (
-    "j.state = 'pending' AND j.next_attempt_at <= :now AND (j.stable_after_s = 0 OR "
+    f"j.state = '{JobState.PENDING.value}' AND j.next_attempt_at <= :now AND "
+    "(j.stable_after_s = 0 OR "
     "(SELECT s.updated_at FROM studies s WHERE s.study_uid = j.study_uid) + j.stable_after_s"
     " <= :now)"
 )
@@ -107,11 +103,7 @@ def claim(conn: sqlite3.Connection, destination: str, now: float, limit: int) ->
     ).fetchall()
     jobs = []
     for r in rows:
-        cur = conn.execute(
-            "UPDATE route_jobs SET state = 'sending', updated_at = ? WHERE id = ? AND state = ?",
-            (now, r["id"], JobState.PENDING.value),
-        )
-        if cur.rowcount == 1:
+        if transition(conn, r["id"], JobState.PENDING, JobState.SENDING, now):
             jobs.append(
                 Job(
                     r["id"],
@@ -129,12 +121,10 @@ def claim(conn: sqlite3.Connection, destination: str, now: float, limit: int) ->
 
 
 def mark_sent(conn: sqlite3.Connection, job_id: int, now: float) -> bool:
-    cur = conn.execute(
-        "UPDATE route_jobs SET state = 'sent', sent_at = ?, updated_at = ?, last_error = '' "
-        "WHERE id = ? AND state = 'sending'",
-        (now, now, job_id),
+    """False when the job was no longer ours (`sending`): nothing changed."""
+    return transition(
+        conn, job_id, JobState.SENDING, JobState.SENT, now, sent_at=now, last_error=""
     )
-    return cur.rowcount == 1
 
 
 def mark_failed(
@@ -144,18 +134,26 @@ def mark_failed(
     now: float,
     retry_in_s: float,
     permanent: bool = False,
-) -> JobState:
-    """Count the attempt; dead-letter after max_attempts or a permanent error, else back off."""
+) -> JobState | None:
+    """Count the attempt; dead-letter after max_attempts or a permanent error, else back off.
+
+    Returns the job's new state, or None when the job was no longer ours (`sending`) and
+    nothing changed."""
     attempts = job.attempts + 1
     dead = permanent or attempts >= job.max_attempts
     state = JobState.DEAD if dead else JobState.PENDING
     reason = error if not dead or permanent else f"gave up after {attempts} attempts: {error}"
-    conn.execute(
-        "UPDATE route_jobs SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
-        "updated_at = ? WHERE id = ? AND state = 'sending'",
-        (state.value, attempts, 0 if dead else now + retry_in_s, reason[:500], now, job.id),
+    moved = transition(
+        conn,
+        job.id,
+        JobState.SENDING,
+        state,
+        now,
+        attempts=attempts,
+        next_attempt_at=0 if dead else now + retry_in_s,
+        last_error=reason[:500],
     )
-    return state
+    return state if moved else None
 
 
 def retry(
@@ -167,22 +165,17 @@ def retry(
     now: float | None = None,
 ) -> int:
     """Requeue dead jobs (all, some ids, one route or one destination) with a fresh budget."""
-    where = ["state = 'dead'"]
-    args: list[object] = [time.time() if now is None else now]
-    if ids:
-        where.append(f"id IN ({','.join('?' * len(ids))})")
-        args += ids
-    if route:
-        where.append("route = ?")
-        args.append(route)
-    if destination:
-        where.append("destination = ?")
-        args.append(destination)
-    return conn.execute(
-        "UPDATE route_jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, "
-        f"updated_at = ? WHERE {' AND '.join(where)}",
-        args,
-    ).rowcount
+    where = {k: v for k, v in (("route", route), ("destination", destination)) if v}
+    return transition_all(
+        conn,
+        JobState.DEAD,
+        JobState.PENDING,
+        time.time() if now is None else now,
+        where=where,
+        ids=ids,
+        attempts=0,
+        next_attempt_at=0,
+    )
 
 
 def summary(conn: sqlite3.Connection) -> list[sqlite3.Row]:
@@ -195,8 +188,8 @@ def summary(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 def dead_jobs(conn: sqlite3.Connection, limit: int = 50) -> list[sqlite3.Row]:
     return conn.execute(
         "SELECT id, route, destination, study_uid, sop_instance_uid, attempts, last_error, "
-        "updated_at FROM route_jobs WHERE state = 'dead' ORDER BY updated_at DESC LIMIT ?",
-        (limit,),
+        "updated_at FROM route_jobs WHERE state = ? ORDER BY updated_at DESC LIMIT ?",
+        (JobState.DEAD.value, limit),
     ).fetchall()
 
 
@@ -210,7 +203,7 @@ def queue_depth(conn: sqlite3.Connection) -> dict[str, int]:
 
 def prune_sent(conn: sqlite3.Connection, before: float) -> int:
     return conn.execute(
-        "DELETE FROM route_jobs WHERE state = 'sent' AND sent_at < ?", (before,)
+        "DELETE FROM route_jobs WHERE state = ? AND sent_at < ?", (JobState.SENT.value, before)
     ).rowcount
 
 

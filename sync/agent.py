@@ -19,6 +19,7 @@ from typing import IO
 
 from shared.config import Config
 from shared.errors import PacsError
+from shared.health import StoreReadiness
 from shared.index import Database
 from shared.recall import Recaller
 from shared.store import ObjectStore, open_store
@@ -108,6 +109,9 @@ class Agent:
             s.upload_concurrency,
         )
         self.start_scrub()
+        # A bucket not there yet (its emulator starts after us) is waited for, never a reason
+        # to exit or to fail uploads: one WARNING, then one INFO once it answers.
+        StoreReadiness(self.store, log).wait(self.stop_event)
         next_evict = next_status = next_backup = next_restore = 0.0
         idle_wait = s.poll_interval_s
         outage_batches = 0

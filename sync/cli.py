@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
 from shared.cli import entry_parser, load_entry_config
@@ -13,6 +12,7 @@ from shared.errors import PacsError
 from shared.index import Database
 from shared.lifecycle import State, transition
 from shared.logs import setup_logging
+from shared.signals import call_on_signals
 from shared.uids import is_valid_uid
 from sync.agent import Agent, AlreadyRunning, store_for
 from sync.catalog import pending_count
@@ -106,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg: Config, db: Database) -> int:
     agent = Agent(cfg, db)
 
-    def _stop(_sig: int, _frm: object) -> None:
-        agent.stop()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    call_on_signals(lambda _signum: agent.stop())  # Event.set() in a handler can deadlock
     try:
         agent.run()
     except AlreadyRunning as exc:

@@ -21,6 +21,7 @@ from shared.config import Config
 from shared.errors import PacsError
 from shared.index import Database
 from shared.keys import config_prefix, restore_status_key, restores_prefix
+from shared.lifecycle import State
 from shared.recall import Recaller
 from shared.registry import Node, upsert_node
 from shared.restore import RestorePhase, RestoreRequest, RestoreStatus
@@ -105,8 +106,8 @@ def run_restore(
                 ids = [
                     r[0]
                     for r in db.reader().execute(
-                        "SELECT id FROM instances WHERE study_id = ? AND state = 'evicted'",
-                        (study_id,),
+                        "SELECT id FROM instances WHERE study_id = ? AND state = ?",
+                        (study_id, State.EVICTED.value),
                     )
                 ]
                 fetched += len(recaller.recall_many(ids))

@@ -35,7 +35,7 @@ log = logging.getLogger("hpacs.sync.scrub")
 CHUNK = 1024 * 1024
 BATCH = 200  # rows fetched per query
 SAVE_INTERVAL_S = 5.0
-MIN_PASS_INTERVAL_S = 3600.0
+MIN_PASS_INTERVAL_S = 300.0  # the rate bounds the load; this only spares a small cache
 # Rows whose file is in the cache and nobody else is reading for a verification of their own.
 SCRUBBED_STATES = tuple(sorted(s.value for s in LOCAL_STATES if s is not State.UPLOADING))
 _STATES_SQL = ",".join("?" * len(SCRUBBED_STATES))

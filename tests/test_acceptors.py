@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -197,3 +198,21 @@ def test_kill_9_of_the_parent_leaves_no_acceptor_serving(tmp_path: Path) -> None
         s.proc.wait(30)
         wait_for(lambda: not any(_alive(p) for p in pids), 20, "acceptors gone")
         assert not port_open(s.port)
+
+
+def test_a_burst_of_sigterms_stops_an_acceptor(tmp_path: Path) -> None:
+    """The kernel sends an orphaned acceptor one SIGTERM per exiting thread of its killed
+    parent (PR_SET_PDEATHSIG is re-sent as the child is reparented to each sibling thread).
+    A handler that called Event.set() deadlocked on the Event's lock when signals nested, and
+    the orphan kept listening (found with gdb after a kill -9 under load)."""
+    with serving(tmp_path, acceptors=2) as s:
+        pids = s.child_pids()
+        # spread over a second or two, so that some land while a handler runs
+        for _ in range(4000):
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.0005)  # the spacing of the injected signals, not a synchronisation
+        wait_for(lambda: not any(_alive(p) for p in pids), 20, "acceptors gone")

@@ -3,17 +3,20 @@ same association or on a new one to the modality's registered address."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from edge.commitment import (
+    COMMIT_WORKERS,
     COMMITMENT_INSTANCE,
     EVENT_ALL_COMMITTED,
     EVENT_FAILURES_EXIST,
@@ -147,3 +150,32 @@ def test_commit_without_permission_refused(edge: EdgeServer, tmp_path: Path) -> 
     with modality(edge, "NOCOMMIT", rec) as assoc:
         assert _action(assoc, _request(pairs)) == REFUSED_NOT_AUTHORIZED
     assert rec.reports == []
+
+
+def test_n_actions_are_verified_on_a_bounded_shared_pool(
+    edge: EdgeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each N-ACTION used to start a thread of its own (named after its transaction): a burst
+    of requests meant a burst of threads. Now the association's own thread verifies and
+    reports (edge/dimse owns each socket with one thread), so no thread is started for it."""
+    pairs = _stored(edge, tmp_path, n=1)
+    rec = Recorder()
+    n = 3 * COMMIT_WORKERS
+    with (
+        caplog.at_level(logging.INFO, logger="hpacs.edge.commitment"),
+        modality(edge, "STORESCU", rec) as assoc,
+    ):
+        for i in range(n):
+            assert _action(assoc, _request(pairs)) == SUCCESS
+            # the next N-ACTION once this report's N-EVENT-REPORT-RSP is back (the edge logs
+            # after it): a request crossing a report on the same association is another matter
+            wait_for(lambda i=i: len(_reported(caplog)) > i, 10, "report")  # type: ignore[misc]
+    workers = {r.threadName for r in _reported(caplog)}
+    assert len(rec.reports) == n
+    assert 1 <= len(workers) <= COMMIT_WORKERS, workers
+    # the association's own thread (edge/dimse: it owns the socket) reports, or the retrier
+    assert all(w in ("dimse", "commit-retry") for w in workers), workers
+
+
+def _reported(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "commitment reported" in r.getMessage()]

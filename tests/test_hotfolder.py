@@ -52,14 +52,21 @@ def test_file_appended_slowly_is_ingested_once_and_complete(
     src = write_study(StudySpec(instances_per_series=1, rows=128, columns=128), tmp_path / "s")[0]
     data = src.read_bytes()
     root = tmp_path / "import"
-    with hot_folder(root, parts, settle_s=0.6) as hf:
+    # settle 2 s against a write every ~0.05 s: a loaded machine can stall this process for a
+    # fraction of a second (0.6 s was too close); the writer checks it never paused that long
+    settle_s = 2.0
+    with hot_folder(root, parts, settle_s=settle_s) as hf:
         dropped = root / "slow.dcm"
         step = len(data) // 20 + 1
+        longest_pause, last = 0.0, time.monotonic()
         with dropped.open("wb") as fh:  # a slow writer: 20 chunks over about a second
             for i in range(0, len(data), step):
                 fh.write(data[i : i + step])
                 fh.flush()
+                now = time.monotonic()
+                longest_pause, last = max(longest_pause, now - last), now
                 time.sleep(0.05)
+        assert longest_pause < settle_s, f"the writer itself stalled {longest_pause:.2f} s"
         wait_for(lambda: (root / "done" / "slow.dcm").exists(), 15, "file done")
         assert hf.counts == {"stored": 1, "duplicate": 0, "failed": 0}
     got = stored(parts)

@@ -1,6 +1,7 @@
 """A cache filesystem that really fills up while datasets arrive (a small tmpfs).
 
-Needs permission to mount a tmpfs (root with CAP_SYS_ADMIN, as on CI); skipped otherwise.
+Needs permission to mount a tmpfs (root with CAP_SYS_ADMIN, as on CI); skipped otherwise,
+with a reason that says how to run it (HOW_TO_RUN).
 The edge must answer 0xA700, keep what it stored, stay usable on the same association, and
 count the association out when it ends.
 """
@@ -20,6 +21,11 @@ from shared.synthetic import StudySpec, write_study
 from tests.support.edge import association, edge_config, running_edge
 from tests.support.net import wait_for
 
+HOW_TO_RUN = (
+    "run it as root (CAP_SYS_ADMIN), or as any user in its own user and mount namespace: "
+    "`unshare -rm .venv/bin/pytest tests/test_ingest_full_disk.py`"
+)
+
 
 @pytest.fixture
 def small_cache(tmp_path: Path) -> Iterator[Path]:
@@ -31,7 +37,7 @@ def small_cache(tmp_path: Path) -> Iterator[Path]:
         text=True,
     )
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): {HOW_TO_RUN}")
     try:
         yield cache
     finally:

@@ -72,7 +72,7 @@ def test_cloud_probes_are_open_and_metrics_needs_an_admin(
     assert (r.status_code, r.json()["status"]) == (200, "alive")
     r = requests.get(server.url + "/readyz", timeout=30)
     assert r.status_code == 200, r.text
-    assert r.json()["checks"] == {"index": "ok", "store": "ok"}
+    assert r.json()["checks"] == {"index": "ok", "store": "ok", "catalog": "ok"}
     assert requests.get(server.url + "/metrics").status_code == 401
     reader = make_token(server.cfg, "rad", "reader", ["a"])
     r = requests.get(

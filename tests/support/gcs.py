@@ -77,10 +77,12 @@ class Emulator:
 
 @contextmanager
 def running_emulator(data_dir: Path | None = None, bucket: str = BUCKET) -> Iterator[Emulator]:
+    """The emulator with `bucket` created (none when bucket is "")."""
     emu = Emulator(free_port())
     emu.start(data_dir)
     try:
-        GcsStore(f"gs://{bucket}", emulator_host=emu.url, timeout_s=5).create_bucket()
+        if bucket:
+            GcsStore(f"gs://{bucket}", emulator_host=emu.url, timeout_s=5).create_bucket()
         yield emu
     finally:
         emu.stop()
