@@ -68,6 +68,8 @@ unit: venv deps viewer
 
 test: venv deps lint unit
 
+# CLOUD_CATALOG=postgresql make up: the cloud API on a local PostgreSQL cluster under var/postgres
+# (URL in var/cloud-catalog.url); default: its SQLite file under var/cloud.
 up: venv viewer
 	@mkdir -p var
 	$(BIN)/python deploy/devup.py --config $(CONFIG)

@@ -428,11 +428,18 @@ def measure(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument(
+        "--instances",
+        type=int,
+        help="measure at this size and at 1M (the 10M target compares with 1M); overrides --sizes",
+    )
     ap.add_argument("--orthanc", type=int, default=20000, help="instances; 0 skips Orthanc")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--proc-reps", type=int, default=15)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/hpacs-bench-cfind"))
     args = ap.parse_args()
+    if args.instances:
+        args.sizes = ",".join(str(n) for n in sorted({1_000_000, args.instances}))
     args.cache.mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
     results: dict[int, dict[str, float]] = {}

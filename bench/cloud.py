@@ -34,7 +34,8 @@ import requests
 from common import ENV, free_port, median, table, wait_port
 from dicomweb_client.api import DICOMwebClient
 
-from cloud_api.catalog_index import CatalogIndex
+from cloud_api.catalog.poller import Poller
+from cloud_api.catalog.sqlite import SqliteCatalog
 from shared.catalog import CatalogRow, encode_batch
 from shared.checksum import crc32c_bytes
 from shared.dicom import read_header
@@ -332,8 +333,8 @@ def run(args: argparse.Namespace, base: Path) -> int:
         work = base / f"hpacs-{n}"
         work.mkdir()
         t0 = time.perf_counter()
-        index = CatalogIndex(work / "catalog.sqlite")
-        res = index.poll(bstore)
+        index = SqliteCatalog(work / "catalog.sqlite")
+        res = Poller(index, bstore).poll()
         rebuild = time.perf_counter() - t0
         counts = index.counts()
         index.close()

@@ -42,15 +42,10 @@ def _svc(request: web.Request) -> Services:
 
 
 def site_summaries(svc: Services) -> list[dict[str, Any]]:
-    """Per site: studies, instances (from the index), the last applied catalog object and lag."""
-    counts = {
-        r[0]: (r[1], r[2] or 0)
-        for r in svc.index.reader().execute(
-            "SELECT site, count(*), sum(num_instances) FROM studies GROUP BY site"
-        )
-    }
-    cursors = svc.index.cursors()
-    lags = ops.site_lags_s(svc.index, svc.store)
+    """Per site: studies, instances (from the catalog), the last applied catalog object and lag."""
+    counts = {c.site: (c.studies, c.instances) for c in svc.catalog.site_counts()}
+    cursors = svc.catalog.cursors()
+    lags = ops.site_lags_s(svc.catalog, svc.store)
     out = []
     for site in sorted(set(cursors) | set(counts)):
         key = cursors.get(site, "")

@@ -5,8 +5,8 @@ matched route must appear in `NEEDS` (what it requires) or it answers 403 even t
 Every request with a valid token is an audit event; requests refused before that (no valid
 token) are counted per client address and window (`cloud_api/denials.py`), one event each.
 
-google-cloud-storage and SQLite are synchronous: every store and index call runs in a worker
-thread (`asyncio.to_thread`), never on the event loop.
+google-cloud-storage and the catalog backends are synchronous: every store and catalog call runs
+in a worker thread (`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,17 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_api import admin_api, ops
+from cloud_api import admin_api, deletions, ops
 from cloud_api import handlers as h
 from cloud_api import session as se
 from cloud_api import shares as sh
 from cloud_api.audit import AuditLog, audit_key
 from cloud_api.auth import Need, Principal, TokenStore
-from cloud_api.catalog_index import CatalogIndex
+from cloud_api.catalog import Catalog, open_catalog
+from cloud_api.catalog.poller import Poller
 from cloud_api.denials import DenialGate
 from shared import health, metrics
-from shared.config import CloudConfig, RestoreConfig
+from shared.config import CloudConfig, RestoreConfig, RetentionConfig
 from shared.errors import (
     NotAuthorized,
     NotFound,
@@ -81,6 +83,17 @@ ROUTES: list[tuple[str, str, Handler, Need, str]] = [
     ("GET", IN + "/bulkdata/{tag}", h.wado_bulkdata, Need.READ, "wado-bulkdata"),
     ("POST", "/dicomweb/studies", h.stow, Need.WRITE, "stow"),
     ("POST", S, h.stow, Need.WRITE, "stow"),
+    # deletion (cloud_api/deletions.py): a request per site holding it, applied by its agent
+    ("DELETE", S, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    ("DELETE", SE, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    ("DELETE", IN, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    (
+        "GET",
+        "/api/sites/{site}/deletions/{deletion_id}",
+        deletions.api_deletion_get,
+        Need.ADMIN,
+        "delete-status",
+    ),
     ("GET", "/api/sites", admin_api.api_sites, Need.ADMIN, "sites"),
     ("GET", "/api/tokens", h.api_tokens, Need.ADMIN, "tokens"),
     ("POST", "/api/tokens", h.api_token_create, Need.ADMIN, "token-create"),
@@ -110,8 +123,10 @@ class Services:
 
     cfg: CloudConfig
     restore: RestoreConfig
+    retention: RetentionConfig  # delete_grace_days of the cloud's own STOW site
     store: ObjectStore
-    index: CatalogIndex
+    catalog: Catalog
+    poller: Poller
     tokens: TokenStore
     audit: AuditLog
     audit_store: ObjectStore  # where audit segments and checkpoints go (cloud.audit_store_url)
@@ -253,12 +268,17 @@ def _audit(
 
 async def _poll_loop(app: web.Application) -> None:
     svc = app[SERVICES]
+    next_purge = 0.0
     while True:
         await asyncio.sleep(svc.cfg.catalog_poll_interval_s)
         try:
-            res = await asyncio.to_thread(svc.index.poll, svc.store)
+            res = await asyncio.to_thread(svc.poller.poll)
             if res.rows:
                 log.info("catalog poll objects=%d rows=%d", res.objects, res.rows)
+            # the STOW site's deletions past their grace (any replica may: it is idempotent)
+            if time.monotonic() >= next_purge:
+                await asyncio.to_thread(deletions.purge_due, svc)
+                next_purge = time.monotonic() + svc.retention.purge_interval_s
         except PacsError as exc:
             log.warning("catalog poll failed error=%s hint=%s", exc, exc.hint)
         except Exception:
@@ -266,10 +286,12 @@ async def _poll_loop(app: web.Application) -> None:
 
 
 async def _on_startup(app: web.Application) -> None:
-    """Build the index before the port opens when the store answers, so no replica answers
-    from a partial index. When it does not (its emulator or bucket comes up after us), open
-    the port anyway, alive but not ready (/readyz and data routes 503), and build the index
-    in the background once the store answers: never exit for a store that is not ready yet."""
+    """Bring the catalog up to date before the port opens when the store answers, so no replica
+    answers from a partial catalog (on PostgreSQL a replica that does not hold the lead starts
+    at once: another replica applies). When the store does not answer (its emulator or bucket
+    comes up after us), open the port anyway, alive but not ready (/readyz and data routes
+    503), and catch up in the background once it answers: never exit for a store that is not
+    ready yet."""
     startup = app[ops.STARTUP]
     if not await _build_index(app):
         startup.task = asyncio.create_task(_build_when_ready(app))
@@ -280,13 +302,18 @@ async def _build_index(app: web.Application) -> bool:
     if not await asyncio.to_thread(startup.store.check):
         return False
     try:
-        res = await asyncio.to_thread(svc.index.poll, svc.store)
+        res = await asyncio.to_thread(svc.poller.poll)
     except (ObjectStoreError, NotFound) as exc:  # gone again mid-build: wait once more
         startup.store.ready = False
         startup.store.reason = f"{type(exc).__name__}: {exc}"[:200]
         return False
     log.info(
-        "catalog index ready objects=%d rows=%d seconds=%.2f", res.objects, res.rows, res.seconds
+        "catalog ready url=%s applied=%s objects=%d rows=%d seconds=%.2f",
+        _safe_url(svc.catalog.url),
+        res.applied,
+        res.objects,
+        res.rows,
+        res.seconds,
     )
     startup.index_built = True
     app[POLLER] = asyncio.create_task(_poll_loop(app))
@@ -302,7 +329,7 @@ async def _build_when_ready(app: web.Application) -> None:
 
 @web.middleware
 async def starting(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Until the catalog index is built, every route but the probes and the console shell
+    """Until the catalog is current, every route but the probes and the console shell
     answers 503 (inside the guard: authenticated and audited like any other answer)."""
     if (
         not request.app[ops.STARTUP].index_built
@@ -310,7 +337,7 @@ async def starting(request: web.Request, handler: Handler) -> web.StreamResponse
         and request.match_info.route.resource not in request.app[PUBLIC]
     ):
         raise TransientStoreError(
-            "starting: the catalog index is not built yet (the object store is not ready)"
+            "starting: the catalog is not current yet (the object store is not ready)"
         )
     return await handler(request)
 
@@ -322,7 +349,7 @@ async def _on_cleanup(app: web.Application) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    svc.index.close()
+    svc.catalog.close()
 
 
 POLLER = web.AppKey("poller", asyncio.Task)
@@ -348,8 +375,8 @@ def record_denials(svc: Services, *, all_now: bool = False) -> int:
 async def _audit_housekeeping(app: web.Application) -> Any:
     """Records ended windows of refused requests and ships the trail every
     `cloud.audit_ship_interval_s`; at shutdown records every open window, ships and closes.
-    A cleanup context registered at creation: it starts before the index is built (the trail
-    must run while start-up waits for the bucket) and stops before the index closes."""
+    A cleanup context registered at creation: it starts before the catalog is current (the trail
+    must run while start-up waits for the bucket) and stops before the catalog closes."""
     svc = app[SERVICES]
 
     async def tick() -> None:
@@ -385,16 +412,20 @@ def create_app(
     store: ObjectStore,
     restore: RestoreConfig | None = None,
     audit_store: ObjectStore | None = None,
+    retention: RetentionConfig | None = None,
 ) -> web.Application:
-    """The app for one replica; its index and audit log live under `cfg.data_dir`. Refuses
-    (ConfigError) an audit key file that others may read."""
+    """The app for one replica; its audit log (and a SQLite catalog) live under `cfg.data_dir`.
+    Refuses (ConfigError) an audit key file that others may read."""
     data = Path(cfg.data_dir)
     tokens, shares = TokenStore(cfg.tokens_file), sh.ShareStore(store)
+    catalog = open_catalog(cfg.catalog, data, pool_size=cfg.catalog_pool_size)
     svc = Services(
         cfg=cfg,
         restore=restore or RestoreConfig(),
+        retention=retention or RetentionConfig(),
         store=store,
-        index=CatalogIndex(data / "catalog.sqlite"),
+        catalog=catalog,
+        poller=Poller(catalog, store),
         tokens=tokens,
         audit=AuditLog(data, audit_key(cfg, create=True), max_bytes=cfg.audit_max_bytes),
         audit_store=audit_store or _audit_store(cfg, store),
@@ -447,6 +478,15 @@ def _mount_viewer(app: web.Application, cfg: CloudConfig, sessions: se.Sessions)
         return frozenset({app.router.add_get("/viewer/{tail:.*}", missing).resource})
     settings = viewer.ViewerSettings(dist=dist, login_path=se.LOGIN_PATH)
     return viewer.mount(app, settings, sessions.authorized)
+
+
+def _safe_url(url: str) -> str:
+    """A catalog URL for logs: without a password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        cred, _, host = rest.rpartition("@")
+        rest = cred.split(":", 1)[0] + "@" + host
+    return scheme + sep + rest
 
 
 def ssl_context(cfg: CloudConfig) -> ssl.SSLContext | None:

@@ -1,5 +1,5 @@
-"""`hpacs-cloud`: serve the DICOMweb/admin API, manage tokens and share links, verify the audit
-trail."""
+"""`hpacs-cloud`: serve the DICOMweb/admin API, manage tokens and share links, rebuild the
+catalog, verify the audit trail."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from aiohttp import web
 from cloud_api.app import create_app, ssl_context
 from cloud_api.audit import audit_key, verify_dir
 from cloud_api.auth import ROLES, TokenStore
+from cloud_api.catalog import open_catalog
+from cloud_api.catalog.poller import Poller
 from cloud_api.runner import make_runner
 from cloud_api.shares import ShareStore, link_path
 from shared.cli import entry_parser, load_entry_config
@@ -35,7 +38,13 @@ DEV_TOKEN_NAME = "dev-admin"
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = entry_parser("hpacs-cloud", "hpacs cloud API")
-    sub.add_parser("serve", help="run the API in the foreground")
+    s = sub.add_parser("serve", help="run the API in the foreground")
+    s.add_argument("--port", type=int, help="listen on this port instead of cloud.port")
+    s.add_argument("--catalog", help="the catalog URL instead of cloud.catalog (postgresql://...)")
+    cat = sub.add_parser("catalog", help="the query catalog").add_subparsers(
+        dest="catalog_command", required=True
+    )
+    cat.add_parser("rebuild", help="empty the catalog and apply every catalog/<site>/ object again")
     tok = sub.add_parser("token", help="bearer tokens").add_subparsers(
         dest="token_command", required=True
     )
@@ -86,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.cloud.log_level, service="cloud")
     try:
         if args.command == "serve":
-            return serve(cfg)
+            overrides = {"port": args.port, "catalog": args.catalog}
+            cloud = replace(cfg.cloud, **{k: v for k, v in overrides.items() if v is not None})
+            return serve(replace(cfg, cloud=cloud))
+        if args.command == "catalog":
+            return rebuild_command(cfg)
         if args.command == "token":
             return token_command(cfg, args)
         if args.command == "share":
@@ -117,6 +130,27 @@ def token_command(cfg: Config, args: argparse.Namespace) -> int:
     else:
         tokens.revoke(args.name)
         print(f"revoked {args.name}")
+    return 0
+
+
+def rebuild_command(cfg: Config) -> int:
+    """Re-derive the catalog from the bucket. On PostgreSQL with replicas running, the replica
+    that holds the lead re-applies everything at its next poll if this command cannot lead."""
+    store = open_store(cfg.cloud.store_url, emulator_host=cfg.sync.emulator_host)
+    catalog = open_catalog(cfg.cloud.catalog, cfg.cloud.data_dir)
+    try:
+        catalog.reset()
+        res = Poller(catalog, store).poll()
+        if not res.applied:
+            print("catalog emptied; the replica applying journal objects rebuilds it now")
+            return 0
+        counts = catalog.counts()
+    finally:
+        catalog.close()
+    print(
+        f"catalog rebuilt: {res.objects} objects, {res.rows} rows, {counts['studies']} studies,"
+        f" {counts['instances']} instances in {res.seconds:.1f} s"
+    )
     return 0
 
 
@@ -211,13 +245,15 @@ def serve(cfg: Config) -> int:
     audit_store = None
     if cfg.cloud.audit_store_url:
         audit_store = open_store(cfg.cloud.audit_store_url, emulator_host=cfg.sync.emulator_host)
-    app = create_app(cfg.cloud, store, cfg.restore, audit_store=audit_store)
+    app = create_app(
+        cfg.cloud, store, cfg.restore, audit_store=audit_store, retention=cfg.retention
+    )
     return asyncio.run(_run(app, cfg))
 
 
 async def _run(app: web.Application, cfg: Config) -> int:
     runner = make_runner(app)
-    await runner.setup()  # builds the catalog index before the port opens
+    await runner.setup()  # brings the catalog up to date before the port opens
     site = web.TCPSite(runner, cfg.cloud.host, cfg.cloud.port, ssl_context=ssl_context(cfg.cloud))
     await site.start()
     scheme = "https" if cfg.cloud.tls_cert_file else "http"

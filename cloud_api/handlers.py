@@ -1,18 +1,20 @@
 """Route handlers: parse the request, call one service function in a worker thread, answer.
 
-Site scope is applied in SQL (`Principal.site_filter`), so a reader of site A never learns
+Handlers never run SQL: they call the catalog (`cloud_api.catalog.Catalog`). Site scope is
+applied by the catalog's search (`Principal.site_filter`), so a reader of site A never learns
 that an instance of site B exists: out-of-scope studies are simply not found (404 / 204).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import io
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Generator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,7 @@ import pydicom
 from aiohttp import web
 from pydicom.dataset import Dataset
 
-from cloud_api import qido
+from cloud_api import catalog, qido
 from cloud_api.auth import ROLES, Need, Principal
 from cloud_api.stow import STOW_SITE, StowOutcome, append_catalog, store_part
 from shared.dicomweb import frames, media, metadata, multipart, render, stream, urls
@@ -103,17 +105,21 @@ async def _qido(request: web.Request, level: str) -> web.Response:
     q = qido.parse_query(
         level, list(request.query.items()), path_uids, svc.cfg.query_max_results, p.site_filter()
     )
-    sql, args = qido.build_sql(q)
-    rows = await asyncio.to_thread(lambda: svc.index.reader().execute(sql, args).fetchall())
+    # one row more than asked for says whether more results exist
+    probe = dataclasses.replace(q.search, limit=q.search.limit + 1)
+    rows = await asyncio.to_thread(svc.catalog.search, probe)
     request[AUDIT]["detail"] = f"QIDO {level.lower()} results={len(rows)}"
+    warnings = list(q.warnings)
+    if len(rows) > q.search.limit:
+        warnings.append(qido.MORE_WARNING)
     if not rows:
-        return web.Response(status=204)
-    truncated = len(rows) > q.limit
-    base = _base_url(request)
-    body = [qido.render(level, r, base) for r in rows[: q.limit]]
-    resp = _json(body, content_type=DICOM_JSON)
-    if truncated:
-        resp.headers["Warning"] = '299 hpacs "There are additional results that can be requested"'
+        resp = web.Response(status=204)
+    else:
+        base = _base_url(request)
+        body = [qido.render(level, r, base) for r in rows[: q.search.limit]]
+        resp = _json(body, content_type=DICOM_JSON)
+    for w in warnings:
+        resp.headers.add("Warning", w)
     return resp
 
 
@@ -132,26 +138,12 @@ async def qido_instances(request: web.Request) -> web.Response:
 # ---- WADO-RS ------------------------------------------------------------------------------------
 
 
-def _instances(request: web.Request) -> list[dict[str, Any]]:
+def _instances(request: web.Request) -> list[catalog.InstanceRef]:
     """The in-scope instances a WADO URL names, in series/instance order; NotFound if none."""
     svc, p = _svc(request), _principal(request)
     mi = request.match_info
-    q = qido.Query(level=qido.INSTANCE, limit=10**9, sites=p.site_filter())
-    q.filters["StudyInstanceUID"] = mi["study"]
-    if "series" in mi:
-        q.filters["SeriesInstanceUID"] = mi["series"]
-    if "instance" in mi:
-        q.filters["SOPInstanceUID"] = mi["instance"]
-    for uid in q.filters.values():
-        qido._match("", "uid", uid)  # validates the UIDs (BadRequest)
-    sql, args = qido.build_sql(q)
-    seen: set[str] = set()
-    out = []
-    for r in svc.index.reader().execute(sql, args):
-        if r["sop_instance_uid"] in seen:
-            continue  # the same instance cataloged by two sites: serve it once
-        seen.add(r["sop_instance_uid"])
-        out.append(dict(r))
+    qido.check_uids(mi["study"], *(mi[k] for k in ("series", "instance") if k in mi))
+    out = svc.catalog.instances(mi["study"], mi.get("series"), mi.get("instance"), p.site_filter())
     if not out:
         raise NotFound("no such study, series or instance")
     return out
@@ -177,16 +169,16 @@ def attach_dicomweb(app: web.Application) -> None:
     app.on_cleanup.append(close)
 
 
-def _ref(row: Mapping[str, Any]) -> InstanceRef:
-    """A catalog row as the shared DICOMweb code sees an instance."""
+def _ref(row: catalog.InstanceRef) -> InstanceRef:
+    """A catalog instance as the shared DICOMweb code sees it (the object key locates it)."""
     return InstanceRef(
-        study_uid=row["study_uid"],
-        series_uid=row["series_uid"],
-        sop_instance_uid=row["sop_instance_uid"],
-        transfer_syntax=row["transfer_syntax"] or media.EXPLICIT_LE,
-        size=int(row["size"]),
-        locator=row["object_key"],
-        sop_class_uid=row.get("sop_class_uid") or "",
+        study_uid=row.study_uid,
+        series_uid=row.series_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        transfer_syntax=row.transfer_syntax or media.EXPLICIT_LE,
+        size=row.size,
+        locator=row.object_key,
+        sop_class_uid=row.sop_class_uid,
     )
 
 
@@ -422,9 +414,10 @@ async def stow(request: web.Request) -> web.Response:
     rows = [o.row for o in outcomes if o.row is not None]
     kept = [o for o in outcomes if o.kept_as]
     if rows:
-        cursor = svc.index.cursors().get(STOW_SITE, "")
+        cursor = (await asyncio.to_thread(svc.catalog.cursors)).get(STOW_SITE, "")
         await asyncio.to_thread(append_catalog, svc.store, rows, cursor)
-        await asyncio.to_thread(svc.index.apply, STOW_SITE, rows)  # visible at once to QIDO
+        journal = [r.to_json() for r in rows]
+        await asyncio.to_thread(svc.catalog.apply, STOW_SITE, journal)  # visible at once to QIDO
     studies = sorted({o.study_uid for o in outcomes if o.study_uid})
     request[AUDIT]["study_uid"] = ",".join(studies)[:200]
     ok = sum(o.stored for o in outcomes)

@@ -221,8 +221,7 @@ def _svc(request: web.Request) -> Services:
 def study_visible(svc: Services, p: Principal, study_uid: str) -> bool:
     """Whether the study is in the catalog within the principal's sites."""
     q = qido.parse_query(qido.STUDY, [("StudyInstanceUID", study_uid)], {}, 1, p.site_filter())
-    sql, args = qido.build_sql(q)
-    return svc.index.reader().execute(sql, args).fetchone() is not None
+    return bool(svc.catalog.search(q.search))
 
 
 def link_path(token: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared import acceptance
-from shared.catalog import CatalogRow, encode_batch
+from shared.catalog import CatalogRow
 from shared.checksum import crc32c_file
 from shared.dicom import Header, read_header
 from shared.errors import (
@@ -29,13 +29,8 @@ from shared.errors import (
     UIDMismatch,
     dimse_status,
 )
-from shared.keys import (
-    catalog_key,
-    catalog_prefix,
-    catalog_sequence,
-    conflict_key,
-    instance_key,
-)
+from shared.journal import Journal
+from shared.keys import catalog_sequence, conflict_key, instance_key
 from shared.store.base import ObjectStore
 
 STOW_SITE = "cloud"
@@ -131,18 +126,7 @@ def _keep_conflict(store: ObjectStore, path: Path, h: Header, crc: str) -> str:
 
 
 def append_catalog(store: ObjectStore, rows: list[CatalogRow], hint_key: str = "") -> str:
-    """Write rows as the next catalog object of site `cloud`; returns its key."""
-    prefix = catalog_prefix(STOW_SITE)
-    last = hint_key
-    for info in store.list(prefix, start_offset=hint_key):
-        last = info.key
-    seq = catalog_sequence(last) + 1 if last else 1
-    data = encode_batch(rows)
-    for _ in range(100):
-        key = catalog_key(STOW_SITE, seq)
-        try:
-            store.put(key, data, content_type="application/gzip", if_absent=True)
-            return key
-        except ObjectExists:  # another replica took this sequence number
-            seq += 1
-    raise DuplicateConflict("could not find a free catalog sequence number")
+    """Write rows as the next catalog object of site `cloud` (the one journal writer); returns
+    its key. `hint_key`: the last catalog key known, where listing for the next number starts."""
+    start = catalog_sequence(hint_key) if hint_key else 1
+    return Journal(store, STOW_SITE, start=start).append(rows)[1]

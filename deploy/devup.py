@@ -6,6 +6,11 @@ missing bucket at start (each would wait for it anyway: `shared/health.py` Store
 Ctrl-C or SIGTERM stops them all (SIGTERM, then SIGKILL after a grace period) and prints what
 they log while stopping; if one dies, the others are stopped too and the exit status is 1, so
 a broken start is visible at once.
+
+`CLOUD_CATALOG=postgresql make up` first starts a local PostgreSQL cluster under
+`var/postgres` (kept between runs, stopped last), runs the cloud API on it and writes the
+catalog URL to `var/cloud-catalog.url`, so `hpacs-cloud --config FILE serve --port N --catalog
+$(cat var/cloud-catalog.url)` runs one more replica beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -187,20 +192,57 @@ class Launcher:
         print("all stopped", flush=True)
 
 
+URL_FILE = ROOT / "var" / "cloud-catalog.url"
+
+
+def start_catalog(kind: str, procs: list[tuple[str, list[str]]]) -> Any:
+    """For CLOUD_CATALOG=postgresql: the local cluster, its URL written down and given to the
+    cloud API's command line. Otherwise the cloud API keeps its SQLite file."""
+    URL_FILE.unlink(missing_ok=True)
+    if kind in ("", "sqlite"):
+        return None
+    if kind != "postgresql":
+        raise SystemExit(f"CLOUD_CATALOG must be sqlite or postgresql, got {kind!r}")
+    from deploy.pgcluster import Cluster
+
+    # port 5433 beside a system PostgreSQL's 5432; HPACS_DEV_PGPORT=0 takes a free one
+    port = int(os.environ.get("HPACS_DEV_PGPORT", "5433"))
+    cluster = Cluster(URL_FILE.parent / "postgres", port=port, fast=False)  # durable: kept
+    cluster.start()
+    try:
+        url = cluster.create_database("hpacs")
+        URL_FILE.write_text(url + "\n")
+    except BaseException:
+        cluster.stop()  # never leave a server behind
+        raise
+    for name, cmd in procs:
+        if name == "cloud":
+            cmd += ["--catalog", url]
+    print(f"postgres listening, catalog {url} (also in {URL_FILE})", flush=True)
+    return cluster
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="deploy/hpacs.dev.toml")
     ap.add_argument("--procfile", default=str(ROOT / "deploy" / "Procfile"))
     args = ap.parse_args()
     os.chdir(ROOT)
-    launcher = Launcher(args.config, read_procfile(Path(args.procfile), args.config))
+    procs = read_procfile(Path(args.procfile), args.config)
+    cluster = start_catalog(os.environ.get("CLOUD_CATALOG", ""), procs)
+    launcher = Launcher(args.config, procs)
 
     def _stop(_sig: int, _frm: object) -> None:
         launcher.stopping = True
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    return launcher.run()
+    try:
+        return launcher.run()
+    finally:
+        if cluster is not None:
+            cluster.stop()
+            print("postgres stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import NoReturn
 
+from edge import correction_cli, lifecycle_cli
 from edge.acceptors import Acceptors
 from edge.audit import EdgeAudit, cli_actor
 from edge.cache import Cache
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("name")
     for p_ in (ua, ur, up):
         p_.add_argument("--reason", default="", help="recorded in the audit trail")
-    sub.add_parser("studies", help="list the studies in the index")
+    studies_sub = lifecycle_cli.add_parsers(sub)  # studies list|delete|undelete|hold..., retention
+    correction_cli.add_parsers(studies_sub, sub)  # studies modify|versions, patients merge
     imp = sub.add_parser("import", help="import files and folders (recursive) into the index")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("--dry-run", action="store_true", help="parse and compare, store nothing")
@@ -119,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                 return nodes_command(cfg, db, args)
             if args.command == "users":
                 return users_command(cfg, db, args)
+            done = correction_cli.command(cfg, db, args)
+            if done is not None:
+                return done
             if args.command == "studies":
-                return studies_command(db)
+                done = lifecycle_cli.studies_verb(cfg, db, args)
+                return studies_command(db) if done is None else done
+            if args.command == "retention":
+                return lifecycle_cli.retention_report(cfg, db)
             if args.command == "import":
                 return import_command(cfg, db, args)
             if args.command == "routes":
@@ -353,7 +361,7 @@ def studies_command(db: Database) -> int:
         "SELECT s.study_uid, s.study_date, s.num_instances, "
         "(SELECT group_concat(DISTINCT modality) FROM series WHERE study_id = s.id) AS mods, "
         "(SELECT group_concat(DISTINCT state) FROM instances WHERE study_id = s.id) AS states "
-        "FROM studies s ORDER BY s.created_at DESC"
+        "FROM studies s ORDER BY s.created_at DESC"  # deleted ones too: their state says so
     )
     print(f"{'STUDY INSTANCE UID':64} {'DATE':8} {'MODALITY':8} {'COUNT':>6} STATE")
     for r in rows:

@@ -37,6 +37,7 @@ from edge.routestore import RouteTable
 from edge.routing import backoff_s
 from edge.sender import CacheSource, send_instances
 from shared.config import Config, RouteConfig
+from shared.deletion import visible_sql
 from shared.dicom import Header
 from shared.index import Database
 from shared.registry import Node, get_node
@@ -274,14 +275,17 @@ def dimse_sender(
         rows = (
             db.reader()
             .execute(
-                f"SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.sop_instance_uid IN ({marks})",
+                f"SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.sop_instance_uid IN ({marks})"
+                f" AND {visible_sql('i')}",
                 list(by_uid),
             )
             .fetchall()
         )
         refs = [InstanceRef.from_row(r) for r in rows]
         out = {
-            j.id: SendResult(False, "the instance is no longer in the index", permanent=True)
+            j.id: SendResult(
+                False, "the instance was deleted or is not in the index", permanent=True
+            )
             for j in batch
         }
         report = send_instances(

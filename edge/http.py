@@ -33,8 +33,10 @@ import shared
 from edge import commitqueue, dashboard
 from edge.admin_api import PRINCIPAL, AdminApi, read_json
 from edge.audit import EdgeAudit
+from edge.correction_api import CorrectionApi
 from edge.diskprobe import DiskProbe
 from edge.slots import AssocSlots
+from edge.studies_api import StudiesApi
 from edge.webauth import TOKEN_ACTOR, Need, Principal, WebAuth
 from shared import health
 from shared.config import Config
@@ -133,6 +135,8 @@ class EdgeHttp:
         self.audit = audit if audit is not None else EdgeAudit(cfg)
         self._own_audit = audit is None
         self.admin = AdminApi(cfg, db, self.audit)
+        self.studies = StudiesApi(cfg, db, self.audit)
+        self.corrections = CorrectionApi(cfg, db, self.audit)
         self.probe = DiskProbe(cfg.edge.cache_dir)
         # the acceptors' slots file, read through a descriptor of our own (edge/slots.py)
         self.slots = AssocSlots(
@@ -228,7 +232,7 @@ class EdgeHttp:
     # ---- the app ------------------------------------------------------------------------
     def routes(self) -> list[tuple[str, str, Handler, Need]]:
         """Every /api route with the need it declares (deny by default: none means 403)."""
-        a = self.admin
+        a, st = self.admin, self.studies
         return [
             ("GET", "/api/session", self.api_session, Need.VIEW),
             ("GET", "/api/status", self.api_status, Need.OPERATE),
@@ -241,6 +245,12 @@ class EdgeHttp:
             ("GET", "/api/studies", self.api_studies, Need.VIEW),
             ("POST", "/api/studies/{uid}/pin", self.api_pin, Need.OPERATE),
             ("POST", "/api/studies/{uid}/unpin", self.api_unpin, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/delete", st.delete, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/undelete", st.undelete, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/hold", st.hold, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/release", st.release, Need.ADMIN),
+            ("GET", "/api/studies/{uid}/attributes", self.corrections.attributes, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/modify", self.corrections.modify, Need.OPERATE),
             ("GET", "/api/routes", self.api_routes, Need.OPERATE),
             ("POST", "/api/routes/retry", self.api_routes_retry, Need.OPERATE),
             ("GET", "/api/routes/rules", a.rules, Need.OPERATE),

@@ -35,13 +35,14 @@ from shared.errors import (
     DuplicateConflict,
     IndexUnavailable,
     InstanceBusy,
+    InstanceDeleted,
     InvalidDataset,
     OutOfResources,
     UIDMismatch,
 )
 from shared.fsutil import durable_link, fsync_dir, fsync_file
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, TRANSITIONS, State, transition
+from shared.lifecycle import HIDDEN_STATES, LOCAL_STATES, TRANSITIONS, State, transition
 from shared.rows import Origin, index_instance
 
 log = logging.getLogger("hpacs.edge.ingest")
@@ -251,6 +252,10 @@ class Ingestor:
             raise DuplicateConflict(
                 f"{header.sop_instance_uid}: different bytes are being stored concurrently"
             )
+        if State(row["state"]) in HIDDEN_STATES:
+            # deleted here: its UID stays registered until the purge (shared/deletion.py);
+            # neither the same nor other bytes bring it back, `studies undelete` does
+            raise InstanceDeleted(f"{header.sop_instance_uid} was deleted on this node")
         if row["size"] == size and row["crc32c"] == crc:
             return IngestResult(Outcome.DUPLICATE, header, size, crc, row["path"])
         if self.duplicates != "replace":

@@ -5,8 +5,9 @@ No I/O here: `build()` turns a request identifier into one SELECT with bound par
 covered by table-driven tests without a network. The per-value rules (wildcards as GLOB with
 an index range on the literal prefix, date/time ranges, UID lists, person names) are
 `shared.matching`'s, shared with the cloud API's QIDO-RS; this module maps C-FIND keys onto
-the edge index. Query never filters on lifecycle state (invariant 3: evicted instances stay
-searchable).
+the edge index. Query never filters on where the bytes are (invariant 3: evicted instances
+stay searchable); deleted instances (shared.lifecycle.HIDDEN_STATES) are hidden at every level:
+studies and series by their counters (which count visible instances only), instances by state.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import matching
+from shared import attributes, matching
 from shared.errors import BadRequest
+from shared.index import NORMALISED
+from shared.lifecycle import HIDDEN_SQL
+from shared.sqldialect import SQLITE
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 PATIENT_ROOT = "patient"
@@ -26,15 +30,17 @@ MODEL_LEVELS = {PATIENT_ROOT: LEVELS, STUDY_ROOT: LEVELS[1:]}
 # Matching kinds: str (single value / wildcard), pn (case-insensitive, on the upper-cased
 # column), uid (list of UIDs), da/tm (ranges), int (single value), list (multi-valued, computed),
 # const (returned, never matched).
+_VISIBLE_SERIES = "x.num_instances > 0"  # series and studies count visible instances only
+_VISIBLE_INSTANCE = f"x.state NOT IN ({HIDDEN_SQL})"
 _SUBQUERY_MODALITIES = (
     "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series x "
-    "WHERE x.study_id = st.id AND modality <> ''))"
+    f"WHERE x.study_id = st.id AND modality <> '' AND {_VISIBLE_SERIES}))"
 )
 _SUBQUERY_SOP_CLASSES = (
     "(SELECT group_concat(c, '\\') FROM (SELECT DISTINCT sop_class_uid AS c FROM instances x "
-    "WHERE x.study_id = st.id))"
+    f"WHERE x.study_id = st.id AND {_VISIBLE_INSTANCE}))"
 )
-_PATIENT_SCOPE = "FROM studies p WHERE p.patient_id = st.patient_id"
+_PATIENT_SCOPE = "FROM studies p WHERE p.patient_id = st.patient_id AND p.num_instances > 0"
 _NEARLINE = "'evicted', 'recalling'"
 _UNAVAILABLE = "'lost'"  # no intact copy anywhere (shared.lifecycle State.LOST)
 
@@ -49,73 +55,62 @@ class Attr:
     patient_expr: str = ""  # expression at PATIENT level (aggregated over the patient's studies)
 
 
+_ALIAS = {"studies": "st", "series": "se", "instances": "i"}
+_KIND = {
+    attributes.UID: "uid",
+    attributes.TEXT: "str",
+    attributes.CODE: "str",
+    attributes.PN: "pn",
+    attributes.DATE: "da",
+    attributes.TIME: "tm",
+    attributes.INT: "int",
+}
+# Computed keys: counters in the rows or small correlated subqueries on indexed columns.
+_COMPUTED: dict[str, tuple[str, str]] = {
+    "NumberOfPatientRelatedStudies": (f"(SELECT COUNT(*) {_PATIENT_SCOPE})", "COUNT(*)"),
+    "NumberOfPatientRelatedSeries": (
+        f"(SELECT SUM(p.num_series) {_PATIENT_SCOPE})",
+        "SUM(st.num_series)",
+    ),
+    "NumberOfPatientRelatedInstances": (
+        f"(SELECT SUM(p.num_instances) {_PATIENT_SCOPE})",
+        "SUM(st.num_instances)",
+    ),
+    "NumberOfStudyRelatedSeries": ("st.num_series", ""),
+    "NumberOfStudyRelatedInstances": ("st.num_instances", ""),
+    "ModalitiesInStudy": (_SUBQUERY_MODALITIES, ""),
+    "SOPClassesInStudy": (_SUBQUERY_SOP_CLASSES, ""),
+    "NumberOfSeriesRelatedInstances": ("se.num_instances", ""),
+    "InstanceAvailability": (
+        f"CASE WHEN i.state IN ({_NEARLINE}) THEN 'NEARLINE' "
+        f"WHEN i.state = {_UNAVAILABLE} THEN 'UNAVAILABLE' ELSE 'ONLINE' END",
+        "",
+    ),
+}
+
+
+def _edge_attr(a: attributes.Attribute) -> Attr:
+    """The registry's attribute on the edge schema."""
+    level = "IMAGE" if a.level == attributes.INSTANCE else a.level
+    if a.stored:
+        col = f"{_ALIAS[a.table]}.{a.column}"
+        # only names have an upper-cased copy in the edge index (shared.index.NORMALISED):
+        # ReferringPhysicianName and the descriptions match case-sensitively (PS3.4's default)
+        norm = f"{_ALIAS[a.table]}.{a.norm_column}" if a.keyword in NORMALISED else ""
+        return Attr(a.keyword, level, col, _KIND[a.kind], match=norm)
+    expr, patient_expr = _COMPUTED[a.keyword]
+    kind = "list" if a.multi else ("const" if not a.match else _KIND[a.kind])
+    return Attr(a.keyword, level, expr, kind, patient_expr=patient_expr)
+
+
+# SpecificCharacterSet is answered per response (needs_unicode), never matched or selected.
 ATTRS: dict[str, Attr] = {
-    a.keyword: a
-    for a in (
-        Attr("PatientID", "PATIENT", "st.patient_id", "str"),
-        Attr("IssuerOfPatientID", "PATIENT", "st.issuer_of_patient_id", "str"),
-        Attr("PatientName", "PATIENT", "st.patient_name", "pn", match="st.patient_name_norm"),
-        Attr("PatientBirthDate", "PATIENT", "st.patient_birth_date", "da"),
-        Attr("PatientSex", "PATIENT", "st.patient_sex", "str"),
-        Attr(
-            "NumberOfPatientRelatedStudies",
-            "PATIENT",
-            f"(SELECT COUNT(*) {_PATIENT_SCOPE})",
-            "int",
-            patient_expr="COUNT(*)",
-        ),
-        Attr(
-            "NumberOfPatientRelatedSeries",
-            "PATIENT",
-            f"(SELECT SUM(p.num_series) {_PATIENT_SCOPE})",
-            "int",
-            patient_expr="SUM(st.num_series)",
-        ),
-        Attr(
-            "NumberOfPatientRelatedInstances",
-            "PATIENT",
-            f"(SELECT SUM(p.num_instances) {_PATIENT_SCOPE})",
-            "int",
-            patient_expr="SUM(st.num_instances)",
-        ),
-        Attr("StudyInstanceUID", "STUDY", "st.study_uid", "uid"),
-        Attr("StudyDate", "STUDY", "st.study_date", "da"),
-        Attr("StudyTime", "STUDY", "st.study_time", "tm"),
-        Attr("AccessionNumber", "STUDY", "st.accession_number", "str"),
-        Attr("StudyID", "STUDY", "st.study_id", "str"),
-        Attr("StudyDescription", "STUDY", "st.study_description", "str"),
-        Attr("ReferringPhysicianName", "STUDY", "st.referring_physician", "str"),
-        Attr("NumberOfStudyRelatedSeries", "STUDY", "st.num_series", "int"),
-        Attr("NumberOfStudyRelatedInstances", "STUDY", "st.num_instances", "int"),
-        Attr("ModalitiesInStudy", "STUDY", _SUBQUERY_MODALITIES, "list"),
-        Attr("SOPClassesInStudy", "STUDY", _SUBQUERY_SOP_CLASSES, "list"),
-        Attr("SeriesInstanceUID", "SERIES", "se.series_uid", "uid"),
-        Attr("Modality", "SERIES", "se.modality", "str"),
-        Attr("SeriesNumber", "SERIES", "se.series_number", "int"),
-        Attr("SeriesDescription", "SERIES", "se.series_description", "str"),
-        Attr("BodyPartExamined", "SERIES", "se.body_part", "str"),
-        Attr("SeriesDate", "SERIES", "se.series_date", "da"),
-        Attr("SeriesTime", "SERIES", "se.series_time", "tm"),
-        Attr("NumberOfSeriesRelatedInstances", "SERIES", "se.num_instances", "int"),
-        Attr("SOPInstanceUID", "IMAGE", "i.sop_instance_uid", "uid"),
-        Attr("SOPClassUID", "IMAGE", "i.sop_class_uid", "uid"),
-        Attr("InstanceNumber", "IMAGE", "i.instance_number", "int"),
-        Attr("Rows", "IMAGE", "i.rows", "int"),
-        Attr("Columns", "IMAGE", "i.columns", "int"),
-        Attr("NumberOfFrames", "IMAGE", "i.number_of_frames", "int"),
-        Attr(
-            "InstanceAvailability",
-            "IMAGE",
-            f"CASE WHEN i.state IN ({_NEARLINE}) THEN 'NEARLINE' "
-            f"WHEN i.state = {_UNAVAILABLE} THEN 'UNAVAILABLE' ELSE 'ONLINE' END",
-            "const",
-        ),
-    )
+    a.keyword: _edge_attr(a) for a in attributes.REGISTRY if a.keyword != "SpecificCharacterSet"
 }
 # Multi-valued study keys computed from lower levels: matched with EXISTS on that table.
 _LIST_MATCH = {
-    "ModalitiesInStudy": ("series", "x.modality"),
-    "SOPClassesInStudy": ("instances", "x.sop_class_uid"),
+    "ModalitiesInStudy": ("series", "x.modality", _VISIBLE_SERIES),
+    "SOPClassesInStudy": ("instances", "x.sop_class_uid", _VISIBLE_INSTANCE),
 }
 UNIQUE_KEY = {
     "PATIENT": "PatientID",
@@ -129,6 +124,13 @@ _FROM = {
     "SERIES": "series se JOIN studies st ON st.id = se.study_id",
     "IMAGE": "instances i JOIN series se ON se.id = i.series_id "
     "JOIN studies st ON st.id = i.study_id",
+}
+# Deleted instances, and studies and series with no visible instance left, are not matched.
+VISIBLE = {
+    "PATIENT": "st.num_instances > 0",
+    "STUDY": "st.num_instances > 0",
+    "SERIES": "se.num_instances > 0",
+    "IMAGE": f"i.state NOT IN ({HIDDEN_SQL})",
 }
 
 
@@ -173,9 +175,7 @@ def build(identifier: Mapping[str, Any], model: str, limit: int | None = None) -
     if unique not in keywords:
         keywords.insert(0, unique)
     select = ", ".join(_select_expr(ATTRS[k], level) for k in keywords)
-    sql = f"SELECT {select} FROM {_FROM[level]}"
-    if conds:
-        sql += " WHERE " + " AND ".join(conds)
+    sql = f"SELECT {select} FROM {_FROM[level]} WHERE " + " AND ".join([*conds, VISIBLE[level]])
     if level == "PATIENT":
         sql += " GROUP BY st.patient_id"
     if limit is not None:
@@ -192,39 +192,33 @@ def _select_expr(attr: Attr, level: str) -> str:
 
 def _condition(attr: Attr, raw: Any, params: list[Any]) -> str:
     """The WHERE term for one key; its parameters are appended only when a term results."""
-    local: list[Any] = []
-    cond = _term(attr, raw, local)
-    if cond:
-        params.extend(local)
-    return cond
+    return SQLITE.render(_term(attr, raw), params)
 
 
-def _term(attr: Attr, raw: Any, params: list[Any]) -> str:
+def _term(attr: Attr, raw: Any) -> matching.Predicate | None:
     values = matching.split_values(raw)
     if not values or values == [""]:
-        return ""  # universal matching
+        return None  # universal matching
     col = attr.match or attr.expr
     if attr.kind == "const":
-        return ""
+        return None
     if attr.kind == "uid":
-        return matching.one_of(col, values, params)
+        return matching.one_of(col, values)
     if attr.kind == "int":
-        return matching.one_of(col, [matching.integer(attr.keyword, v) for v in values], params)
+        return matching.one_of(col, [matching.integer(attr.keyword, v) for v in values])
     if attr.kind in ("da", "tm"):
         return matching.any_of(
-            [matching.date_time(col, v, attr.kind, attr.keyword, params) for v in values]
+            [matching.date_time(col, v, attr.kind, attr.keyword) for v in values]
         )
     if attr.kind == "list":
-        table, col = _LIST_MATCH[attr.keyword]
-        inner = matching.any_of([matching.string(col, v, params) for v in values])
-        if not inner:
-            return ""
-        return f"EXISTS (SELECT 1 FROM {table} x WHERE x.study_id = st.id AND {inner})"
+        table, col, visible = _LIST_MATCH[attr.keyword]
+        inner = matching.any_of([matching.string(col, v) for v in values])
+        if inner is None:
+            return None
+        return matching.Exists(f"{table} x", f"x.study_id = st.id AND {visible}", inner)
     if attr.kind == "pn":
-        return matching.any_of(
-            [matching.string(col, matching.person_name(v), params) for v in values]
-        )
-    return matching.any_of([matching.string(col, v, params) for v in values])
+        return matching.any_of([matching.string(col, matching.person_name(v)) for v in values])
+    return matching.any_of([matching.string(col, v) for v in values])
 
 
 def _text(value: Any) -> str:

@@ -32,6 +32,7 @@ from edge.dimse import command as cmd
 from edge.dimse.engine import Association, Message
 from edge.locate import INSTANCE_COLUMNS, InstanceRef
 from edge.sender import SendReport, Source, SubOp, requested_contexts, send_all
+from shared.deletion import visible_sql
 from shared.errors import (
     CANCEL,
     CANNOT_UNDERSTAND,
@@ -87,7 +88,7 @@ def selection_sql(identifier: Dataset) -> tuple[str, list[str]]:
     sql = (
         f"SELECT {INSTANCE_COLUMNS} FROM instances i "
         "JOIN studies s ON s.id = i.study_id JOIN series se ON se.id = i.series_id "
-        f"WHERE {column} IN ({marks}) "
+        f"WHERE {column} IN ({marks}) AND {visible_sql('i')} "
         "ORDER BY s.id, se.series_number, se.id, i.instance_number, i.id"
     )
     return sql, values

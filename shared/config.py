@@ -63,6 +63,13 @@ def count_or_auto(v: int | str) -> str | None:
     return f'must be a positive integer or "auto", got {v!r}'
 
 
+def catalog_url(v: str) -> str | None:
+    """The cloud catalog: "" (a SQLite file under data_dir), sqlite:///path or postgresql://."""
+    if v == "" or v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        return None
+    return "must be empty (SQLite under data_dir), sqlite:///path or postgresql://..."
+
+
 def ae_title(v: str) -> str | None:
     return None if is_valid_ae_title(v) else f"not a valid AE title: {v!r}"
 
@@ -266,6 +273,37 @@ class RestoreConfig:
     poll_interval_s: float = checked(10.0, positive)
 
 
+def ae_titles(v: list[str]) -> str | None:
+    bad = [a for a in v if not is_valid_ae_title(a)]
+    return f"not valid AE title(s): {bad}" if bad else None
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """One minimum-retention rule (shared/retention.py): criteria, then how long it keeps."""
+
+    name: str = checked()
+    modalities: list[str] = checked(default_factory=list)  # any of these in the study; []: any
+    calling_aes: list[str] = checked(default_factory=list, check=ae_titles)  # []: any sender
+    min_patient_age_years: int = checked(0, non_negative)  # age at the study date, inclusive
+    max_patient_age_years: int = checked(0, non_negative)  # exclusive; 0: no upper bound
+    years: int = checked(0, non_negative)  # kept at least this long from the study date
+    until_patient_age_years: int = checked(0, non_negative)  # and until this age (0: no)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    # a deleted study's bytes stay in the bucket this long (undelete possible), then the sync
+    # agent purges them; fractions of a day are allowed (0: at the agent's next purge pass)
+    delete_grace_days: float = checked(7.0, non_negative)
+    purge_interval_s: float = checked(60.0, positive)  # how often the agent looks for purges
+    purge_batch: int = checked(100, positive)  # instances claimed per purge step
+    auto_purge: bool = False  # delete studies whose retention ran out, through the same path
+    auto_purge_dry_run: bool = False  # only log (and audit) what auto_purge would delete
+    auto_purge_interval_s: float = checked(86400.0, positive)
+    rules: list[RetentionRule] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class CloudConfig:
     host: str = "127.0.0.1"
@@ -273,6 +311,8 @@ class CloudConfig:
     store_url: str = "file://var/bucket"
     data_dir: str = "var/cloud"
     tokens_file: str = "var/cloud/tokens.json"
+    catalog: str = checked("", catalog_url)  # "" = <data_dir>/catalog.sqlite; or postgresql://
+    catalog_pool_size: int = checked(8, positive)  # PostgreSQL connections per replica
     catalog_poll_interval_s: float = checked(5.0, positive)
     max_body_bytes: int = checked(2 * 1024**3, positive)
     query_max_results: int = checked(1000, positive)
@@ -310,6 +350,7 @@ class Config:
     routes: list[RouteConfig] = field(default_factory=list)
     sync: SyncConfig = field(default_factory=SyncConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     source_path: str = ""
 
@@ -400,6 +441,18 @@ def _check_cross(cfg: Config) -> None:
         if route.name in names:
             raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r}")
         names.add(route.name)
+    rules: set[str] = set()
+    for i, rule in enumerate(cfg.retention.rules):
+        if rule.name in rules:
+            raise ConfigError(f"retention.rules[{i}].name", f"duplicate rule name {rule.name!r}")
+        rules.add(rule.name)
+        lo, hi = rule.min_patient_age_years, rule.max_patient_age_years
+        if hi and lo >= hi:
+            raise ConfigError(
+                f"retention.rules[{i}].max_patient_age_years", f"must be > {lo} (or 0)"
+            )
+        if not rule.years and not rule.until_patient_age_years:
+            raise ConfigError(f"retention.rules[{i}]", "set years and/or until_patient_age_years")
     tls = cfg.edge.tls
     if bool(tls.cert_file) != bool(tls.key_file):
         raise ConfigError("edge.tls", "cert_file and key_file must be set together")

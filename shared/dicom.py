@@ -13,55 +13,25 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
 
-from shared import headerwalk
+from shared import attributes, headerwalk
 from shared.errors import InvalidDataset, InvalidUID
 from shared.uids import is_valid_uid
 
-# Elements the index stores, by level. The catalog journal carries the same fields.
-STUDY_TAGS = {
-    "PatientID": "patient_id",
-    "IssuerOfPatientID": "issuer_of_patient_id",
-    "PatientName": "patient_name",
-    "PatientBirthDate": "patient_birth_date",
-    "PatientSex": "patient_sex",
-    "StudyInstanceUID": "study_uid",
-    "StudyDate": "study_date",
-    "StudyTime": "study_time",
-    "AccessionNumber": "accession_number",
-    "StudyID": "study_id",
-    "StudyDescription": "study_description",
-    "ReferringPhysicianName": "referring_physician",
-}
-SERIES_TAGS = {
-    "SeriesInstanceUID": "series_uid",
-    "Modality": "modality",
-    "SeriesNumber": "series_number",
-    "SeriesDescription": "series_description",
-    "BodyPartExamined": "body_part",
-    "SeriesDate": "series_date",
-    "SeriesTime": "series_time",
-}
-INSTANCE_TAGS = {
-    "SOPInstanceUID": "sop_instance_uid",
-    "SOPClassUID": "sop_class_uid",
-    "InstanceNumber": "instance_number",
-    "Rows": "rows",
-    "Columns": "columns",
-    "NumberOfFrames": "number_of_frames",
-    "SpecificCharacterSet": "specific_character_set",
-}
-_INT_FIELDS = {"series_number", "instance_number", "rows", "columns", "number_of_frames"}
+# Elements the index stores (keyword -> Header field), from the one attribute registry. The
+# catalog journal carries the same fields.
+_INT_FIELDS = attributes.int_columns()
 # UIDs are read from their raw bytes and lose only their padding (trailing NUL or space):
 # pydicom's UID type strips all whitespace, so "1.2.3\n" would be indexed as "1.2.3" while the
 # file keeps the newline; kept whole, the newline makes the value invalid and it is refused.
-_UID_FIELDS = {"sop_instance_uid", "sop_class_uid", "study_uid", "series_uid"}
+_UID_FIELDS = frozenset(a.column for a in attributes.STORED if a.kind == attributes.UID)
 
 
 @dataclass(frozen=True)
 class Header:
-    """The indexed attributes of one instance, strings decoded to Unicode."""
+    """The indexed attributes of one instance, strings decoded to Unicode: one field per stored
+    attribute of `shared.attributes.REGISTRY` (same name as its column) plus the transfer
+    syntax; tests/test_attributes.py checks the two agree."""
 
     sop_instance_uid: str
     sop_class_uid: str
@@ -126,11 +96,7 @@ def _int(value: Any) -> int | None:
 # costs ~40 us (charset lookup, hooks, Tag comparisons), more than half of the header cost on
 # small instances. A still-raw text element whose bytes are plain ASCII, in a character set
 # where ASCII bytes mean ASCII, decodes to the same string; anything else takes pydicom's path.
-_TAGS = {
-    name: (keyword, int(Tag(keyword)))
-    for tags in (STUDY_TAGS, SERIES_TAGS, INSTANCE_TAGS)
-    for keyword, name in tags.items()
-}
+_TAGS = {a.column: (a.keyword, a.tag) for a in attributes.STORED}
 _FAST_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
 _ASCII_CHARSETS = frozenset(
     {b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 101", b"ISO_IR 109", b"ISO_IR 110",

@@ -9,8 +9,10 @@ import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from shared import attributes
 from shared.dicom import Header
-from shared.lifecycle import State, transition
+from shared.index import NORMALISED
+from shared.lifecycle import HIDDEN_SQL, State, transition
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,43 @@ class Origin:
     source: str  # dimse | stow | hotfolder | import | restore
     calling_ae: str = ""
     peer: str = ""
+
+
+def _row_sql(table: str, extra: tuple[str, ...]) -> tuple[tuple[attributes.Attribute, ...], str]:
+    attrs = attributes.stored_at(table)
+    norms = tuple(a for a in attrs if a.keyword in NORMALISED)
+    names = [a.column for a in attrs] + [a.norm_column for a in norms] + list(extra)
+    sql = f"INSERT INTO {table}({', '.join(names)}) VALUES ({','.join('?' * len(names))})"
+    return attrs + norms, sql
+
+
+# Registry columns per table (and the upper-cased copies this schema keeps), then the rest.
+_STUDY, _STUDY_SQL = _row_sql("studies", ("created_at", "updated_at", "last_access"))
+_SERIES, _SERIES_SQL = _row_sql("series", ("study_id", "created_at"))
+_INSTANCE, _INSTANCE_SQL = _row_sql(
+    "instances",
+    (
+        "series_id",
+        "study_id",
+        "transfer_syntax",
+        "path",
+        "size",
+        "crc32c",
+        "received_at",
+        "calling_ae",
+        "source",
+        "state",
+        "state_changed_at",
+        "last_access",
+    ),
+)
+
+
+def _values(attrs: tuple[attributes.Attribute, ...], h: Header) -> list[Any]:
+    n = len(attributes.stored_at(attrs[0].table))
+    return [getattr(h, a.column) for a in attrs[:n]] + [
+        normalize_name(getattr(h, a.column)) for a in attrs[n:]
+    ]
 
 
 def index_instance(
@@ -35,29 +74,16 @@ def index_instance(
     """Insert one instance with its study and series rows, inside the caller's transaction."""
     study_id = _upsert_study(conn, h, now)
     series_row = conn.execute(
-        "SELECT id FROM series WHERE series_uid = ?", (h.series_uid,)
+        "SELECT id, num_instances FROM series WHERE series_uid = ?", (h.series_uid,)
     ).fetchone()
     if series_row is None:
-        new_series = conn.execute(
-            "INSERT INTO series(series_uid, study_id, modality, series_number, "
-            "series_description, body_part, series_date, series_time, created_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                h.series_uid,
-                study_id,
-                h.modality,
-                h.series_number,
-                h.series_description,
-                h.body_part,
-                h.series_date,
-                h.series_time,
-                now,
-            ),
-        ).lastrowid
+        new_series = conn.execute(_SERIES_SQL, (*_values(_SERIES, h), study_id, now)).lastrowid
         series_id = int(new_series or 0)
         conn.execute("UPDATE studies SET num_series = num_series + 1 WHERE id = ?", (study_id,))
     else:
         series_id = int(series_row[0])
+        if series_row[1] == 0:  # every instance of it was deleted: visible again
+            conn.execute("UPDATE studies SET num_series = num_series + 1 WHERE id = ?", (study_id,))
     try:
         cur = _insert(conn, h, series_id, study_id, relpath, size, crc, origin, now, state)
     except sqlite3.IntegrityError:
@@ -65,6 +91,7 @@ def index_instance(
         if revived is None:
             raise
         conn.execute("UPDATE studies SET updated_at = ? WHERE id = ?", (now, study_id))
+        recount(conn, [study_id], [series_id])  # a purged row was not counted
         return revived
     conn.execute("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?", (series_id,))
     conn.execute(
@@ -87,20 +114,11 @@ def _insert(
     state: State,
 ) -> sqlite3.Cursor:
     return conn.execute(
-        "INSERT INTO instances(sop_instance_uid, series_id, study_id, sop_class_uid, "
-        "instance_number, rows, columns, number_of_frames, specific_character_set, "
-        "transfer_syntax, path, size, crc32c, received_at, calling_ae, source, state, "
-        "state_changed_at, last_access) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        _INSTANCE_SQL,
         (
-            h.sop_instance_uid,
+            *_values(_INSTANCE, h),
             series_id,
             study_id,
-            h.sop_class_uid,
-            h.instance_number,
-            h.rows,
-            h.columns,
-            h.number_of_frames,
-            h.specific_character_set,
             h.transfer_syntax,
             relpath,
             size,
@@ -125,21 +143,22 @@ def _revive_lost(
     now: float,
     state: State,
 ) -> int | None:
-    """An instance sent again after it was lost (no intact copy anywhere) becomes these bytes:
-    `lost -> cached`, uploaded again. Nothing is kept that could conflict, so any bytes of the
-    same instance in the same series are taken. None: not a lost row, leave the error."""
+    """An instance sent again after it was lost (no intact copy anywhere) or purged (deleted,
+    then its grace ran out) becomes these bytes: `lost|purged -> cached`, uploaded again.
+    Nothing is kept that could conflict, so any bytes of the same instance in the same series
+    are taken. None: neither, leave the error."""
     if state is not State.CACHED:
         return None
     row = conn.execute(
-        "SELECT id, series_id FROM instances WHERE sop_instance_uid = ? AND state = ?",
-        (h.sop_instance_uid, State.LOST.value),
+        "SELECT id, series_id, state FROM instances WHERE sop_instance_uid = ? AND state IN (?, ?)",
+        (h.sop_instance_uid, State.LOST.value, State.PURGED.value),
     ).fetchone()
     if row is None or row[1] != series_id:
         return None
     ok = transition(
         conn,
         row[0],
-        State.LOST,
+        State(row[2]),
         State.CACHED,
         path=relpath,
         size=size,
@@ -150,44 +169,47 @@ def _revive_lost(
         next_attempt_at=0,
         last_error="",
         last_access=now,
+        deleted_at=None,
+        deleted_from="",
+        catalog_seq=0,
     )
     return int(row[0]) if ok else None
+
+
+def recount(conn: sqlite3.Connection, study_ids: list[int], series_ids: list[int]) -> None:
+    """Recompute the counters of these studies and series from their visible instances
+    (deleted ones are not counted: C-FIND's computed keys and the browser read the counters)."""
+    hidden = f"state NOT IN ({HIDDEN_SQL})"
+    for i in range(0, len(series_ids), 500):
+        chunk = series_ids[i : i + 500]
+        conn.execute(
+            "UPDATE series SET num_instances = (SELECT count(*) FROM instances i "
+            f"WHERE i.series_id = series.id AND i.{hidden}) "
+            f"WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+    for i in range(0, len(study_ids), 500):
+        chunk = study_ids[i : i + 500]
+        conn.execute(
+            "UPDATE studies SET num_instances = (SELECT count(*) FROM instances i "
+            f"WHERE i.study_id = studies.id AND i.{hidden}), num_series = (SELECT count(*) "
+            "FROM series se WHERE se.study_id = studies.id AND se.num_instances > 0) "
+            f"WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
 
 
 def _upsert_study(conn: sqlite3.Connection, h: Header, now: float) -> int:
     row = conn.execute("SELECT id FROM studies WHERE study_uid = ?", (h.study_uid,)).fetchone()
     if row is not None:
         return int(row[0])
-    cur = conn.execute(
-        "INSERT INTO studies(study_uid, patient_id, issuer_of_patient_id, patient_name, "
-        "patient_name_norm, patient_birth_date, patient_sex, study_date, study_time, "
-        "accession_number, study_id, study_description, referring_physician, created_at, "
-        "updated_at, last_access) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            h.study_uid,
-            h.patient_id,
-            h.issuer_of_patient_id,
-            h.patient_name,
-            normalize_name(h.patient_name),
-            h.patient_birth_date,
-            h.patient_sex,
-            h.study_date,
-            h.study_time,
-            h.accession_number,
-            h.study_id,
-            h.study_description,
-            h.referring_physician,
-            now,
-            now,
-            now,
-        ),
-    )
+    cur = conn.execute(_STUDY_SQL, (*_values(_STUDY, h), now, now, now))
     return int(cur.lastrowid or 0)
 
 
 def normalize_name(name: str) -> str:
     """The form person names are matched in: case-folded to upper case."""
-    return name.upper()
+    return attributes.normalize(name)
 
 
 T = TypeVar("T")

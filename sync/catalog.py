@@ -1,12 +1,14 @@
 """The catalog journal writer: verified rows appended to `catalog/<site>/<seq>.jsonl.gz`.
 
 A row is journalled once it has a verified object (`synced`, and later states, or `conflict`
-with its conflict key); `instances.catalog_seq` records which object holds it, so a crash
+with its conflict key), and again when it is deleted (a tombstone), undeleted or purged (a purge
+tombstone): those set `catalog_seq` back to 0. `instances.catalog_seq` records which object
+holds it, so a crash
 between an upload and its journal entry only delays the entry. Objects are create-only and
-never rewritten. The next sequence number is the larger of the `sync.catalog_next_seq` setting
-and one past the last object listed under the prefix, so a restart (or a lost index) continues
-the sequence. A crash after the put and before the index commit journals those rows again in
-the next object: readers take the last row per SOP Instance UID.
+never rewritten; `shared.journal.Journal` appends them (create-only, crc32c verified, next number
+on a conflict), listing from the `sync.catalog_next_seq` setting, so a restart (or a lost index)
+continues the sequence. A crash after the put and before the index commit journals those rows
+again in the next object: readers take the last row per SOP Instance UID.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import logging
 import time
 
 from shared.catalog import encode_batch
-from shared.errors import ObjectExists
 from shared.index import Database
-from shared.keys import catalog_key, catalog_prefix, catalog_sequence
+from shared.journal import Journal
 from shared.lifecycle import State
 from shared.store import ObjectStore
 from sync import rows
@@ -31,6 +32,8 @@ JOURNALLED = (
     State.EVICTED,
     State.RECALLING,
     State.CONFLICT,
+    State.DELETED,  # tombstones (shared/deletion.py); rows never uploaded have no object key
+    State.PURGING,  # purge tombstones, journalled before the objects go (sync/purge.py)
 )
 _STATES_SQL = ",".join(f"'{s.value}'" for s in JOURNALLED)
 PENDING_WHERE = f"i.catalog_seq = 0 AND i.object_key != '' AND i.state IN ({_STATES_SQL})"
@@ -48,22 +51,21 @@ class CatalogWriter:
         self.store = store
         self.site = site
         self.batch = batch
-        self._next: int | None = None
+        self._journal: Journal | None = None
         self.last_flush_at = time.monotonic()
 
     def pending(self) -> int:
         return pending_count(self.db)
 
+    def journal(self) -> Journal:
+        if self._journal is None:
+            known = int(self.db.get_setting(SEQ_SETTING, "1") or 1)
+            self._journal = Journal(self.store, self.site, start=known)
+        return self._journal
+
     def next_sequence(self) -> int:
         """Continue after the last journal object, whether the index or the bucket knows it."""
-        if self._next is None:
-            known = int(self.db.get_setting(SEQ_SETTING, "1") or 1)
-            start = catalog_key(self.site, known)
-            last = known - 1
-            for info in self.store.list(catalog_prefix(self.site), start_offset=start):
-                last = max(last, catalog_sequence(info.key))
-            self._next = max(known, last + 1)
-        return self._next
+        return self.journal().next_sequence()
 
     def flush(self) -> int:
         """Journal every pending row, `batch` rows per object; returns how many were written."""
@@ -79,31 +81,25 @@ class CatalogWriter:
             if not found:
                 break
             data = encode_batch([rows.catalog_row(r, self.site) for r in found])
-            seq = self._put(data)
+            seq, key = self.journal().append(data)
             with self.db.write() as conn:
-                ids = [r["id"] for r in found]
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    conn.execute(
-                        "UPDATE instances SET catalog_seq = ? "
-                        f"WHERE catalog_seq = 0 AND id IN ({','.join('?' * len(chunk))})",
-                        [seq, *chunk],
-                    )
+                # only rows still in the state journalled: one deleted or undeleted meanwhile
+                # keeps catalog_seq 0 and goes into the next object with its new state
+                by_state: dict[str, list[int]] = {}
+                for r in found:
+                    by_state.setdefault(r["state"], []).append(r["id"])
+                for state, ids in by_state.items():
+                    for i in range(0, len(ids), 500):
+                        chunk = ids[i : i + 500]
+                        conn.execute(
+                            "UPDATE instances SET catalog_seq = ? WHERE catalog_seq = 0 AND "
+                            f"state = ? AND id IN ({','.join('?' * len(chunk))})",
+                            [seq, state, *chunk],
+                        )
                 self.db.set_setting(conn, SEQ_SETTING, str(seq + 1))
-            self._next = seq + 1
             written += len(found)
-            log.info("catalog appended key=%s rows=%d", catalog_key(self.site, seq), len(found))
+            log.info("catalog appended key=%s rows=%d", key, len(found))
             if len(found) < self.batch:
                 break
         self.last_flush_at = time.monotonic()
         return written
-
-    def _put(self, data: bytes) -> int:
-        while True:
-            seq = self.next_sequence()
-            try:
-                self.store.put(catalog_key(self.site, seq), data, content_type="application/gzip")
-                return seq
-            except ObjectExists:
-                # another writer (or our own put before a crash) took this number: next one
-                self._next = seq + 1

@@ -5,21 +5,26 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from shared import attributes
 from shared.catalog import CatalogRow
 from shared.dicom import Header
+from shared.lifecycle import HIDDEN_STATES, State
 from shared.rows import from_row
 
-# Every column the catalog needs, so one join serves the upload loop and the catalog writer.
-SELECT = """
-SELECT i.id, i.sop_instance_uid, i.sop_class_uid, i.instance_number, i.rows, i.columns,
-       i.number_of_frames, i.specific_character_set, i.transfer_syntax, i.path, i.size,
+
+def _cols(alias: str, table: str) -> str:
+    return ", ".join(
+        f"{alias}.{c} AS study_id_attr" if (table, c) == ("studies", "study_id") else f"{alias}.{c}"
+        for c in attributes.columns(table)
+    )
+
+
+# Every column the catalog needs, so one join serves the upload loop and the catalog writer;
+# the attribute columns come from the registry (studies.study_id is the StudyID attribute).
+SELECT = f"""
+SELECT i.id, {_cols("i", "instances")}, i.transfer_syntax, i.path, i.size,
        i.crc32c, i.received_at, i.calling_ae, i.source, i.state, i.attempts, i.object_key,
-       i.catalog_seq,
-       se.series_uid, se.modality, se.series_number, se.series_description, se.body_part,
-       se.series_date, se.series_time,
-       s.study_uid, s.patient_id, s.issuer_of_patient_id, s.patient_name,
-       s.patient_birth_date, s.patient_sex, s.study_date, s.study_time, s.accession_number,
-       s.study_id AS study_id_attr, s.study_description, s.referring_physician
+       i.catalog_seq, i.deleted_at, {_cols("se", "series")}, {_cols("s", "studies")}
 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies s ON s.id = i.study_id
 """
 
@@ -47,6 +52,8 @@ def header(row: sqlite3.Row) -> Header:
 
 
 def catalog_row(row: sqlite3.Row, site: str) -> CatalogRow:
+    """The journal row of an index row; a deleted one is a tombstone (shared/catalog.py)."""
+    state = State(row["state"])
     return CatalogRow(
         header=header(row),
         size=row["size"],
@@ -56,4 +63,7 @@ def catalog_row(row: sqlite3.Row, site: str) -> CatalogRow:
         received_at=row["received_at"],
         calling_ae=row["calling_ae"],
         source=row["source"],
+        deleted=state in HIDDEN_STATES,
+        purged=state in (State.PURGING, State.PURGED),
+        deleted_at=float(row["deleted_at"] or 0.0),
     )

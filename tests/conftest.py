@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 from pynetdicom import _config as pynetdicom_config
 
+from deploy.pgcluster import Cluster
 from edge.server import EdgeServer
 from tests.support.edge import edge_config, running_edge
+from tests.support.postgres import fresh_database, temporary_cluster
 
 # The pynetdicom peers of the tests run in the test process, so their own logs land in the
 # records the tests inspect for hpacs's lines: keep them from logging identifiers (patient
@@ -22,3 +24,27 @@ def edge(tmp_path: Path) -> Iterator[EdgeServer]:
     """A running edge node with DCMTK's default AE titles registered."""
     with running_edge(edge_config(tmp_path)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One temporary PostgreSQL cluster for the whole session (tests/support/postgres.py)."""
+    with temporary_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest) -> str:
+    """The cloud catalog of a test, once per backend: "" (a SQLite file under the data
+    directory) or a fresh database of the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return ""
+    return fresh_database(request.getfixturevalue("pg_cluster"))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_catalog_url(request: pytest.FixtureRequest) -> str:
+    """`catalog_url` for a module-scoped cloud API (one server per module and backend)."""
+    if request.param == "sqlite":
+        return ""
+    return fresh_database(request.getfixturevalue("pg_cluster"))

@@ -1,6 +1,6 @@
 """The cloud API against real clients: dicomweb-client and requests over a real port.
 
-One server per module (started and stopped in the fixture) over a file:// bucket seeded the
+One server per module and catalog backend (SQLite, PostgreSQL) over a file:// bucket seeded the
 way the sync agent journals instances: site `a` (two studies), site `b` (one study).
 """
 
@@ -21,6 +21,7 @@ from PIL import Image
 
 from cloud_api import ops
 from cloud_api.app import PUBLIC, ROUTES
+from cloud_api.catalog import STUDY, Search
 from shared.store.base import ObjectStore, open_store
 from shared.synthetic import StudySpec, iter_study
 from tests.support.cloud import (
@@ -46,13 +47,14 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, module_catalog_url: str) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("cloud")
     cfg = cloud_config(
         tmp,
         query_max_results=50,
         max_body_bytes=2_000_000,
         cors_origins=[VIEWER],
+        catalog=module_catalog_url,
         denied_burst=100_000,  # the route walk sends ~100 refused requests (limit: elsewhere)
     )
     store = open_store(cfg.store_url)
@@ -142,9 +144,8 @@ def test_qido_studies_scoped_to_the_readers_site(world: World) -> None:
 
 
 def _cloud_studies(world: World) -> set[str]:
-    svc = world.server.services
-    rows = svc.index.reader().execute("SELECT study_uid FROM studies WHERE site='cloud'")
-    return {r[0] for r in rows}
+    rows = world.server.services.catalog.search(Search(STUDY, limit=1000, sites=["cloud"]))
+    return {r["StudyInstanceUID"] for r in rows}
 
 
 @pytest.mark.parametrize(
@@ -193,8 +194,58 @@ def test_qido_limit_offset_includefield_and_204(world: World) -> None:
     assert r.status_code == 204
     r = get(world, "/dicomweb/studies?NotAnAttribute=1", "reader_a")
     assert r.status_code == 400 and r.headers["Content-Type"].startswith("application/problem+json")
-    r = get(world, "/dicomweb/studies?fuzzymatching=true", "reader_a")
-    assert r.status_code == 400
+
+
+def test_qido_fuzzymatching_is_literal_with_a_warning(world: World) -> None:
+    """PS3.18: a server without fuzzy matching matches literally and says so (OHIF sends it)."""
+    r = get(world, "/dicomweb/studies?fuzzymatching=true&PatientName=DOE^J", "reader_a")
+    assert r.status_code == 204 and r.headers["Warning"].startswith("299 ")
+    assert "fuzzymatching" in r.headers["Warning"]
+    r = get(world, "/dicomweb/studies?fuzzymatching=true&PatientName=DOE^JANE", "reader_a")
+    assert r.status_code == 200 and [value(s, "0020000D") for s in r.json()] == [
+        world.studies["s1"]
+    ]
+    assert "fuzzymatching" in r.headers["Warning"]
+    assert "Warning" not in get(world, "/dicomweb/studies?fuzzymatching=false", "reader_a").headers
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "offset=99999999999999999999",
+        "limit=99999999999999999999",
+        "offset=-1",
+        "offset=1e3",
+        "limit=%E2%91%A0",  # a Unicode digit
+        "SeriesNumber=99999999999999999999",
+        "StudyDate=1' OR 1=1",
+    ],
+)
+def test_qido_bad_numbers_are_400(world: World, query: str) -> None:
+    level = "series" if "Series" in query else "studies"
+    r = get(world, f"/dicomweb/{level}?{query}", "reader_a")
+    assert r.status_code == 400, r.text
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"StudyDescription": "ct chest"}, {"s1", "s2"}),  # OHIF's description box
+        ({"StudyDescription": "*chest*"}, {"s1", "s2"}),
+        ({"ReferringPhysicianName": "ref^doc"}, {"s1", "s2"}),
+        ({"StudyDescription": "CT CHESTX"}, set()),
+    ],
+)
+def test_qido_text_matching_is_case_insensitive(
+    world: World, filters: dict[str, str], expected: set[str]
+) -> None:
+    found = client(world, "reader_a").search_for_studies(search_filters=filters)
+    assert {value(s, "0020000D") for s in found} == {world.studies[k] for k in expected}
+    series = client(world, "reader_a").search_for_series(
+        search_filters={"SeriesDescription": "ct chest series 1"}
+    )
+    assert {value(s, "0020000D") for s in series} == {world.studies["s1"], world.studies["s2"]}
 
 
 def test_qido_result_limit_warns(world: World) -> None:
@@ -364,6 +415,7 @@ def _fill(path: str, w: World) -> str:
         "tag": "7FE00010",
         "site": "a",
         "restore_id": "x1",
+        "deletion_id": "x1",
         "share_id": "0123456789abcdef",
         "name": "nosuch",
     }

@@ -18,17 +18,19 @@ from tests.support.gcs import Emulator, gcs_emulator, gcs_store
 __all__ = ["gcs_emulator"]
 
 
-def test_cloud_api_on_the_gcs_emulator(tmp_path: Path, gcs_emulator: Emulator) -> None:
+def test_cloud_api_on_the_gcs_emulator(
+    tmp_path: Path, gcs_emulator: Emulator, catalog_url: str
+) -> None:
     store = gcs_store(gcs_emulator.url)
     a = seed_site(store, "alpha", StudySpec(patient_id="GA", instances_per_series=3), batch=2)
     seed_site(store, "beta", StudySpec(patient_id="GB"))
     seed_site(store, "alpha-2", StudySpec(patient_id="GC"))  # sorts before "alpha/" in keys
-    cfg = cloud_config(tmp_path, store_url="gs://unused")
+    cfg = cloud_config(tmp_path, store_url="gs://unused", catalog=catalog_url)
     admin = make_token(cfg, "root", "admin", [])
     reader = make_token(cfg, "rad", "reader", ["alpha"])
     uploader = make_token(cfg, "up", "agent", ["cloud"])
     with running_cloud(cfg, store) as server:
-        assert server.services.index.sites() == ["alpha", "alpha-2", "beta"]
+        assert sorted(server.services.catalog.cursors()) == ["alpha", "alpha-2", "beta"]
         c = DICOMwebClient(server.dicomweb, headers={"Authorization": f"Bearer {reader}"})
         found = c.search_for_studies()
         assert len(found) == 1 and found[0]["00100020"]["Value"] == ["GA"]

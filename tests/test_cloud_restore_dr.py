@@ -35,7 +35,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return out or ""
 
 
-def test_disaster_recovery_restore_through_the_api(tmp_path: Path) -> None:
+def test_disaster_recovery_restore_through_the_api(tmp_path: Path, catalog_url: str) -> None:
     bucket = f"file://{tmp_path / 'bucket'}"
     dest_port = free_port()
     data = edge_config(tmp_path)
@@ -80,7 +80,7 @@ def test_disaster_recovery_restore_through_the_api(tmp_path: Path) -> None:
     assert not Path(data["edge"]["data_dir"]).exists()
 
     # 4. an admin asks for a restore through the cloud API; the site's agent does it
-    cfg = cloud_config(tmp_path)
+    cfg = cloud_config(tmp_path, catalog=catalog_url)
     admin = make_token(cfg, "root", "admin", [])
     auth = {"Authorization": f"Bearer {admin}"}
     with running_cloud(cfg, open_store(bucket)) as api:

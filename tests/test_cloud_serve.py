@@ -20,7 +20,7 @@ from tests.support.net import free_port, port_open, wait_for
 from tests.support.tls import server_cert_files
 
 
-def test_serve_over_tls_with_dev_token(tmp_path: Path) -> None:
+def test_serve_over_tls_with_dev_token(tmp_path: Path, catalog_url: str) -> None:
     key_file, cert_file, ca_file = server_cert_files(tmp_path)
     store_url = f"file://{tmp_path / 'bucket'}"
     store = open_store(store_url)
@@ -31,7 +31,7 @@ def test_serve_over_tls_with_dev_token(tmp_path: Path) -> None:
     cfg.write_text(
         f'[cloud]\nport = {port}\nstore_url = "{store_url}"\ndata_dir = "{tmp_path / "cloud"}"\n'
         f'tokens_file = "{tmp_path / "tokens.json"}"\ndev_admin_token_file = "{token_file}"\n'
-        f'tls_cert_file = "{cert_file}"\ntls_key_file = "{key_file}"\n'
+        f'tls_cert_file = "{cert_file}"\ntls_key_file = "{key_file}"\ncatalog = "{catalog_url}"\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloud_api", "--config", str(cfg), "serve"],

@@ -40,9 +40,9 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, module_catalog_url: str) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("oracle")
-    cfg = cloud_config(tmp)
+    cfg = cloud_config(tmp, catalog=module_catalog_url)
     store = open_store(cfg.store_url)
     spec = StudySpec(patient_id="PO1", instances_per_series=3)
     seeded = seed_site(store, "a", spec)

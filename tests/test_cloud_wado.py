@@ -73,9 +73,9 @@ def _obj(original: pydicom.Dataset, data: bytes) -> Obj:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, module_catalog_url: str) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("wado")
-    cfg = cloud_config(tmp)
+    cfg = cloud_config(tmp, catalog=module_catalog_url)
     store = open_store(cfg.store_url)
     objs: dict[str, Obj] = {}
     jpeg_study = study(5)

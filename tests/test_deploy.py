@@ -4,8 +4,10 @@ and checked for the fields a site depends on (kubeconform is not available offli
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,11 @@ def test_k8s_deployment_replicas_probes_config_and_secret() -> None:
     # the config in the ConfigMap is a valid hpacs.toml whose tokens file is the Secret's
     cfg = parse_config(tomllib.loads(cm["data"]["hpacs.toml"]))
     assert cfg.cloud.port == 8081 and cfg.cloud.host == "0.0.0.0"
+    # N replicas on one PostgreSQL catalog, reached through the Cloud SQL Auth Proxy sidecar
+    assert spec["replicas"] >= 3 and cfg.cloud.catalog.startswith("postgresql://")
+    (proxy,) = pod["initContainers"]
+    assert proxy["restartPolicy"] == "Always" and "cloud-sql-proxy" in proxy["image"]
+    assert "--port=5432" in proxy["args"] and "@127.0.0.1:5432/" in cfg.cloud.catalog
     tokens = Path(cfg.cloud.tokens_file)
     assert str(tokens.parent) == mounts["tokens"]["mountPath"]
     assert tokens.name in secret["stringData"]
@@ -167,3 +174,33 @@ def test_dockerfile_runs_as_non_root_and_copies_what_exists() -> None:
         if ln.startswith("COPY ") and "--from=" not in ln:
             for src in ln.split()[1:-1]:
                 assert (ROOT / src).exists(), src
+
+
+def test_devup_starts_a_postgresql_catalog_for_make_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CLOUD_CATALOG=postgresql make up`: a cluster under var/, its URL in
+    var/cloud-catalog.url and on the cloud API's command line."""
+    import psycopg
+
+    from deploy import devup
+
+    # a directory the postgres user can reach (pytest's tmp_path is private to root)
+    var = Path(tempfile.mkdtemp(prefix="var-", dir=os.environ.get("TMPDIR") or "/tmp"))
+    os.chmod(var, 0o755)
+    monkeypatch.setattr(devup, "URL_FILE", var / "cloud-catalog.url")
+    monkeypatch.setenv("HPACS_DEV_PGPORT", "0")
+    procs = devup.read_procfile(DEPLOY / "Procfile", "deploy/hpacs.dev.toml")
+    cluster = devup.start_catalog("postgresql", procs)
+    try:
+        url = (var / "cloud-catalog.url").read_text().strip()
+        assert url.startswith("postgresql://") and url.endswith("/hpacs")
+        cloud = dict(procs)["cloud"]
+        assert cloud[-2:] == ["--catalog", url] and "serve" in cloud
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        cluster.remove()
+    assert devup.start_catalog("", procs) is None
+    assert not (var / "cloud-catalog.url").exists()  # a SQLite run leaves no stale URL
+    shutil.rmtree(var)

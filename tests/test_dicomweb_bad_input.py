@@ -143,10 +143,12 @@ ROWS = [
 
 @pytest.fixture(scope="module", params=["cloud"])
 def target(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    module_catalog_url: str,
 ) -> Iterator[Target]:
     tmp: Path = tmp_path_factory.mktemp(f"bad-input-{request.param}")
-    cfg = cloud_config(tmp, max_body_bytes=1_000_000)
+    cfg = cloud_config(tmp, max_body_bytes=1_000_000, catalog=module_catalog_url)
     store = open_store(cfg.store_url)
     (ds,) = study(1)
     seed_objects(store, "a", [dataset_bytes(ds)])

@@ -19,8 +19,8 @@ from tests.support.orthanc import DicomwebServer, Orthanc, running_orthanc
 
 
 @pytest.fixture
-def peers(tmp_path: Path) -> Iterator[tuple[CloudServer, ObjectStore, Orthanc]]:
-    cfg = cloud_config(tmp_path / "cloud")
+def peers(tmp_path: Path, catalog_url: str) -> Iterator[tuple[CloudServer, ObjectStore, Orthanc]]:
+    cfg = cloud_config(tmp_path / "cloud", catalog=catalog_url)
     store = open_store(cfg.store_url)
     # Orthanc reads patient data back too: a token that may store into `cloud` and read it
     token = make_token(cfg, "orthanc", "admin", [])

@@ -118,8 +118,7 @@ class CloudServer:
     def poll(self) -> None:
         """Apply new catalog objects now instead of waiting for the poll interval."""
         assert self.app is not None
-        svc = self.app[SERVICES]
-        svc.index.poll(svc.store)
+        self.app[SERVICES].poller.poll()
 
     @property
     def services(self):  # type: ignore[no-untyped-def]
