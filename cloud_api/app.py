@@ -35,6 +35,7 @@ from cloud_api.catalog.poller import Poller
 from cloud_api.denials import DenialGate
 from shared import health, metrics
 from shared.config import CloudConfig, RestoreConfig, RetentionConfig
+from shared.dicomweb import routes as dw
 from shared.errors import (
     NotAuthorized,
     NotFound,
@@ -54,35 +55,15 @@ log = logging.getLogger("hpacs.cloud.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-S = "/dicomweb/studies/{study}"
-SE = S + "/series/{series}"
-IN = SE + "/instances/{instance}"
+# DICOMweb: the shared routes (shared/dicomweb/routes.py), READ for QIDO/WADO, WRITE for STOW
+ACCESS = {dw.Access.READ: Need.READ, dw.Access.WRITE: Need.WRITE}
+S = dw.ROOT + dw.S  # for cloud-only routes beside the shared ones
+SE = dw.ROOT + dw.SE
+IN = dw.ROOT + dw.IN
 
 # method, path, handler, need, audit action
 ROUTES: list[tuple[str, str, Handler, Need, str]] = [
-    ("GET", "/dicomweb/studies", h.qido_studies, Need.READ, "qido"),
-    ("GET", "/dicomweb/series", h.qido_series, Need.READ, "qido"),
-    ("GET", "/dicomweb/instances", h.qido_instances, Need.READ, "qido"),
-    ("GET", S + "/series", h.qido_series, Need.READ, "qido"),
-    ("GET", S + "/instances", h.qido_instances, Need.READ, "qido"),
-    ("GET", SE + "/instances", h.qido_instances, Need.READ, "qido"),
-    ("GET", S, h.wado_retrieve, Need.READ, "wado"),
-    ("GET", SE, h.wado_retrieve, Need.READ, "wado"),
-    ("GET", IN, h.wado_retrieve, Need.READ, "wado"),
-    ("GET", S + "/metadata", h.wado_metadata, Need.READ, "wado-metadata"),
-    ("GET", SE + "/metadata", h.wado_metadata, Need.READ, "wado-metadata"),
-    ("GET", IN + "/metadata", h.wado_metadata, Need.READ, "wado-metadata"),
-    ("GET", IN + "/frames/{frames}", h.wado_frames, Need.READ, "wado-frames"),
-    ("GET", IN + "/frames/{frames}/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", IN + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", SE + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", S + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", IN + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
-    ("GET", S + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
-    ("GET", SE + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
-    ("GET", IN + "/bulkdata/{tag}", h.wado_bulkdata, Need.READ, "wado-bulkdata"),
-    ("POST", "/dicomweb/studies", h.stow, Need.WRITE, "stow"),
-    ("POST", S, h.stow, Need.WRITE, "stow"),
+    *((m, dw.ROOT + p, fn, ACCESS[a], action) for m, p, fn, a, action in dw.ROUTES),
     # deletion (cloud_api/deletions.py): a request per site holding it, applied by its agent
     ("DELETE", S, deletions.dicomweb_delete, Need.ADMIN, "delete"),
     ("DELETE", SE, deletions.dicomweb_delete, Need.ADMIN, "delete"),
@@ -444,7 +425,7 @@ def create_app(
     )
     app[SERVICES] = svc
     app[ops.STARTUP] = ops.Startup(health.StoreReadiness(store, log))
-    h.attach_dicomweb(app)  # one bounded read pool and the metadata cache
+    dw.attach(app, h.dicomweb_side(svc))  # one bounded read pool and the metadata cache
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:
         route = app.router.add_route(method, path, handler)

@@ -190,7 +190,9 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
         server.start_retrier()
     else:
         server.start()
-    http = start_http(cfg, db, server.active_associations)
+    http = start_http(
+        cfg, db, server.active_associations, ingestor=server.ingestor, recaller=server.recaller
+    )
     ports = server.ports or [p for p in (cfg.edge.port, cfg.edge.tls.port) if p]
     log.info(
         "edge node ready ae_title=%s ports=%s acceptors=%d",

@@ -172,6 +172,7 @@ class EdgeConfig:
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
     console_token_file: str = ""  # empty: <data_dir>/console_token, generated at first start
+    viewer_dir: str = ""  # the OHIF build served at /viewer/; "": where `make viewer` installs it
     # Console sign-in (edge/webauth.py): signed session cookies, their lifetime and key file
     # ("": <data_dir>/session.key), Secure cookies also over plain HTTP (behind a TLS proxy),
     # and failed sign-ins allowed per user name and per client address within a window.

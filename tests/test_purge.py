@@ -21,7 +21,14 @@ from shared.deletion import Actor, Target
 from shared.deletion_request import DeletionRequest, DeletionStatus
 from shared.errors import Conflict, PermanentStoreError
 from shared.index import Database
-from shared.keys import catalog_prefix, deletion_key, deletion_status_key
+from shared.keys import (
+    catalog_prefix,
+    deletion_key,
+    deletion_status_key,
+    instance_key,
+    parse_instance_object,
+    revision_key,
+)
 from shared.recall import Recaller
 from sync.agent import Agent
 from sync.deletions import poll_deletions
@@ -315,3 +322,30 @@ def test_purge_and_holds_on_the_gcs_emulator(tmp_path: Path) -> None:
             assert s.states(held) == {"deleted": 3}
         finally:
             agent.close()
+
+
+def test_the_purge_deletes_every_version_of_a_corrected_instance(s: Site, agent: Agent) -> None:
+    """A corrected instance keeps its original at `instance_key` and each corrected version
+    beside it (`revision_key`): the purge takes them all, and nothing of a neighbour whose SOP
+    Instance UID merely starts with the same digits."""
+    uid = synced_study(s, agent)
+    row = s.rows("study_id = ?", (s.study_id(uid),))[0]
+    study, series, sop, _ = parse_instance_object(row["object_key"])  # type: ignore[misc]
+    revision = revision_key(study, series, sop, "0badcafe")
+    agent.store.put(revision, b"corrected bytes", content_type="application/dicom")
+    t0 = time.time()
+    delete(s, uid, clock=lambda: t0)
+    agent.catalog.flush()
+    purger = Purger(
+        s.cfg, s.db, agent.store, s.cache.root, agent.catalog, clock=lambda: t0 + 8 * DAY
+    )
+    purger.run()
+    assert agent.store.head(row["object_key"]) is None
+    assert agent.store.head(revision) is None
+    # the versions of "1.2.3" are not those of "1.2.3.4" (a shorter UID than synthetic ones)
+    short = [instance_key("1.2", "1.2.1", u) for u in ("1.2.3", "1.2.3.4")]
+    for key in [*short, revision_key("1.2", "1.2.1", "1.2.3", "0badcafe")]:
+        agent.store.put(key, b"x", content_type="application/dicom")
+    assert purger._versions(short[0]) == sorted(
+        [short[0], revision_key("1.2", "1.2.1", "1.2.3", "0badcafe")]
+    )
