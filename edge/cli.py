@@ -24,6 +24,7 @@ from edge.ingest import Ingestor
 from edge.reconcile import reconcile
 from edge.routequeue import retry, routes_report
 from edge.routestore import check_config_routes, removal_blockers, stored_routes
+from edge.runtime import configure
 from edge.scu import client_ssl_context, echo, node_ssl_context
 from edge.server import EdgeServer
 from edge.users import ROLES, add_user, list_users, remove_user, set_password
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return 2
     setup_logging(cfg.edge.log_level, "edge")
+    configure()
     try:
         if args.command == "serve":
             _exit_now(serve(cfg))
@@ -174,16 +176,20 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
         stop.set()
 
     call_on_signals(_stop)  # not in the handler itself: Event.set() there can deadlock
-    # edge.acceptors > 1: child processes serve DIMSE on the port (edge/acceptors.py); this
-    # process keeps reconcile (done above, before any child starts), HTTP, hot folder, forwarder.
-    acceptors = Acceptors(cfg, cfg.edge.acceptors) if cfg.edge.acceptors > 1 else None
-    if acceptors is not None:
-        acceptors.start()
-    else:
-        server.start()
     forwarder.start()
     if hotfolder is not None:
         hotfolder.start()
+    # DIMSE once everything a stored instance needs runs; HTTP last, so that once /healthz
+    # answers every part of the node is up. edge.acceptors > 1: child processes serve DIMSE on
+    # the port (edge/acceptors.py); this process keeps reconcile (done above, before any child
+    # starts), HTTP, hot folder, forwarder and the commitment report queue.
+    count = cfg.edge.acceptor_count
+    acceptors = Acceptors(cfg, count) if count > 1 else None
+    if acceptors is not None:
+        acceptors.start()
+        server.start_retrier()
+    else:
+        server.start()
     http = start_http(
         cfg, db, server.active_associations, ingestor=server.ingestor, recaller=server.recaller
     )
@@ -192,7 +198,7 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
         "edge node ready ae_title=%s ports=%s acceptors=%d",
         cfg.edge.ae_title,
         ports,
-        cfg.edge.acceptors,
+        count,
     )
     if ready is not None:
         ready.set()

@@ -35,7 +35,7 @@ from edge.routequeue import (
 )
 from edge.routestore import RouteTable
 from edge.routing import backoff_s
-from edge.sender import send_instances
+from edge.sender import CacheSource, send_instances
 from shared.config import Config, RouteConfig
 from shared.deletion import visible_sql
 from shared.dicom import Header
@@ -267,6 +267,8 @@ def dimse_sender(
     """The forwarder's sender: the retrieve path's `send_instances` (one association per batch,
     transfer syntax converted when the destination needs it)."""
 
+    source = CacheSource(Locator(db, cache, recaller), reader="routing")
+
     def send(node: Node, batch: list[Job]) -> dict[int, SendResult]:
         by_uid = {j.sop_instance_uid: j for j in batch}
         marks = ",".join("?" * len(by_uid))
@@ -290,7 +292,7 @@ def dimse_sender(
             our_ae_title,
             node,
             refs,
-            lambda ref: Locator(db, cache, recaller).read_at(ref, reader="routing"),
+            source,
             timeout_s=timeout_s,
             ssl_context=ssl_context,
         )

@@ -36,7 +36,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 import shared
-from edge import dashboard, webviewer
+from edge import commitqueue, dashboard, webviewer
 from edge import dicomweb as edw
 from edge.accesslog import AccessLog
 from edge.admin_api import PRINCIPAL, AdminApi, read_json
@@ -290,6 +290,8 @@ class EdgeHttp:
             ("PUT", "/api/routes/rules/{name}", a.rule_save, Need.OPERATE),
             ("DELETE", "/api/routes/rules/{name}", a.rule_delete, Need.OPERATE),
             ("GET", "/api/events", self.api_events, Need.OPERATE),
+            ("GET", "/api/commitments", self.api_commitments, Need.OPERATE),
+            ("POST", "/api/commitments/retry", self.api_commitments_retry, Need.OPERATE),
             ("GET", "/api/users", a.users, Need.ADMIN),
             ("POST", "/api/users", a.user_create, Need.ADMIN),
             ("PUT", "/api/users/{name}", a.user_update, Need.ADMIN),
@@ -512,6 +514,17 @@ class EdgeHttp:
         kind = request.query.get("kind", "association_rejected")
         limit = _int_param(request, "limit", 100, 1, 1000)
         return web.json_response(await asyncio.to_thread(dashboard.events, self.db, kind, limit))
+
+    async def api_commitments(self, request: web.Request) -> web.Response:
+        """Storage Commitment reports not yet delivered (pending with backoff, or failed)."""
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        return web.json_response(await asyncio.to_thread(commitqueue.listing, self.db, limit))
+
+    async def api_commitments_retry(self, request: web.Request) -> web.Response:
+        queue = commitqueue.ReportQueue(self.db)
+        n = await asyncio.to_thread(queue.retry_failed)
+        log.info("console commitment retry reports=%d", n)
+        return web.json_response({"requeued": n})
 
 
 SHARED_ASSETS = {".css": "text/css", ".js": "text/javascript"}

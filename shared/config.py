@@ -7,8 +7,10 @@ got 70000`). Field metadata carries the check so adding a key is one line.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,12 @@ def one_of(*choices: str) -> Check:
         return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
 
     return check
+
+
+def count_or_auto(v: int | str) -> str | None:
+    if v == "auto" or (isinstance(v, int) and v > 0):
+        return None
+    return f'must be a positive integer or "auto", got {v!r}'
 
 
 def catalog_url(v: str) -> str | None:
@@ -149,10 +157,14 @@ class EdgeConfig:
     association_timeout_s: float = checked(60.0, positive)
     dimse_timeout_s: float = checked(60.0, positive)
     network_timeout_s: float = checked(60.0, positive)
+    # Before association: the whole A-ASSOCIATE-RQ must arrive within this (ARTIM), and at most
+    # this many such unauthenticated connections wait per acceptor process.
+    artim_timeout_s: float = checked(10.0, positive)
+    max_unauthenticated: int = checked(16, positive)
     duplicates: str = checked("keep", one_of("keep", "replace"))
     min_free_bytes: int = checked(256 * 1024**2, non_negative)
     find_max_results: int = checked(5000, positive)
-    acceptors: int = checked(1, positive)
+    acceptors: int | str = checked("auto", count_or_auto)  # "auto": one per core
     # "full": each ingest COMMIT fsyncs the WAL. "normal" (Orthanc's setting): COMMIT is atomic
     # and survives a process crash but reaches the disk at the next checkpoint; after a power
     # loss the fsynced file is still there and start-up reconciliation re-indexes it.
@@ -183,6 +195,16 @@ class EdgeConfig:
     import_rescan_s: float = checked(30.0, positive)  # full rescan: watchdog events are only hints
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     tls: TlsConfig = field(default_factory=TlsConfig)
+
+    @property
+    def acceptor_count(self) -> int:
+        """`acceptors` resolved: "auto" is the number of cores this process may use."""
+        if isinstance(self.acceptors, int):
+            return self.acceptors
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def cache_dir(self) -> Path:
@@ -345,6 +367,14 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(key, f"must be a list, got {type(value).__name__}")
         return [_convert(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if isinstance(tp, types.UnionType):  # e.g. `int | str`: the first member that fits
+        for member in get_args(tp):
+            try:
+                return _convert(key, member, value)
+            except ConfigError:
+                continue
+        names = " or ".join(m.__name__ for m in get_args(tp))
+        raise ConfigError(key, f"must be {names}, got {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, got {value!r}")
