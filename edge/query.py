@@ -216,7 +216,7 @@ def _term(attr: Attr, raw: Any) -> matching.Predicate | None:
         if inner is None:
             return None
         return matching.Exists(f"{table} x", f"x.study_id = st.id AND {visible}", inner)
-    if attr.kind == "pn":
+    if attr.kind == "pn" and attr.match:  # an upper-cased copy: case-insensitive
         return matching.any_of([matching.string(col, matching.person_name(v)) for v in values])
     return matching.any_of([matching.string(col, v) for v in values])
 
