@@ -17,17 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from shared.audit import AuditChain, AuditKey, load_key
-from shared.audit_verify import Report, verify
+from shared.auditlog import ShippedLog, replica_id
 from shared.config import Config
-from shared.errors import PacsError
-from shared.store.base import ObjectStore
-
-log = logging.getLogger("hpacs.audit.site")
 
 KEY_SETTING = "edge.audit_key"
 TAIL_BYTES = 512 * 1024  # the console reads the newest records from the end of each file
@@ -42,14 +37,17 @@ def audit_key(cfg: Config, *, create: bool) -> AuditKey:
     )
 
 
-class SiteAudit:
-    """The site's chain: service = the site (`sync.site`), one replica id per data dir."""
+class SiteAudit(ShippedLog):
+    """The site's chain: service = the site (`sync.site`), one replica id per data dir
+    (`e` + 8 hex); shipping and verify: `shared.auditlog.ShippedLog`."""
+
+    log = logging.getLogger("hpacs.audit.site")
 
     def __init__(self, cfg: Config) -> None:
         self.dir = Path(cfg.edge.data_dir) / "audit"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.service = cfg.sync.site
-        self.replica = _replica_id(self.dir)
+        self.replica = replica_id(self.dir, "e")
         self.chain = AuditChain(
             self.dir,
             audit_key(cfg, create=True),
@@ -58,7 +56,6 @@ class SiteAudit:
             max_bytes=cfg.edge.audit_max_bytes,
             shared=True,
         )
-        self._last_ship = 0.0
 
     def record(
         self,
@@ -89,27 +86,6 @@ class SiteAudit:
             }
         )
 
-    def ship(self, store: ObjectStore) -> int:
-        shipped = self.chain.ship(store)
-        self._last_ship = time.monotonic()
-        return sum(s.last_seq - s.first_seq + 1 for s in shipped)
-
-    def ship_due(self, store: ObjectStore, interval_s: float) -> int:
-        if time.monotonic() - self._last_ship < interval_s:
-            return 0
-        try:
-            return self.ship(store)
-        except PacsError as exc:
-            self._last_ship = time.monotonic()
-            log.warning("audit shipment failed error=%s hint=%s", exc, exc.hint)
-            return 0
-
-    def verify(self, store: ObjectStore | None) -> Report:
-        with self.chain.opened() as files:
-            return verify(
-                files, self.chain.key, replica=self.replica, service=self.service, store=store
-            )
-
     def recent(self, limit: int = 200) -> list[dict[str, Any]]:
         """The last records, newest first (the console's audit page)."""
         out: list[dict[str, Any]] = []
@@ -127,9 +103,6 @@ class SiteAudit:
                         out.append(rec)
         return out
 
-    def close(self) -> None:
-        self.chain.close()
-
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
     try:
@@ -139,19 +112,3 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     if not isinstance(rec, dict):
         return None
     return {k: v for k, v in rec.items() if k not in ("prev", "mac", "key")}
-
-
-def _replica_id(directory: Path) -> str:
-    """A stable id per data directory (`e` + 8 hex), so two edges of one site never collide."""
-    p = directory / "replica_id"
-    try:
-        return p.read_text().strip()
-    except FileNotFoundError:
-        rid = "e" + os.urandom(4).hex()
-        try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return p.read_text().strip()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(rid)
-        return rid
