@@ -198,9 +198,12 @@ class EdgeConfig:
 
     @property
     def acceptor_count(self) -> int:
-        """`acceptors` resolved: "auto" is the number of cores this process may use."""
+        """`acceptors` resolved: "auto" is the number of cores this process may use, or 1
+        when no DIMSE listener is configured (both ports 0: there is no port to share)."""
         if isinstance(self.acceptors, int):
             return self.acceptors
+        if not self.port and not self.tls.port:
+            return 1
         try:
             return max(1, len(os.sched_getaffinity(0)))
         except (AttributeError, OSError):  # pragma: no cover - not Linux
