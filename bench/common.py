@@ -159,23 +159,50 @@ class Receiver:
 
 
 class Edge(Receiver):
+    """`hpacs-edge serve`; with `sync`, the sync agent runs beside it as `make up` runs it
+    (`hpacs-sync run` uploading to the GCS emulator, deploy/gcs_emulator.py)."""
+
     name = "hpacs-edge"
 
-    def __init__(self, workdir: Path, acceptors: int = 1, index_synchronous: str = "full") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        acceptors: int | str = "auto",
+        index_synchronous: str = "full",
+        sync: bool = False,
+    ) -> None:
         super().__init__(workdir)
         self.acceptors = acceptors
         self.index_synchronous = index_synchronous
+        self.sync = sync
+        self.emulator_port = 0
+        self._side: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def acceptor_count(self) -> int:
+        if isinstance(self.acceptors, int):
+            return self.acceptors
+        return max(1, len(os.sched_getaffinity(0)))
 
     def prepare(self) -> None:
+        acceptors = f'"{self.acceptors}"' if isinstance(self.acceptors, str) else self.acceptors
+        sync = ""
+        if self.sync:
+            self.emulator_port = free_port()
+            sync = (
+                '[sync]\nstore_url = "gs://bench"\nsite = "bench"\n'
+                f'emulator_host = "http://127.0.0.1:{self.emulator_port}"\n'
+            )
         (self.workdir / "hpacs.toml").write_text(
             "[edge]\n"
             f'ae_title = "{CALLED_AE}"\nhost = "127.0.0.1"\nport = {self.port}\n'
             f'data_dir = "{self.workdir / "data"}"\nmin_free_bytes = 0\n'
-            f"acceptors = {self.acceptors}\n"
+            f"acceptors = {acceptors}\n"
             f'index_synchronous = "{self.index_synchronous}"\n'
             'log_level = "WARNING"\n'
             "http_port = 0\n"
             "[edge.tls]\nport = 0\n"
+            f"{sync}"
             f'[[nodes]]\nae_title = "{CALLING_AE}"\nhost = "127.0.0.1"\nport = 104\n'
             'permissions = ["echo", "store"]\n'
         )
@@ -183,10 +210,43 @@ class Edge(Receiver):
     def start(self) -> None:
         super().start()
         deadline = time.monotonic() + 60
-        while listeners(self.port) < self.acceptors:  # every acceptor process listens
+        while listeners(self.port) < self.acceptor_count:  # every acceptor process listens
             if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
                 raise RuntimeError(f"hpacs-edge acceptors did not all listen; see {self.log}")
             time.sleep(0.05)
+        if self.sync:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        venv = ROOT / ".venv" / "bin"
+        log = open(self.workdir / "sync.log", "wb")  # noqa: SIM115 - closed with the process
+        gcs = subprocess.Popen(
+            [str(venv / "python"), str(ROOT / "deploy" / "gcs_emulator.py"), "--port",
+             str(self.emulator_port), "--data", str(self.workdir / "gcs"), "--bucket", "bench"],
+            stdout=log, stderr=subprocess.STDOUT, env=ENV,
+        )  # fmt: skip
+        self._side.append(gcs)
+        deadline = time.monotonic() + 30
+        while b"bucket bench" not in (self.workdir / "sync.log").read_bytes():
+            if time.monotonic() > deadline or gcs.poll() is not None:
+                raise RuntimeError(f"GCS emulator did not start; see {self.workdir / 'sync.log'}")
+            time.sleep(0.05)
+        agent = subprocess.Popen(
+            [str(venv / "hpacs-sync"), "--config", str(self.workdir / "hpacs.toml"), "run"],
+            stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=self.workdir,
+        )  # fmt: skip
+        self._side.append(agent)
+
+    def stop(self) -> None:
+        for p in reversed(self._side):
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self._side = []
+        super().stop()
 
     def command(self) -> list[str]:
         exe = ROOT / ".venv" / "bin" / "hpacs-edge"
@@ -342,6 +402,15 @@ def rss_peak_kb(pid: int) -> int:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> str:
+    """Median and range of the per-repetition ratios a[i] / b[i] (same repetition, same load):
+    on a shared machine single figures swing, ratios of one repetition much less."""
+    ratios = sorted(x / y for x, y in zip(a, b, strict=True) if y)
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -1,10 +1,14 @@
-"""Ingest benchmark: DCMTK storescu -> hpacs-edge, DCMTK storescp and Orthanc, in one run.
+"""Ingest benchmark: DCMTK storescu -> hpacs-edge, Orthanc (and optionally DCMTK storescp),
+in one run.
 
-Prints a table of instances/s (medians of interleaved repetitions) and hpacs-edge's ratio to
-Orthanc and to storescp, then the edge's peak RSS while receiving one ~1 GB object.
-Figures on a shared machine are noisy: read the ratios, which come from the same run.
+Prints a table of instances/s (medians of interleaved repetitions), the *paired* ratio
+hpacs-edge / Orthanc (median and range of the per-repetition ratios: both measured in the same
+repetition, under the same machine load), each receiver's CPU ms per instance, then the edge's
+peak RSS while receiving one ~1 GB object. The edge runs with its default acceptors and, as
+`make up` runs a site, with the sync agent uploading to the GCS emulator beside it (--no-sync
+to leave it out). Figures on a shared machine are noisy: read the paired ratios.
 
-    .venv/bin/python bench/ingest.py                 # defaults: a few minutes
+    .venv/bin/python bench/ingest.py                 # defaults: 5 repetitions, several minutes
     .venv/bin/python bench/ingest.py --ct 200 --small 600 --reps 1 --big-mb 0   # quick look
 """
 
@@ -27,6 +31,7 @@ from common import (
     cpu_seconds,
     make_dataset,
     median,
+    paired,
     rss_peak_kb,
     running,
     send,
@@ -39,13 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ct", type=int, default=600, help="0.5 MB CT slices (default 600)")
     p.add_argument("--small", type=int, default=2000, help="~10 KB images (default 2000)")
-    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default 5)")
     p.add_argument("--assocs", default="1,4", help="association counts (default 1,4)")
-    p.add_argument("--acceptors", type=int, default=1, help="edge.acceptors (default 1)")
+    p.add_argument("--acceptors", default="auto", help='edge.acceptors (default "auto")')
+    p.add_argument("--no-sync", action="store_true", help="no sync agent beside the edge")
     p.add_argument("--big-mb", type=int, default=1024, help="size of the RSS object, 0 skips")
     p.add_argument(
         "--targets",
-        default="edge,edge-normal,orthanc,storescp",
+        default="edge,orthanc",
         help="receivers to run (edge-normal: edge.index_synchronous = normal; a suffix -aN "
         "sets edge.acceptors = N for that target, e.g. edge-a1,edge-a2)",
     )
@@ -62,12 +68,13 @@ RATIOS = [
 ]
 
 
-def receiver(name: str, work: Path, assocs: int, acceptors: int) -> Receiver:
+def receiver(name: str, work: Path, args: argparse.Namespace) -> Receiver:
     m = re.fullmatch(r"(edge(?:-normal)?)(?:-a(\d+))?", name)
     if m:  # edge-normal: edge.index_synchronous = "normal", Orthanc's own setting
-        n = int(m.group(2)) if m.group(2) else acceptors
-        sync = "normal" if m.group(1) == "edge-normal" else "full"
-        return Edge(work / "edge", acceptors=n, index_synchronous=sync)
+        default = int(args.acceptors) if str(args.acceptors).isdigit() else args.acceptors
+        n: int | str = int(m.group(2)) if m.group(2) else default
+        index = "normal" if m.group(1) == "edge-normal" else "full"
+        return Edge(work / "edge", acceptors=n, index_synchronous=index, sync=not args.no_sync)
     if name == "orthanc":
         return Orthanc(work / "orthanc")
     return StoreSCP(work / "storescp")
@@ -90,7 +97,7 @@ def run_rows(args: argparse.Namespace, work: Path) -> None:
             cpu: dict[str, list[float]] = {t: [] for t in targets}
             for rep in range(args.reps):
                 for t in targets:  # interleaved: every receiver once per repetition
-                    with running(receiver(t, work / "srv", assocs, args.acceptors)) as r:
+                    with running(receiver(t, work / "srv", args)) as r:
                         assert r.proc is not None
                         cpu0 = cpu_seconds(r.proc.pid)
                         dt = send(r.port, ds.files, assocs)
@@ -109,17 +116,19 @@ def run_rows(args: argparse.Namespace, work: Path) -> None:
             row += [f"{med[t]:,.0f}" for t in targets]
             for a, b in RATIOS:
                 if a in med and b in med:
-                    row.append(f"{med[a] / med[b]:.2f}")
+                    row.append(paired(rates[a], rates[b]))
             row += [f"{median(cpu[t]):.2f}" for t in targets]
             rows.append(row)
     header = ["dataset", "assocs", *(f"{t} inst/s" for t in targets)]
-    header += [f"{a}/{b}" for a, b in RATIOS if a in targets and b in targets]
+    header += [f"{a}/{b} paired" for a, b in RATIOS if a in targets and b in targets]
     header += [f"{t} cpu ms/inst" for t in targets]
     if not rows:
         return
+    sync = "no sync agent" if args.no_sync else "sync agent + GCS emulator beside the edge"
     print(
-        f"\nmedians of {args.reps} interleaved repetitions, storescu, TCP_NODELAY=1; "
-        "cpu ms/inst: receiver process CPU per instance (less sensitive to machine load)"
+        f"\nmedians of {args.reps} interleaved repetitions, storescu, TCP_NODELAY=1, {sync}; "
+        "a/b paired: median (range) of the per-repetition ratios; cpu ms/inst: receiver "
+        "process CPU per instance (acceptor children included)"
     )
     print(table(header, rows))
 
@@ -128,7 +137,7 @@ def run_rss(args: argparse.Namespace, work: Path) -> None:
     (work / "in").mkdir(parents=True, exist_ok=True)
     big = write_big_object(work / "in" / "big.dcm", args.big_mb * 1024 * 1024)
     size = big.stat().st_size
-    with running(Edge(work / "srv" / "edge-big", acceptors=1)) as r:
+    with running(Edge(work / "srv" / "edge-big", acceptors=1, sync=not args.no_sync)) as r:
         assert r.proc is not None
         before = rss_peak_kb(r.proc.pid)
         dt = send(r.port, [big], 1)

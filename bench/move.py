@@ -1,12 +1,15 @@
-"""C-MOVE benchmark: a cached 500-instance study (0.5 MB CT slices) moved to a DCMTK storescp,
-hpacs-edge vs Orthanc 1.10 in the same run.
+"""C-MOVE and C-GET benchmark: a cached 500-instance study (0.5 MB CT slices), hpacs-edge vs
+Orthanc 1.10 in the same run.
 
-Both servers run as their own processes, hold the same study (loaded with storescu) and move
-it to the same storescp (`+B`, files on the same disk) when DCMTK `movescu` asks; repetitions
-alternate between the two. Prints seconds (median), instances/s, MB/s and the ratio to
-Orthanc. Figures on a shared machine are noisy: read the ratio, which comes from one run.
+Both servers run as their own processes and hold the same study (loaded with storescu). C-MOVE:
+DCMTK `movescu` asks each to move it to the same DCMTK storescp (`+B`, files on the same disk).
+C-GET: DCMTK `getscu` retrieves it on its own association. Repetitions alternate between the
+servers; the table gives seconds (median), instances/s, the paired speed ratio (median and range
+of the per-repetition Orthanc-time / edge-time) and each server's CPU ms per instance. The edge
+runs with its default acceptors and the sync agent beside it (as `make up` runs a site;
+--no-sync leaves it out).
 
-    .venv/bin/python bench/move.py                  # 500 x 0.5 MB, 3 repetitions
+    .venv/bin/python bench/move.py                  # 500 x 0.5 MB, 5 repetitions
     .venv/bin/python bench/move.py --count 200 --reps 1
 """
 
@@ -29,7 +32,9 @@ from common import (
     Edge,
     Orthanc,
     Receiver,
+    cpu_seconds,
     median,
+    paired,
     running,
     send,
     table,
@@ -39,6 +44,8 @@ from shared.synthetic import StudySpec, iter_study
 
 DEST_AE = "STORESCP"
 MOVE_AE = "MOVESCU"
+GET_AE = "GETSCU"
+OPS = ("C-MOVE", "C-GET")
 
 
 class Destination(Receiver):
@@ -63,8 +70,8 @@ class Destination(Receiver):
 
 
 class MoveEdge(Edge):
-    def __init__(self, workdir: Path, dest_port: int) -> None:
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, dest_port: int, sync: bool) -> None:
+        super().__init__(workdir, sync=sync)
         self.dest_port = dest_port
 
     def prepare(self) -> None:
@@ -73,6 +80,8 @@ class MoveEdge(Edge):
             fh.write(
                 f'[[nodes]]\nae_title = "{MOVE_AE}"\nhost = "127.0.0.1"\nport = 104\n'
                 'permissions = ["echo", "move"]\n'
+                f'[[nodes]]\nae_title = "{GET_AE}"\nhost = "127.0.0.1"\nport = 104\n'
+                'permissions = ["echo", "get"]\n'
                 f'[[nodes]]\nae_title = "{DEST_AE}"\nhost = "127.0.0.1"\n'
                 f'port = {self.dest_port}\npermissions = ["echo", "store"]\n'
             )
@@ -90,9 +99,11 @@ class MoveOrthanc(Orthanc):
         cfg["DicomModalities"] = {
             "storescu": [CALLING_AE, "127.0.0.1", 104],
             "movescu": [MOVE_AE, "127.0.0.1", 104],
+            "getscu": [GET_AE, "127.0.0.1", 104],
             "storescp": [DEST_AE, "127.0.0.1", self.dest_port],
         }
         cfg["DicomAlwaysAllowMove"] = True
+        cfg["DicomAlwaysAllowGet"] = True
         path.write_text(json.dumps(cfg, indent=1))
 
 
@@ -143,11 +154,28 @@ def movescu(port: int, called_ae: str, study_uid: str) -> float:
     return dt
 
 
+def getscu(port: int, called_ae: str, study_uid: str, out: Path) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [
+            "getscu", "-S", "-aet", GET_AE, "-aec", called_ae, "-od", str(out),
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+            "127.0.0.1", str(port),
+        ],
+        capture_output=True, text=True, env=ENV, timeout=1800,
+    )  # fmt: skip
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"getscu against {called_ae} failed: {r.stderr[-800:]}")
+    return dt
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--count", type=int, default=500, help="instances in the study (default 500)")
-    ap.add_argument("--reps", type=int, default=3, help="alternating repetitions (default 3)")
+    ap.add_argument("--reps", type=int, default=5, help="alternating repetitions (default 5)")
     ap.add_argument("--workdir", default="", help="where data goes (default: a temp dir on disk)")
+    ap.add_argument("--no-sync", action="store_true", help="no sync agent beside the edge")
     args = ap.parse_args(argv)
     base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hpacs-move-"))
     t0 = time.perf_counter()
@@ -155,32 +183,54 @@ def main(argv: list[str] | None = None) -> None:
     mb = sum(f.stat().st_size for f in files) / 1e6
     print(f"{len(files)} instances, {mb:.0f} MB, in {time.perf_counter() - t0:.1f}s", flush=True)
     dest = Destination(base / "dest")
+    names = ("hpacs-edge", "Orthanc 1.10")
+    times: dict[tuple[str, str], list[float]] = {(o, n): [] for o in OPS for n in names}
+    cpu: dict[tuple[str, str], list[float]] = {(o, n): [] for o in OPS for n in names}
+    got_dir = base / "got"
     with running(dest):
-        edge = MoveEdge(base / "edge", dest.port)
+        edge = MoveEdge(base / "edge", dest.port, sync=not args.no_sync)
         orthanc = MoveOrthanc(base / "orthanc", dest.port)
         with running(edge), running(orthanc):
             send(edge.port, files, 4)
             send(orthanc.port, files, 4)
             assert edge.stored() == len(files), edge.stored()
             assert orthanc.stored() == len(files), orthanc.stored()
-            times: dict[str, list[float]] = {"hpacs-edge": [], "Orthanc 1.10": []}
             for rep in range(args.reps):
-                for name, srv in (("hpacs-edge", edge), ("Orthanc 1.10", orthanc)):
+                for name, srv in zip(names, (edge, orthanc), strict=True):
+                    assert srv.proc is not None
                     dest.clear()
+                    c0 = cpu_seconds(srv.proc.pid)
                     dt = movescu(srv.port, "BENCH", study_uid)
-                    got = dest.stored()
-                    if got != len(files):
-                        raise RuntimeError(f"{name}: storescp received {got}/{len(files)}")
-                    times[name].append(dt)
-                    print(f"rep {rep + 1} {name}: {dt:.2f}s", flush=True)
-    ref = median(times["Orthanc 1.10"])
+                    cpu["C-MOVE", name].append((cpu_seconds(srv.proc.pid) - c0) / len(files) * 1e3)
+                    if dest.stored() != len(files):
+                        raise RuntimeError(f"{name}: storescp received {dest.stored()}")
+                    times["C-MOVE", name].append(dt)
+                    shutil.rmtree(got_dir, ignore_errors=True)
+                    got_dir.mkdir()
+                    c0 = cpu_seconds(srv.proc.pid)
+                    dg = getscu(srv.port, "BENCH", study_uid, got_dir)
+                    cpu["C-GET", name].append((cpu_seconds(srv.proc.pid) - c0) / len(files) * 1e3)
+                    if sum(1 for _ in got_dir.iterdir()) != len(files):
+                        raise RuntimeError(f"{name}: getscu received too few")
+                    times["C-GET", name].append(dg)
+                    print(f"rep {rep + 1} {name}: move {dt:.2f}s get {dg:.2f}s", flush=True)
     rows = []
-    for name, ts in times.items():
-        m = median(ts)
-        rows.append([name, f"{m:.2f}", f"{len(files) / m:.0f}", f"{mb / m:.0f}", f"{ref / m:.2f}x"])
+    for op in ("C-MOVE", "C-GET"):
+        for name in names:
+            m = median(times[op, name])
+            ratio = paired(times[op, "Orthanc 1.10"], times[op, name])
+            rows.append(
+                [op, name, f"{m:.2f}", f"{len(files) / m:.0f}", f"{mb / m:.0f}", ratio,
+                 f"{median(cpu[op, name]):.2f}"]
+            )  # fmt: skip
     print()
-    print(f"C-MOVE of one {len(files)}-instance study ({mb:.0f} MB) to DCMTK storescp, movescu")
-    print(table(["server", "seconds (median)", "inst/s", "MB/s", "speed vs Orthanc"], rows))
+    sync = "no sync agent" if args.no_sync else "sync agent + GCS emulator beside the edge"
+    print(
+        f"{len(files)}-instance study ({mb:.0f} MB): C-MOVE to DCMTK storescp (movescu), C-GET "
+        f"(getscu); {args.reps} alternating repetitions, {sync}"
+    )
+    header = ["op", "server", "seconds (median)", "inst/s", "MB/s", "speed vs Orthanc, paired"]
+    print(table([*header, "server cpu ms/inst"], rows))
     if not args.workdir:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -6,12 +6,19 @@ default 500) and a JPEG-lossless series of `--frames` instances (default 200, en
 - `hpacs-cloud`: `hpacs-cloud serve` (a subprocess) over a file:// bucket journaled like a sync
   agent; the viewer is its own `/viewer/`, same origin as its `/dicomweb`, bearer token sent
   by the browser context.
+- `hpacs-edge`: `hpacs-edge serve` (a subprocess; DIMSE off, HTTP on a free port), the data
+  loaded beforehand with `hpacs-edge import` (the one ingest path) into its cache and index;
+  the viewer is its own `/viewer/`, same origin as its `/dicomweb`, console token sent as a
+  bearer header by the browser context.
 - `orthanc`: `Orthanc` with the Debian DICOMweb plugin; the same build is served by
   shared/web/viewer.py from a small static server on another port, its data source pointing
   at Orthanc's `/dicom-web` (Orthanc sends no CORS headers: Chromium runs with web security
   off for every target alike, so the page may call it).
-A target is a name -> function returning (viewer base URL, DICOMweb URL, headers): the edge
-is one more entry in round two.
+A target is a name -> function returning (viewer base URL, DICOMweb URL, headers).
+
+The edge's `/metadata` is timed twice per rep: the first request after its start (every
+instance read whole and verified, then encoded) and again (cached, the figure the target
+names). The cloud's likewise (its first read is a 64 KiB range per object).
 
 Per rep and target (order alternating between reps), a fresh browser context first opens the
 study list (scripts reach the cache), then opens `viewer?StudyInstanceUIDs=<uid>` and times,
@@ -37,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from cloud import hpacs, orthanc
-from common import free_port, table
+from cloud import Server, hpacs, orthanc
+from common import ENV, ROOT, free_port, table
 
 from shared.catalog import CatalogRow, encode_batch
 from shared.checksum import crc32c_bytes
@@ -90,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=200, help="JPEG-lossless instances")
     p.add_argument("--size", type=int, default=512, help="rows = columns of every image")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--targets", default="hpacs-cloud,orthanc")
+    p.add_argument("--targets", default="hpacs-edge,hpacs-cloud,orthanc")
     p.add_argument("--timeout", type=float, default=300.0, help="per study open, seconds")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p.parse_args(argv)
@@ -213,6 +220,28 @@ def start_hpacs(stack: ExitStack, work: Path, series: list[Series]) -> Target:
     return Target("hpacs-cloud", base + "/viewer/", dicomweb, {"Authorization": f"Bearer {token}"})
 
 
+def start_edge(stack: ExitStack, work: Path, series: list[Series]) -> Target:
+    """`hpacs-edge serve` with HTTP only; the series imported first through `import`."""
+    d = work / "edge"
+    d.mkdir(parents=True)
+    http = free_port()
+    config = d / "hpacs.toml"
+    config.write_text(
+        f'[edge]\nport = 0\ndata_dir = "{d / "data"}"\nmin_free_bytes = 0\n'
+        f'http_port = {http}\nlog_level = "WARNING"\n[edge.tls]\nport = 0\n'
+        f'[sync]\nstore_url = "file://{d / "bucket"}"\n'
+    )
+    exe = str(ROOT / ".venv" / "bin" / "hpacs-edge")
+    folders = [str(s.files[0].parent) for s in series]
+    subprocess.run([exe, "--config", str(config), "import", *folders], check=True, env=ENV)
+    stack.enter_context(Server("hpacs-edge", [exe, "--config", str(config), "serve"], http, d))
+    token = (d / "data" / "console_token").read_text().strip()
+    base = f"http://127.0.0.1:{http}"
+    return Target(
+        "hpacs-edge", base + "/viewer/", base + "/dicomweb", {"Authorization": f"Bearer {token}"}
+    )
+
+
 def start_orthanc(stack: ExitStack, work: Path, series: list[Series]) -> Target:
     srv, dicomweb = orthanc(work / "orthanc")
     stack.enter_context(srv)
@@ -221,6 +250,7 @@ def start_orthanc(stack: ExitStack, work: Path, series: list[Series]) -> Target:
 
 
 STARTERS: dict[str, Callable[[ExitStack, Path, list[Series]], Target]] = {
+    "hpacs-edge": start_edge,
     "hpacs-cloud": start_hpacs,
     "orthanc": start_orthanc,
 }
@@ -284,6 +314,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 for rep in range(args.reps):
                     order = targets if rep % 2 == 0 else targets[::-1]
                     for t in order:
+                        first_meta = metadata_ms(t, series[0])
+                        if rep == 0:
+                            results[(t.name, "ct", "metadata-first")] = [first_meta]
                         results.setdefault((t.name, "ct", "metadata"), []).append(
                             metadata_ms(t, series[0])
                         )
@@ -322,15 +355,15 @@ def report(
         ("frames", "ct", f"CT {args.slices}: all frames"),
         ("first", "jpegll", f"JPEG-lossless {args.frames}: first image"),
         ("frames", "jpegll", f"JPEG-lossless {args.frames}: all frames"),
-        ("metadata", "ct", f"WADO-RS /metadata, {args.slices} instances"),
+        ("metadata-first", "ct", f"WADO-RS /metadata, {args.slices} instances, first"),
+        ("metadata", "ct", f"WADO-RS /metadata, {args.slices} instances, again"),
     ):
         vals = [med.get((n, s, what)) for n in names]
-        ratio = ""
-        if len(vals) == 2 and vals[0] and vals[1]:
-            ratio = f"{vals[0] / vals[1]:.2f}"
-        rows.append([label, *[_ms(v) for v in vals], ratio])
+        ratios = [f"{v / vals[-1]:.2f}" if v and vals[-1] else "" for v in vals[:-1]]
+        rows.append([label, *[_ms(v) for v in vals], *ratios])
     print(f"\nmedians of {args.reps} reps (alternating order)")
-    print(table(["measure", *names, f"{names[0]} / {names[-1]}"], rows))
+    heads = [f"{n} / {names[-1]}" for n in names[:-1]]
+    print(table(["measure", *names, *heads], rows))
     print(json.dumps({"|".join(k): v for k, v in results.items()}))
 
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_api import admin_api, ops
+from cloud_api import admin_api, deletions, ops
 from cloud_api import handlers as h
 from cloud_api import session as se
 from cloud_api import shares as sh
@@ -33,7 +34,8 @@ from cloud_api.catalog import Catalog, open_catalog
 from cloud_api.catalog.poller import Poller
 from cloud_api.denials import DenialGate
 from shared import health, metrics
-from shared.config import CloudConfig, RestoreConfig
+from shared.config import CloudConfig, RestoreConfig, RetentionConfig
+from shared.dicomweb import routes as dw
 from shared.errors import (
     NotAuthorized,
     NotFound,
@@ -53,35 +55,26 @@ log = logging.getLogger("hpacs.cloud.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-S = "/dicomweb/studies/{study}"
-SE = S + "/series/{series}"
-IN = SE + "/instances/{instance}"
+# DICOMweb: the shared routes (shared/dicomweb/routes.py), READ for QIDO/WADO, WRITE for STOW
+ACCESS = {dw.Access.READ: Need.READ, dw.Access.WRITE: Need.WRITE}
+S = dw.ROOT + dw.S  # for cloud-only routes beside the shared ones
+SE = dw.ROOT + dw.SE
+IN = dw.ROOT + dw.IN
 
 # method, path, handler, need, audit action
 ROUTES: list[tuple[str, str, Handler, Need, str]] = [
-    ("GET", "/dicomweb/studies", h.qido_studies, Need.READ, "qido"),
-    ("GET", "/dicomweb/series", h.qido_series, Need.READ, "qido"),
-    ("GET", "/dicomweb/instances", h.qido_instances, Need.READ, "qido"),
-    ("GET", S + "/series", h.qido_series, Need.READ, "qido"),
-    ("GET", S + "/instances", h.qido_instances, Need.READ, "qido"),
-    ("GET", SE + "/instances", h.qido_instances, Need.READ, "qido"),
-    ("GET", S, h.wado_retrieve, Need.READ, "wado"),
-    ("GET", SE, h.wado_retrieve, Need.READ, "wado"),
-    ("GET", IN, h.wado_retrieve, Need.READ, "wado"),
-    ("GET", S + "/metadata", h.wado_metadata, Need.READ, "wado-metadata"),
-    ("GET", SE + "/metadata", h.wado_metadata, Need.READ, "wado-metadata"),
-    ("GET", IN + "/metadata", h.wado_metadata, Need.READ, "wado-metadata"),
-    ("GET", IN + "/frames/{frames}", h.wado_frames, Need.READ, "wado-frames"),
-    ("GET", IN + "/frames/{frames}/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", IN + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", SE + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", S + "/rendered", h.wado_rendered, Need.READ, "wado-rendered"),
-    ("GET", IN + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
-    ("GET", S + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
-    ("GET", SE + "/thumbnail", h.wado_thumbnail, Need.READ, "wado-thumbnail"),
-    ("GET", IN + "/bulkdata/{tag}", h.wado_bulkdata, Need.READ, "wado-bulkdata"),
-    ("POST", "/dicomweb/studies", h.stow, Need.WRITE, "stow"),
-    ("POST", S, h.stow, Need.WRITE, "stow"),
+    *((m, dw.ROOT + p, fn, ACCESS[a], action) for m, p, fn, a, action in dw.ROUTES),
+    # deletion (cloud_api/deletions.py): a request per site holding it, applied by its agent
+    ("DELETE", S, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    ("DELETE", SE, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    ("DELETE", IN, deletions.dicomweb_delete, Need.ADMIN, "delete"),
+    (
+        "GET",
+        "/api/sites/{site}/deletions/{deletion_id}",
+        deletions.api_deletion_get,
+        Need.ADMIN,
+        "delete-status",
+    ),
     ("GET", "/api/sites", admin_api.api_sites, Need.ADMIN, "sites"),
     ("GET", "/api/tokens", h.api_tokens, Need.ADMIN, "tokens"),
     ("POST", "/api/tokens", h.api_token_create, Need.ADMIN, "token-create"),
@@ -111,6 +104,7 @@ class Services:
 
     cfg: CloudConfig
     restore: RestoreConfig
+    retention: RetentionConfig  # delete_grace_days of the cloud's own STOW site
     store: ObjectStore
     catalog: Catalog
     poller: Poller
@@ -255,12 +249,17 @@ def _audit(
 
 async def _poll_loop(app: web.Application) -> None:
     svc = app[SERVICES]
+    next_purge = 0.0
     while True:
         await asyncio.sleep(svc.cfg.catalog_poll_interval_s)
         try:
             res = await asyncio.to_thread(svc.poller.poll)
             if res.rows:
                 log.info("catalog poll objects=%d rows=%d", res.objects, res.rows)
+            # the STOW site's deletions past their grace (any replica may: it is idempotent)
+            if time.monotonic() >= next_purge:
+                await asyncio.to_thread(deletions.purge_due, svc)
+                next_purge = time.monotonic() + svc.retention.purge_interval_s
         except PacsError as exc:
             log.warning("catalog poll failed error=%s hint=%s", exc, exc.hint)
         except Exception:
@@ -394,6 +393,7 @@ def create_app(
     store: ObjectStore,
     restore: RestoreConfig | None = None,
     audit_store: ObjectStore | None = None,
+    retention: RetentionConfig | None = None,
 ) -> web.Application:
     """The app for one replica; its audit log (and a SQLite catalog) live under `cfg.data_dir`.
     Refuses (ConfigError) an audit key file that others may read."""
@@ -403,6 +403,7 @@ def create_app(
     svc = Services(
         cfg=cfg,
         restore=restore or RestoreConfig(),
+        retention=retention or RetentionConfig(),
         store=store,
         catalog=catalog,
         poller=Poller(catalog, store),
@@ -424,7 +425,7 @@ def create_app(
     )
     app[SERVICES] = svc
     app[ops.STARTUP] = ops.Startup(health.StoreReadiness(store, log))
-    h.attach_dicomweb(app)  # one bounded read pool and the metadata cache
+    dw.attach(app, h.dicomweb_side(svc))  # one bounded read pool and the metadata cache
     needs: dict[Any, tuple[Need, str]] = {}
     for method, path, handler, need, action in ROUTES:
         route = app.router.add_route(method, path, handler)

@@ -245,7 +245,9 @@ def serve(cfg: Config) -> int:
     audit_store = None
     if cfg.cloud.audit_store_url:
         audit_store = open_store(cfg.cloud.audit_store_url, emulator_host=cfg.sync.emulator_host)
-    app = create_app(cfg.cloud, store, cfg.restore, audit_store=audit_store)
+    app = create_app(
+        cfg.cloud, store, cfg.restore, audit_store=audit_store, retention=cfg.retention
+    )
     return asyncio.run(_run(app, cfg))
 
 

@@ -1,42 +1,41 @@
-"""QIDO-RS: query parameters -> a catalog `Search`; result rows -> DICOM JSON. Pure.
+"""QIDO-RS on the cloud catalog: the shared parsing (`shared/dicomweb/qido.py`) -> a catalog
+`Search` with the reader's sites. Pure.
 
-Matching follows PS3.4 C.2.2.2 by the same rules as the edge's C-FIND (`shared.matching`, with
-the attributes of `shared.attributes`); the catalog backends turn a `Search` into SQL. Names,
-descriptions and the referring physician match case-insensitively (what a viewer's search box
-expects: OHIF's description filter types `thorax`). `fuzzymatching=true` is answered with
-literal matching and a `Warning: 299` header, as PS3.18 asks of a server without fuzzy matching.
-
-Every attribute the catalog holds at a level is returned (the standard allows more than the
-defaults), so `includefield` is accepted and needs no work.
+The catalog answers a `Search` with the rules of `shared.matching` on its own schema
+(`cloud_api/catalog/search.py`); the parameters, warnings and DICOM JSON are shared with the
+edge.
 """
 
 from __future__ import annotations
 
-import functools
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydicom.datadict import keyword_for_tag
 
 from cloud_api.catalog import INSTANCE, SERIES, STUDY, Search
 from cloud_api.catalog.search import MATCHABLE
-from shared import matching
-from shared.attributes import BY_KEYWORD, CODE, UID
-from shared.errors import BadRequest
-from shared.uids import is_valid_uid
-
-__all__ = ["INSTANCE", "SERIES", "STUDY", "Query", "parse_query", "render"]
-
-_CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-MAX_OFFSET = 10**9  # far beyond any catalog; keeps the value a database integer
-_NUMBER = re.compile(r"[0-9]{1,12}")
-FUZZY_WARNING = (
-    '299 hpacs "The fuzzymatching parameter is not supported. '
-    'Only literal matching has been performed."'
+from shared.dicomweb.qido import (
+    FUZZY_WARNING,
+    MAX_OFFSET,
+    MORE_WARNING,
+    QidoQuery,
+    check_uids,
+    parse,
+    render,
 )
-MORE_WARNING = '299 hpacs "There are additional results that can be requested"'
+
+__all__ = [
+    "FUZZY_WARNING",
+    "INSTANCE",
+    "MAX_OFFSET",
+    "MORE_WARNING",
+    "SERIES",
+    "STUDY",
+    "Query",
+    "check_uids",
+    "parse_query",
+    "render",
+    "search_of",
+]
 
 
 @dataclass
@@ -47,6 +46,11 @@ class Query:
     warnings: list[str] = field(default_factory=list)
 
 
+def search_of(q: QidoQuery, sites: Sequence[str] | None) -> Search:
+    """The catalog search of a parsed QIDO query, within `sites` (None: every site)."""
+    return Search(q.level, q.filters, q.limit, q.offset, sites)
+
+
 def parse_query(
     level: str,
     params: Mapping[str, str] | Sequence[tuple[str, str]],
@@ -55,138 +59,5 @@ def parse_query(
     sites: Sequence[str] | None,
 ) -> Query:
     """Validate the query string; path UIDs (`/studies/{s}/series`) become UID filters."""
-    items = list(params.items()) if isinstance(params, Mapping) else list(params)
-    raw: dict[str, str] = {}
-    limit, offset, warnings = max_results, 0, []
-    for name, value in items:
-        if name in ("limit", "offset"):
-            n = _count(name, value)
-            if name == "limit":
-                limit = min(n, max_results) if n else max_results
-            else:
-                offset = n
-            continue
-        if name == "fuzzymatching":
-            if value.lower() not in ("false", "") and FUZZY_WARNING not in warnings:
-                warnings.append(FUZZY_WARNING)
-            continue
-        if name in _CONTROL:
-            continue
-        keyword = _keyword(name)
-        if keyword not in BY_KEYWORD or not BY_KEYWORD[keyword].match:
-            raise BadRequest(f"unsupported query attribute {name[:64]!r}")
-        if keyword not in MATCHABLE[level]:
-            raise BadRequest(f"{keyword} cannot be matched at the {level.lower()} level")
-        raw[keyword] = raw[keyword] + "\\" + value if keyword in raw else value  # repeated: OR
-    for keyword, uid in path_uids.items():
-        if not is_valid_uid(uid):
-            raise BadRequest(f"{keyword} in the path is not a valid UID")
-        raw[keyword] = uid
-    filters = {}
-    for keyword, value in raw.items():
-        values = matching.split_values(value, commas=BY_KEYWORD[keyword].kind in (UID, CODE))
-        if not matching.is_universal(values):
-            filters[keyword] = values
-    return Query(Search(level, filters, limit, offset, sites), warnings)
-
-
-def _count(name: str, value: str) -> int:
-    if not _NUMBER.fullmatch(value.strip()):
-        raise BadRequest(f"{name} must be an integer from 0 to {MAX_OFFSET}")
-    n = int(value)
-    if n > MAX_OFFSET:
-        raise BadRequest(f"{name} must be an integer from 0 to {MAX_OFFSET}")
-    return n
-
-
-def _keyword(name: str) -> str:
-    """A keyword or an 8-digit hex tag, as QIDO allows both."""
-    if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
-        kw = keyword_for_tag(int(name, 16))
-        return kw or name
-    return name
-
-
-def check_uids(*uids: str) -> None:
-    """UIDs of a WADO path (BadRequest for a malformed one)."""
-    matching.uids(list(uids), validate=True)
-
-
-# ---- DICOM JSON -------------------------------------------------------------------------------
-
-
-def element(keyword: str, value: Any) -> dict[str, Any]:
-    """One DICOM JSON attribute (PS3.18 F.2); empty values carry only the VR."""
-    vr = BY_KEYWORD[keyword].vr
-    return _element(vr, value)
-
-
-def _element(vr: str, value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"vr": vr}
-    if value is None or value == "" or value == []:
-        return out
-    if vr == "PN":
-        out["Value"] = [{"Alphabetic": v} for v in str(value).split("\\")]
-    elif vr in ("IS", "US", "UL", "SL", "SS"):
-        out["Value"] = [int(value)]
-    elif isinstance(value, list):
-        out["Value"] = value
-    else:
-        out["Value"] = str(value).split("\\") if vr == "CS" else [str(value)]
-    return out
-
-
-_INTS = frozenset({"IS", "US", "UL", "SL", "SS"})
-
-
-def _maker(vr: str) -> Callable[[Any], dict[str, Any]]:
-    """The DICOM JSON element builder of one VR (the rules of `element`, without dispatch)."""
-    empty = {"vr": vr}
-
-    def pn(v: Any) -> dict[str, Any]:
-        if v is None or v == "":
-            return dict(empty)
-        return {"vr": vr, "Value": [{"Alphabetic": x} for x in str(v).split("\\")]}
-
-    def integer(v: Any) -> dict[str, Any]:
-        return dict(empty) if v is None or v == "" else {"vr": vr, "Value": [int(v)]}
-
-    def code(v: Any) -> dict[str, Any]:
-        if v is None or v == "" or v == []:
-            return dict(empty)
-        return {"vr": vr, "Value": v if isinstance(v, list) else str(v).split("\\")}
-
-    def text(v: Any) -> dict[str, Any]:
-        if v is None or v == "" or v == []:
-            return dict(empty)
-        return {"vr": vr, "Value": v if isinstance(v, list) else [str(v)]}
-
-    return pn if vr == "PN" else integer if vr in _INTS else code if vr == "CS" else text
-
-
-_MAKERS = {a.keyword: (f"{a.tag:08X}", _maker(a.vr)) for a in BY_KEYWORD.values()}
-
-
-@functools.lru_cache(maxsize=16)
-def _plan(keywords: tuple[str, ...]) -> tuple[tuple[str, str, Callable[[Any], Any]], ...]:
-    """For the columns a search returns (always the same per level): their elements in tag
-    order, computed once."""
-    known = [(tag, kw, make) for kw in keywords if kw in _MAKERS for tag, make in [_MAKERS[kw]]]
-    return tuple((kw, tag, make) for tag, kw, make in sorted(known))
-
-
-def render(level: str, row: Mapping[str, Any], base_url: str) -> dict[str, Any]:
-    """A catalog row ({keyword: value}) as a DICOM JSON dataset, with RetrieveURL at its level."""
-    out: dict[str, Any] = {}
-    for kw, tag, make in _plan(tuple(row)):
-        value = row[kw]
-        if kw == "SpecificCharacterSet" and not value:
-            continue
-        out[tag] = make(value)
-    url = f"{base_url}/studies/{row['StudyInstanceUID']}"
-    if level != STUDY:
-        url += f"/series/{row['SeriesInstanceUID']}"
-    if level == INSTANCE:
-        url += f"/instances/{row['SOPInstanceUID']}"
-    out["00081190"] = {"vr": "UR", "Value": [url]}
-    return dict(sorted(out.items()))
+    q = parse(level, params, path_uids, max_results, MATCHABLE)
+    return Query(search_of(q, sites), list(q.warnings))

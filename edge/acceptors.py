@@ -48,25 +48,27 @@ def child_main(cfg: Config, parent_pid: int, ready: Any, index: int) -> None:
     """Entry point of one acceptor process: serve DIMSE until told to stop."""
     _die_with_parent(parent_pid)
     from edge.forwarder import attach_routing
+    from edge.runtime import configure
     from edge.server import EdgeServer
     from shared.index import Database
     from shared.logs import setup_logging
     from shared.signals import call_on_signals
 
     setup_logging(cfg.edge.log_level, f"edge[acceptor {index}]")
+    configure()
     stop = threading.Event()
     call_on_signals(lambda _signum: stop.set())  # never Event.set() inside a signal handler
     db = Database(cfg.edge.index_path)
     server = EdgeServer(cfg, db, reuse_port=True)
     attach_routing(server.ingestor, cfg.routes)
     try:
-        server.start()
-        ready.put((index, os.getpid(), ""))
+        server.start(retrier=False)  # the parent runs the commitment report queue
+        ready.send((index, os.getpid(), ""))
         while not stop.wait(1.0):
             if os.getppid() != parent_pid:  # belt and braces beside PDEATHSIG
                 break
     except Exception as exc:
-        ready.put((index, os.getpid(), f"{type(exc).__name__}: {exc}"))
+        ready.send((index, os.getpid(), f"{type(exc).__name__}: {exc}"))
         raise
     finally:
         server.stop()
@@ -74,8 +76,7 @@ def child_main(cfg: Config, parent_pid: int, ready: Any, index: int) -> None:
     # Everything that must end cleanly has (associations, index); skip the interpreter's
     # teardown of every imported module, which took 0.5-3 s on a loaded machine and kept an
     # orphaned acceptor alive that long after its parent's kill -9.
-    ready.close()
-    ready.join_thread()  # our "ready" message is in the pipe, even when we stopped at once
+    ready.close()  # a pipe: our "ready" message was written by send() itself, nothing queued
     logging.shutdown()
     os._exit(0)
 
@@ -87,7 +88,10 @@ class Acceptors:
         self.cfg = cfg
         self.count = count
         self._ctx = multiprocessing.get_context("spawn")
-        self._ready: Any = self._ctx.Queue()
+        # A pipe, not a multiprocessing.Queue: a Queue's named semaphores outlive a parent
+        # killed with -9, and the resource tracker then writes a warning into the edge's log.
+        # One small message per child is written atomically (under PIPE_BUF).
+        self._ready_in, self._ready = self._ctx.Pipe(duplex=False)
         self.procs: list[Any] = []
 
     def _spawn(self, index: int) -> Any:
@@ -106,7 +110,10 @@ class Acceptors:
             raise ValueError("edge.acceptors > 1 needs a fixed edge.port or edge.tls.port")
         self.procs = [self._spawn(i) for i in range(self.count)]
         for _ in range(self.count):
-            index, pid, error = self._ready.get(timeout=timeout_s)
+            if not self._ready_in.poll(timeout_s):
+                self.stop()
+                raise RuntimeError(f"acceptors did not report ready within {timeout_s:g} s")
+            index, pid, error = self._ready_in.recv()
             if error:
                 self.stop()
                 raise RuntimeError(f"acceptor {index} (pid {pid}) failed to start: {error}")

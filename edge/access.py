@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 
+from edge.assoc import AssocInfo
 from shared.registry import Node
+
+log = logging.getLogger("hpacs.edge.store")
 
 # A-ASSOCIATE-RJ (result, source, reason) triples, PS3.8 9.3.4.
 RJ_CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
@@ -75,3 +79,16 @@ def decide(
             RJ_LOCAL_LIMIT_EXCEEDED,
         )
     return Decision(True)
+
+
+def permitted(info: AssocInfo, permission: str) -> bool:
+    """Whether the association's node may use a service; logs a refusal (one WARNING line)."""
+    if info.node is not None and info.node.may(permission):
+        return True
+    log.warning(
+        "service refused calling_ae=%s peer=%s service=%s reason=not permitted",
+        info.calling_ae,
+        info.peer,
+        permission,
+    )
+    return False

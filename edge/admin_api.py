@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge import routestore, users
+from edge import routestore, studysend, users
 from edge.audit import EdgeAudit
 from edge.scu import echo, node_ssl_context
 from edge.webauth import Principal
@@ -122,14 +122,15 @@ class AdminApi:
         target: str,
         reason: str,
         work: Callable[[], Any],
+        **kw: str,
     ) -> Any:
         """Run one change in a worker thread; audit its outcome (ok, or error with why)."""
         try:
             result = await asyncio.to_thread(work)
         except PacsError as exc:
-            self._record(request, action, target, "error", reason=reason, detail=str(exc))
+            self._record(request, action, target, "error", reason=reason, detail=str(exc), **kw)
             raise
-        self._record(request, action, target, "ok", reason=reason)
+        self._record(request, action, target, "ok", reason=reason, **kw)
         log.info("console %s target=%s by=%s", action, target, request[PRINCIPAL].name)
         return result
 
@@ -264,6 +265,29 @@ class AdminApi:
 
         await self._change(request, "route-remove", name, request.query.get("reason", ""), work)
         return web.json_response({"removed": name})
+
+    # ---- send a study to a node (the study browser) ------------------------------------
+    async def study_send(self, request: web.Request) -> web.Response:
+        """Queue a study for a registered node (`{"destination": AE}`): manual route jobs that
+        the forwarder delivers (edge/studysend.py); answers the study's send progress."""
+        uid = request.match_info["uid"]
+        data = await read_json(request)
+        dest = data.get("destination")
+        if not isinstance(dest, str) or not dest.strip():
+            raise InvalidField("destination", "the AE title of a registered node")
+        result = await self._change(
+            request,
+            "study-send",
+            dest.strip(),
+            _reason(data),
+            lambda: studysend.queue_study(self.db, uid, dest.strip()),
+            study_uid=uid,
+        )
+        return web.json_response(result, status=202)
+
+    async def study_sends(self, request: web.Request) -> web.Response:
+        uid = request.match_info["uid"]
+        return web.json_response(await asyncio.to_thread(studysend.progress, self.db, uid))
 
     # ---- users -----------------------------------------------------------------------
     async def users(self, request: web.Request) -> web.Response:

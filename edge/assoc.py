@@ -1,36 +1,31 @@
-"""Per-association bookkeeping, attached to pynetdicom's Association object."""
+"""Per-association bookkeeping of an inbound association (edge/dimse/engine.py `info`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from pynetdicom.association import Association
 
 from shared.registry import Node
 
 
 @dataclass
 class AssocInfo:
-    """What we know about one association; attached to the pynetdicom Association."""
+    """What we know about one inbound association, from admission to its closing log line."""
 
     calling_ae: str
     peer: str
+    called_ae: str = ""
     node: Node | None = None
-    counted: bool = False
     slot: Any = None  # edge.slots.Slot while counted
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     failed: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    # Work to do once the association has ended, in its thread (a commitment report whose
+    # requester released before we could send it on the association).
+    after: list[Callable[[], None]] = field(default_factory=list)
 
-
-def assoc_info(assoc: Association) -> AssocInfo:
-    info = getattr(assoc, "hpacs_info", None)
-    if info is None:
-        req = assoc.requestor
-        calling = req.primitive.calling_ae_title if req.primitive is not None else req.ae_title
-        info = AssocInfo(calling_ae=(calling or "").strip(), peer=str(req.address))
-        assoc.hpacs_info = info  # type: ignore[attr-defined]
-    return info
+    def count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import NoReturn
 
+from edge import correction_cli, lifecycle_cli
 from edge.acceptors import Acceptors
 from edge.audit import EdgeAudit, cli_actor
 from edge.cache import Cache
@@ -23,6 +24,7 @@ from edge.ingest import Ingestor
 from edge.reconcile import reconcile
 from edge.routequeue import retry, routes_report
 from edge.routestore import check_config_routes, removal_blockers, stored_routes
+from edge.runtime import configure
 from edge.scu import client_ssl_context, echo, node_ssl_context
 from edge.server import EdgeServer
 from edge.users import ROLES, add_user, list_users, remove_user, set_password
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("name")
     for p_ in (ua, ur, up):
         p_.add_argument("--reason", default="", help="recorded in the audit trail")
-    sub.add_parser("studies", help="list the studies in the index")
+    studies_sub = lifecycle_cli.add_parsers(sub)  # studies list|delete|undelete|hold..., retention
+    correction_cli.add_parsers(studies_sub, sub)  # studies modify|versions, patients merge
     imp = sub.add_parser("import", help="import files and folders (recursive) into the index")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("--dry-run", action="store_true", help="parse and compare, store nothing")
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return 2
     setup_logging(cfg.edge.log_level, "edge")
+    configure()
     try:
         if args.command == "serve":
             _exit_now(serve(cfg))
@@ -117,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                 return nodes_command(cfg, db, args)
             if args.command == "users":
                 return users_command(cfg, db, args)
+            done = correction_cli.command(cfg, db, args)
+            if done is not None:
+                return done
             if args.command == "studies":
-                return studies_command(db)
+                done = lifecycle_cli.studies_verb(cfg, db, args)
+                return studies_command(db) if done is None else done
+            if args.command == "retention":
+                return lifecycle_cli.retention_report(cfg, db)
             if args.command == "import":
                 return import_command(cfg, db, args)
             if args.command == "routes":
@@ -166,23 +176,29 @@ def serve(cfg: Config, ready: threading.Event | None = None) -> int:
         stop.set()
 
     call_on_signals(_stop)  # not in the handler itself: Event.set() there can deadlock
-    # edge.acceptors > 1: child processes serve DIMSE on the port (edge/acceptors.py); this
-    # process keeps reconcile (done above, before any child starts), HTTP, hot folder, forwarder.
-    acceptors = Acceptors(cfg, cfg.edge.acceptors) if cfg.edge.acceptors > 1 else None
-    if acceptors is not None:
-        acceptors.start()
-    else:
-        server.start()
     forwarder.start()
     if hotfolder is not None:
         hotfolder.start()
-    http = start_http(cfg, db, server.active_associations)
+    # DIMSE once everything a stored instance needs runs; HTTP last, so that once /healthz
+    # answers every part of the node is up. edge.acceptors > 1: child processes serve DIMSE on
+    # the port (edge/acceptors.py); this process keeps reconcile (done above, before any child
+    # starts), HTTP, hot folder, forwarder and the commitment report queue.
+    count = cfg.edge.acceptor_count
+    acceptors = Acceptors(cfg, count) if count > 1 else None
+    if acceptors is not None:
+        acceptors.start()
+        server.start_retrier()
+    else:
+        server.start()
+    http = start_http(
+        cfg, db, server.active_associations, ingestor=server.ingestor, recaller=server.recaller
+    )
     ports = server.ports or [p for p in (cfg.edge.port, cfg.edge.tls.port) if p]
     log.info(
         "edge node ready ae_title=%s ports=%s acceptors=%d",
         cfg.edge.ae_title,
         ports,
-        cfg.edge.acceptors,
+        count,
     )
     if ready is not None:
         ready.set()
@@ -347,7 +363,7 @@ def studies_command(db: Database) -> int:
         "SELECT s.study_uid, s.study_date, s.num_instances, "
         "(SELECT group_concat(DISTINCT modality) FROM series WHERE study_id = s.id) AS mods, "
         "(SELECT group_concat(DISTINCT state) FROM instances WHERE study_id = s.id) AS states "
-        "FROM studies s ORDER BY s.created_at DESC"
+        "FROM studies s ORDER BY s.created_at DESC"  # deleted ones too: their state says so
     )
     print(f"{'STUDY INSTANCE UID':64} {'DATE':8} {'MODALITY':8} {'COUNT':>6} STATE")
     for r in rows:

@@ -1,12 +1,17 @@
 """Storage Commitment Push Model (PS3.4 Annex J): N-ACTION in, N-EVENT-REPORT out.
 
-A modality asks "do you hold these instances safely?". We answer the N-ACTION at once and
-verify on a small shared pool (COMMIT_WORKERS threads; more requests wait their turn, so a
-burst of N-ACTIONs cannot start a thread each): committed means the instance has an index
-row and either its cache file's crc32c equals the crc stored at ingest, or it was evicted
-(eviction requires a verified cloud copy, DESIGN.md invariant 2). The report goes back on
-the same association while the requester keeps it open, else on a new association to the
-requesting node's registered address. `verify` is the decision, free of network I/O.
+A modality asks "do you hold these instances safely?". We answer the N-ACTION at once, then
+verify on the association's own thread (no thread per request): committed means the instance
+has an index row and either its cache file's crc32c equals the crc stored at ingest, or it was
+evicted (eviction requires a verified cloud copy, DESIGN.md invariant 2). The verdicts become a
+row of the persistent report queue (edge/commitqueue.py) before any delivery is tried.
+
+Delivery: on the same association when the requester keeps it open (PS3.4 J.3.3 needs role
+selection only for a separate association): at once when it proposed the SCP role, else once
+it has stayed open SAME_ASSOCIATION_GRACE_S without releasing. A requester that releases gets
+the report on a call-back association to its registered address right after the release; a
+call-back that fails stays queued with backoff (`/api/commitments`). `verify` is the decision,
+free of network I/O.
 """
 
 from __future__ import annotations
@@ -14,34 +19,29 @@ from __future__ import annotations
 import logging
 import sqlite3
 import ssl
-import threading
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pynetdicom import AE, build_context, build_role, evt
-from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import A_RELEASE
-from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from edge import events
-from edge.assoc import assoc_info
-from edge.handlers import permitted
+from edge.access import permitted
+from edge.assoc import AssocInfo
+from edge.commitqueue import Report, ReportQueue, ReportState
+from edge.dimse import client, dataset
+from edge.dimse import command as cmd
+from edge.dimse.engine import RELEASE, Association, Message, PeerAborted
+from edge.dimse.link import LinkClosed, LinkTimeout
+from edge.dimse.pdu import ProtocolError
 from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator
-from edge.scu import associate, node_ssl_context
-from edge.sender import reactor_held, tune
 from shared.errors import PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS, PacsError
+from shared.index import Database
 from shared.registry import Node, get_node
-
-if TYPE_CHECKING:
-    from edge.server import EdgeServer
 
 log = logging.getLogger("hpacs.edge.commitment")
 
-COMMITMENT_SOP_CLASS = str(StorageCommitmentPushModel)
+COMMITMENT_SOP_CLASS = "1.2.840.10008.1.20.1"
 # The well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 ACTION_REQUEST_COMMIT = 1
@@ -134,149 +134,208 @@ def parse_request(info: Dataset) -> tuple[str, list[tuple[str, str]]]:
     return tx, refs
 
 
-COMMIT_WORKERS = 4  # verifications and reports in flight at once, all associations together
+# Threads that verify and report for one association: its own (the one that owns its socket),
+# never a thread per N-ACTION; call-backs from the persistent queue run on the one retrier.
+COMMIT_WORKERS = 1
+SAME_ASSOCIATION_GRACE_S = 1.0  # a requester without role selection that stays this long waits
+SAME_ASSOCIATION_TIMEOUT_S = 5.0  # for its N-EVENT-REPORT response, then we call back
+SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 
 
-class CommitmentHandlers:
-    def __init__(self, server: EdgeServer) -> None:
-        self.server = server
-        self._pool = ThreadPoolExecutor(COMMIT_WORKERS, thread_name_prefix="commit")
-        self._pending: set[Future[None]] = set()
-        self._lock = threading.Lock()
+@dataclass(frozen=True)
+class CommitSettings:
+    ae_title: str
+    timeout_s: float  # call-back association: connect, negotiate, response
 
-    def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
-        info = assoc_info(event.assoc)
-        if str(getattr(event.request, "RequestedSOPClassUID", "")) != COMMITMENT_SOP_CLASS:
-            return PROCESSING_FAILURE, None
-        if not permitted(event, "commit"):
-            return REFUSED_NOT_AUTHORIZED, None
-        if event.action_type != ACTION_REQUEST_COMMIT:
-            return NO_SUCH_ACTION_TYPE, None
+
+def _verdicts(report: Report) -> list[Verdict]:
+    return [Verdict(c, i, reason) for c, i, reason in report.verdicts]
+
+
+class CommitmentService:
+    """N-ACTION (Request Storage Commitment), built from the index, the cache, the report queue
+    and what a call-back association needs."""
+
+    def __init__(
+        self,
+        db: Database,
+        locator: Locator,
+        queue: ReportQueue,
+        settings: CommitSettings,
+        ssl_context_for: Callable[[Node], ssl.SSLContext | None],
+    ) -> None:
+        self.db = db
+        self.locator = locator
+        self.queue = queue
+        self.settings = settings
+        self.ssl_context_for = ssl_context_for
+
+    def handle_n_action(self, assoc: Association, msg: Message) -> None:
+        info: AssocInfo = assoc.info
+        c = msg.command
+        request_class = str(c.get(cmd.REQUESTED_SOP_CLASS) or c.sop_class)
+        request_instance = str(c.get(cmd.REQUESTED_SOP_INSTANCE) or c.sop_instance)
+        action_type = c.get(cmd.ACTION_TYPE_ID)
+
+        def respond(status: int) -> None:
+            rsp = cmd.n_action_rsp(
+                c.message_id, request_class, request_instance, action_type, status
+            )
+            assoc.send(msg.context.id, rsp)
+
+        if request_class != COMMITMENT_SOP_CLASS:
+            respond(PROCESSING_FAILURE)
+            return
+        if not permitted(info, "commit"):
+            respond(REFUSED_NOT_AUTHORIZED)
+            return
+        if action_type != ACTION_REQUEST_COMMIT:
+            respond(NO_SUCH_ACTION_TYPE)
+            return
         try:
-            tx, refs = parse_request(event.action_information)
+            tx, refs = parse_request(dataset.decode(msg.data, msg.context.transfer_syntax))
         except Exception as exc:
             log.warning("commitment refused calling_ae=%s reason=%s", info.calling_ae, exc)
-            return INVALID_ARGUMENT, None
-        fut = self._pool.submit(self._complete, event.assoc, info.calling_ae, tx, refs)
-        with self._lock:
-            self._pending.add(fut)
-        fut.add_done_callback(self._forget)
-        return SUCCESS, None
+            respond(INVALID_ARGUMENT)
+            return
+        respond(SUCCESS)
+        verdicts = verify(self.db.reader(), self.locator, refs)
+        report_id = self.queue.add(
+            info.calling_ae,
+            tx,
+            [(v.sop_class_uid, v.sop_instance_uid, v.failure_reason) for v in verdicts],
+        )
+        failed = sum(1 for v in verdicts if v.failure_reason)
+        if failed:
+            detail = f"{failed} of {len(verdicts)} instance(s) not committed, transaction {tx}"
+            events.record(self.db, events.COMMITMENT_FAILED, info.calling_ae, "", detail)
+        if self._on_same_association(assoc, msg, tx, verdicts) and self.queue.claim(report_id):
+            self.queue.sent(report_id)
+            self._log(info.calling_ae, tx, len(verdicts), failed, "same association")
+            return
+        # the requester released (or did not answer): call back once it has gone
+        info.after.append(lambda: self.deliver_by_id(report_id))
 
-    def _forget(self, fut: Future[None]) -> None:
-        with self._lock:
-            self._pending.discard(fut)
-
-    def join(self, timeout_s: float = 10.0) -> None:
-        """Wait for pending reports (server shutdown, tests)."""
-        with self._lock:
-            pending = list(self._pending)
-        wait(pending, timeout=timeout_s)
-
-    def _complete(self, assoc: Association, calling_ae: str, tx: str, refs: list[Any]) -> None:
+    def _on_same_association(
+        self, assoc: Association, msg: Message, tx: str, verdicts: list[Verdict]
+    ) -> bool:
+        """Send the report here unless the requester releases first; True when it answered."""
+        wants = any(
+            cx.abstract_syntax == COMMITMENT_SOP_CLASS and cx.as_scu
+            for cx in assoc.contexts.values()
+        )
         try:
-            locator = Locator(self.server.db, self.server.cache, self.server.recaller)
-            verdicts = verify(self.server.db.reader(), locator, refs)
-            event_type, ds = event_report(tx, verdicts, self.server.cfg.edge.ae_title)
-            failed = sum(1 for v in verdicts if v.failure_reason)
-            if failed:
-                detail = f"{failed} of {len(verdicts)} instance(s) not committed, transaction {tx}"
-                events.record(self.server.db, events.COMMITMENT_FAILED, calling_ae, "", detail)
-            how = self._report(assoc, calling_ae, event_type, ds)
-            log.info(
-                "commitment reported calling_ae=%s transaction_uid=%s instances=%d failed=%d "
-                "via=%s",
-                calling_ae,
-                tx,
-                len(verdicts),
-                failed,
-                how,
+            if assoc.link.readable(0 if wants else SAME_ASSOCIATION_GRACE_S):
+                item = assoc.receive(assoc.dimse_timeout_s)
+                assoc.requeue(item)
+                if item is RELEASE:
+                    return False
+            event_type, ds = event_report(tx, verdicts, self.settings.ae_title)
+            cx = msg.context
+            message_id = assoc.next_message_id()
+            info = dataset.encode(ds, cx.transfer_syntax)
+            assoc.send(
+                cx.id,
+                cmd.n_event_report_rq(
+                    message_id, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE, event_type, True
+                ),
+                info,
             )
+            rsp = assoc.wait_response(message_id, SAME_ASSOCIATION_TIMEOUT_S)
+            return rsp.command.status is not None
+        except (LinkTimeout, ProtocolError, cmd.CommandError):
+            return False
+        except LinkClosed:
+            if assoc.release_requested:
+                return False  # released while we sent: the release is answered by the loop
+            raise
+        except PeerAborted:
+            raise
+
+    def deliver_by_id(self, report_id: int) -> None:
+        report = self.queue.get(report_id)
+        if report is not None:
+            self.deliver(report)
+
+    def deliver(self, report: Report) -> None:
+        """One call-back attempt for a pending report (claimed here; failures back off)."""
+        if not self.queue.claim(report.id):
+            return
+        verdicts = _verdicts(report)
+        failed = sum(1 for v in verdicts if v.failure_reason)
+        try:
+            node = get_node(self.db.reader(), report.calling_ae)
+            if node is None or node.host == "*":
+                raise RuntimeError(f"node {report.calling_ae} has no registered address")
+            event_type, ds = event_report(report.transaction_uid, verdicts, self.settings.ae_title)
+            status = send_report(self.settings, node, event_type, ds, self.ssl_context_for(node))
         except Exception as exc:
-            log.exception(
-                "commitment report failed calling_ae=%s transaction_uid=%s", calling_ae, tx
+            attempts = report.attempts + 1
+            state = self.queue.failed(report.id, attempts, str(exc))
+            detail = f"report for transaction {report.transaction_uid} not delivered: {exc}"
+            events.record(self.db, events.COMMITMENT_FAILED, report.calling_ae, "", detail)
+            log.warning(
+                "commitment report not delivered calling_ae=%s transaction_uid=%s attempt=%d "
+                "state=%s reason=%s",
+                report.calling_ae,
+                report.transaction_uid,
+                attempts,
+                state.value,
+                exc,
             )
-            detail = f"report for transaction {tx} not delivered: {exc}"
-            events.record(self.server.db, events.COMMITMENT_FAILED, calling_ae, "", detail)
+            return
+        self.queue.sent(report.id, ReportState.SENDING)
+        self._log(
+            report.calling_ae,
+            report.transaction_uid,
+            len(verdicts),
+            failed,
+            f"new association status=0x{status:04X}",
+        )
 
-    def _report(self, assoc: Association, calling_ae: str, event_type: int, ds: Dataset) -> str:
-        if _waits_on_same_association(assoc):
-            try:
-                rsp = _send_on(assoc, event_type, ds)
-                if rsp is not None and "Status" in rsp:
-                    return "same association"
-            except Exception as exc:
-                log.info("commitment report on the same association failed: %s", exc)
-        node = get_node(self.server.db.reader(), calling_ae)
-        if node is None or node.host == "*":
-            raise RuntimeError(f"node {calling_ae} has no registered address for the report")
-        ctx = node_ssl_context(self.server.cfg.edge.tls, node)
-        status = send_report(self.server.cfg.edge.ae_title, node, event_type, ds, ssl_context=ctx)
-        return f"new association status=0x{status:04X}"
-
-
-def _waits_on_same_association(assoc: Association) -> bool:
-    """The requester asked for reports on this association (it proposed the SCP role for
-    Storage Commitment, PS3.4 J.3.3) and has not started to release it."""
-    if not (assoc.is_established and assoc.is_alive()):
-        return False
-    if isinstance(assoc.dul.peek_next_pdu(), A_RELEASE):  # peek: acse's check would consume it
-        return False
-    return any(
-        str(cx.abstract_syntax) == COMMITMENT_SOP_CLASS and cx.as_scu
-        for cx in assoc.accepted_contexts
-    )
-
-
-SAME_ASSOCIATION_TIMEOUT_S = 5.0
-
-
-def _send_on(assoc: Association, event_type: int, ds: Dataset) -> Dataset | None:
-    # A requester that releases while we send never answers: bound the wait, then call back.
-    saved = assoc.dimse_timeout
-    assoc.dimse_timeout = min(saved or SAME_ASSOCIATION_TIMEOUT_S, SAME_ASSOCIATION_TIMEOUT_S)
-    try:
-        with reactor_held(assoc):  # the reactor must not take the N-EVENT-REPORT response
-            rsp = assoc.send_n_event_report(
-                ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE
-            )
-        return rsp[0]
-    finally:
-        assoc.dimse_timeout = saved
+    def _log(self, calling_ae: str, tx: str, n: int, failed: int, how: str) -> None:
+        log.info(
+            "commitment reported calling_ae=%s transaction_uid=%s instances=%d failed=%d via=%s",
+            calling_ae,
+            tx,
+            n,
+            failed,
+            how,
+        )
 
 
 def send_report(
-    our_ae: str,
+    settings: CommitSettings,
     node: Node,
     event_type: int,
     ds: Dataset,
-    timeout_s: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """N-EVENT-REPORT on a new association where we take the SCP role (PS3.4 J.3.3)."""
-    ae = AE(ae_title=our_ae)
-    cx = build_context(COMMITMENT_SOP_CLASS)
-    role = build_role(COMMITMENT_SOP_CLASS, scu_role=False, scp_role=True)
-    assoc = associate(
-        ae,
-        node,
+    assoc = client.connect(
+        settings.ae_title,
+        node.host,
+        node.port,
+        node.ae_title,
+        [(COMMITMENT_SOP_CLASS, SYNTAXES)],
+        roles={COMMITMENT_SOP_CLASS: (False, True)},
+        timeout_s=settings.timeout_s,
         ssl_context=ssl_context,
-        timeout_s=timeout_s,
-        contexts=[cx],
-        ext_neg=[role],
-        evt_handlers=[(evt.EVT_CONN_OPEN, tune)],
     )
-    if not assoc.is_established:
-        ae.shutdown()
-        raise RuntimeError(f"cannot associate with {node.ae_title} at {node.host}:{node.port}")
     try:
-        rsp = assoc.send_n_event_report(ds, event_type, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE)[
-            0
-        ]
+        cx = next(iter(assoc.contexts.values()), None)
+        if cx is None:
+            raise RuntimeError(f"{node.ae_title} accepted no Storage Commitment context")
+        info = dataset.encode(ds, cx.transfer_syntax)
+        rsp = client.request_and_wait(
+            assoc,
+            cx.id,
+            lambda mid: cmd.n_event_report_rq(
+                mid, COMMITMENT_SOP_CLASS, COMMITMENT_INSTANCE, event_type, True
+            ),
+            info,
+        )
+        return client.status_of(rsp)
     finally:
-        if assoc.is_established:
+        if not assoc.ended:
             assoc.release()
-        ae.shutdown()
-    if rsp is None or "Status" not in rsp:
-        raise RuntimeError("no N-EVENT-REPORT response")
-    return int(rsp.Status)

@@ -17,8 +17,9 @@ from edge import routequeue
 from edge.troubleshoot import last_errors
 from shared.errors import NotFound
 from shared.eviction import parse_watermark
+from shared.expiry import ACTIVE_HOLD_SQL
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, State
+from shared.lifecycle import HIDDEN_STATES, LOCAL_STATES, State
 
 SYNCED_STATES = frozenset({State.SYNCED, State.EVICTING, State.EVICTED, State.RECALLING})
 
@@ -81,7 +82,9 @@ def status(
             "instances": recalling[0],
             "oldest_age_s": round(now - recalling[1], 1) if recalling[1] else 0.0,
         },
-        "studies": conn.execute("SELECT count(*) FROM studies").fetchone()[0],
+        "studies": conn.execute(
+            "SELECT count(*) FROM studies WHERE num_instances > 0"  # deleted ones not counted
+        ).fetchone()[0],
         "last_errors": last_errors(conn, now),
     }
 
@@ -111,7 +114,8 @@ def studies(db: Database, limit: int = 50) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT id, study_uid, study_date, accession_number, study_description, num_series, "
         "num_instances, pinned, updated_at, "
-        "(SELECT group_concat(DISTINCT modality) FROM series WHERE study_id = s.id) AS modalities "
+        "(SELECT group_concat(DISTINCT modality) FROM series WHERE study_id = s.id) AS modalities, "
+        f"EXISTS ({ACTIVE_HOLD_SQL}) AS held "
         "FROM studies s ORDER BY updated_at DESC LIMIT ?",
         (limit,),
     ).fetchall()
@@ -124,7 +128,8 @@ def studies(db: Database, limit: int = 50) -> list[dict[str, Any]]:
                 (r["id"],),
             )
         }
-        cache, sync = study_state(counts) if counts else ("evicted", "pending")
+        shown = {k: n for k, n in counts.items() if State(k) not in HIDDEN_STATES}
+        cache, sync = study_state(shown) if shown else ("evicted", "pending")
         out.append(
             {
                 "study_uid": r["study_uid"],
@@ -139,6 +144,12 @@ def studies(db: Database, limit: int = 50) -> list[dict[str, Any]]:
                 "sync_state": sync,
                 "states": counts,
                 "updated_at": r["updated_at"],
+                # deleted: no visible instance left (undelete within the grace); held: a legal
+                # hold covers it (shared/deletion.py)
+                "deleted": r["num_instances"] == 0,
+                "deleted_instances": sum(counts.get(s, 0) for s in ("deleted", "purging")),
+                "purged_instances": counts.get("purged", 0),
+                "held": bool(r["held"]),
             }
         )
     return out

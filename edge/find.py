@@ -2,9 +2,8 @@
 
 The handler is a thin adapter: matching rules live in the pure `edge.query`. Rows are fetched
 at once (capped at `edge.find_max_results` + 1) so the read snapshot is short, then streamed
-as pending responses, checking for C-CANCEL before each one. The pending responses are
-encoded and written by `edge.findwire` (pynetdicom's bytes without its per-message pydicom
-encodes and thread hand-off); the generator then yields only the final status.
+as pending responses, checking for C-CANCEL before each one. Each row is encoded once by
+`edge.findwire.RowEncoder`, framed by the association's engine and written in batches.
 """
 
 from __future__ import annotations
@@ -17,28 +16,27 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
-from pynetdicom import evt
 
 from edge import findwire, query
-from edge.assoc import assoc_info
-from edge.handlers import permitted
+from edge.access import permitted
+from edge.dimse import command as cmd
+from edge.dimse import dataset
+from edge.dimse.engine import Association, Message
 from shared import metrics
 from shared.errors import (
     CANCEL,
     CANNOT_UNDERSTAND,
     PENDING,
     REFUSED_NOT_AUTHORIZED,
+    SUCCESS,
     PacsError,
     dimse_status,
 )
 from shared.index import connect
-
-if TYPE_CHECKING:
-    from edge.server import EdgeServer
 
 log = logging.getLogger("hpacs.edge.find")
 
@@ -47,13 +45,15 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 FIND_MODELS = {PATIENT_ROOT_FIND: query.PATIENT_ROOT, STUDY_ROOT_FIND: query.STUDY_ROOT}
 FIND_SOP_CLASSES = list(FIND_MODELS)
 _NOT_QUERIED = ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle")
+# Responses are written in batches of about this many bytes; C-CANCEL is checked before each one.
+FLUSH_BYTES = 16384
 
 
 class ReaderPool:
     """Read-only connections reused across associations.
 
-    pynetdicom runs every association in a new thread, so a connection per thread would be
-    opened (and kept) once per association; a small pool keeps one per concurrent query.
+    Every association runs in its own thread, so a connection per thread would be opened (and
+    kept) once per association; a small pool keeps one per concurrent query.
     """
 
     def __init__(self, path: Any, size: int = 8) -> None:
@@ -83,21 +83,29 @@ class ReaderPool:
                 return
 
 
-class FindHandlers:
-    def __init__(self, server: EdgeServer) -> None:
-        self.server = server
-        self.readers = ReaderPool(server.db.path)
+class FindService:
+    """C-FIND, built from the index path, our AE title and the result cap."""
 
-    def handle_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        if not permitted(event, "find"):
-            yield REFUSED_NOT_AUTHORIZED, None
+    def __init__(self, db_path: Any, ae_title: str, max_results: int) -> None:
+        self.readers = ReaderPool(db_path)
+        self.ae_title = ae_title
+        self.max_results = max_results
+
+    def handle_find(self, assoc: Association, msg: Message) -> None:
+        c, cx = msg.command, msg.context
+        info = assoc.info
+
+        def final(status: int) -> None:
+            assoc.send(cx.id, cmd.find_rsp(c.message_id, c.sop_class, status, False))
+
+        if not permitted(info, "find"):
+            final(REFUSED_NOT_AUTHORIZED)
             return
-        info = assoc_info(event.assoc)
         started = time.perf_counter()
-        cap = self.server.cfg.edge.find_max_results
-        model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID), query.STUDY_ROOT)
+        cap = self.max_results
+        model = FIND_MODELS.get(c.sop_class, query.STUDY_ROOT)
         try:
-            identifier = event.identifier
+            identifier = dataset.decode(msg.data, cx.transfer_syntax)
             requested = {e.keyword: e.value for e in identifier if e.keyword}
             q = query.build(requested, model, limit=cap + 1)
             with self.readers.connection() as conn:
@@ -109,11 +117,15 @@ class FindHandlers:
                 dimse_status(exc),
                 exc,
             )
-            yield dimse_status(exc), None
+            final(dimse_status(exc))
+            return
+        except dataset.DatasetError as exc:
+            log.warning("find refused calling_ae=%s status=0xC000 error=%s", info.calling_ae, exc)
+            final(CANNOT_UNDERSTAND)
             return
         except Exception:
             log.exception("find failed calling_ae=%s", info.calling_ae)
-            yield CANNOT_UNDERSTAND, None
+            final(CANNOT_UNDERSTAND)
             return
         if len(rows) > cap:
             log.warning(
@@ -123,25 +135,28 @@ class FindHandlers:
                 cap,
             )
             rows = rows[:cap]
-        extras = _extras(identifier, q, self.server.cfg.edge.ae_title)
-        assoc = event.assoc
-        cx_id, _, transfer_syntax = event.context
-        wire = findwire.Wire(assoc, cx_id)
-        findwire.install_fast_final(assoc, lambda cx: findwire.Wire(assoc, cx))
-        command = findwire.encode_find_rsp(
-            event.request.MessageID or 0, str(event.request.AffectedSOPClassUID), PENDING, True
-        )
-        encode = row_encoder(q, extras, str(transfer_syntax))
-        sent = 0
+        extras = _extras(identifier, q, self.ae_title)
+        pending = cmd.find_rsp(c.message_id, c.sop_class, PENDING, True)
+        encode = row_encoder(q, extras, cx.transfer_syntax)
+        batch: list[Any] = []
+        size = sent = 0
         for row in rows:
-            if event.is_cancelled:
-                wire.flush()
+            if assoc.cancelled(c.message_id):
+                if batch:
+                    assoc.send_bytes(b"".join(batch))
                 log.info("find cancelled calling_ae=%s sent=%d", info.calling_ae, sent)
-                yield CANCEL, None
+                final(CANCEL)
                 return
-            wire.message(command, encode(row))
+            ident = encode(row)
+            assoc.frame(cx.id, pending, True, batch)
+            assoc.frame(cx.id, ident, False, batch)
+            size += len(ident) + len(pending) + 24
             sent += 1
-        wire.flush()
+            if size >= FLUSH_BYTES:
+                assoc.send_bytes(b"".join(batch))
+                batch, size = [], 0
+        assoc.frame(cx.id, cmd.find_rsp(c.message_id, c.sop_class, SUCCESS, False), True, batch)
+        assoc.send_bytes(b"".join(batch))
         log.info(
             "find calling_ae=%s level=%s results=%d duration_ms=%.1f",
             info.calling_ae,

@@ -35,8 +35,9 @@ from edge.routequeue import (
 )
 from edge.routestore import RouteTable
 from edge.routing import backoff_s
-from edge.sender import send_instances
+from edge.sender import CacheSource, send_instances
 from shared.config import Config, RouteConfig
+from shared.deletion import visible_sql
 from shared.dicom import Header
 from shared.index import Database
 from shared.registry import Node, get_node
@@ -266,27 +267,32 @@ def dimse_sender(
     """The forwarder's sender: the retrieve path's `send_instances` (one association per batch,
     transfer syntax converted when the destination needs it)."""
 
+    source = CacheSource(Locator(db, cache, recaller), reader="routing")
+
     def send(node: Node, batch: list[Job]) -> dict[int, SendResult]:
         by_uid = {j.sop_instance_uid: j for j in batch}
         marks = ",".join("?" * len(by_uid))
         rows = (
             db.reader()
             .execute(
-                f"SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.sop_instance_uid IN ({marks})",
+                f"SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.sop_instance_uid IN ({marks})"
+                f" AND {visible_sql('i')}",
                 list(by_uid),
             )
             .fetchall()
         )
         refs = [InstanceRef.from_row(r) for r in rows]
         out = {
-            j.id: SendResult(False, "the instance is no longer in the index", permanent=True)
+            j.id: SendResult(
+                False, "the instance was deleted or is not in the index", permanent=True
+            )
             for j in batch
         }
         report = send_instances(
             our_ae_title,
             node,
             refs,
-            lambda ref: Locator(db, cache, recaller).read_at(ref, reader="routing"),
+            source,
             timeout_s=timeout_s,
             ssl_context=ssl_context,
         )

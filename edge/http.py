@@ -3,14 +3,18 @@
 The DIMSE path stays synchronous (docs/ARCHITECTURE.md); aiohttp runs here in a dedicated
 thread with its own event loop, so a slow browser never touches an association thread.
 
-Access: every `/api` route is in the route table `ROUTES` with the `Need` it requires
-(edge/webauth.py); a request needs the console token (`Authorization: Bearer`, full admin) or
-a session cookie from signing in (`POST /login`, a local user or the token), and a route
-without a declared need is refused even to an admin (deny by default; the walking test in
-tests/test_edge_roles.py). Public, with no data: the console's static files, `/login`,
-`/logout`, and `/metrics`, `/healthz`, `/readyz`, open by design: Prometheus and the service
-manager probe them without credentials, they carry no patient data, and the listener binds to
-loopback (`edge.http_host = 127.0.0.1`) unless an admin widens it.
+Access: every `/api` and `/dicomweb` route is in the route table (`EdgeHttp.routes`) with the
+`Need` it requires (edge/webauth.py); a request needs the console token (`Authorization:
+Bearer`, full admin) or a session cookie from signing in (`POST /login`, a local user or the
+token), and a route without a declared need is refused even to an admin (deny by default; the
+walking test in tests/test_edge_roles.py). DICOMweb (the shared routes, edge/dicomweb.py):
+reads need `view` (every role), STOW needs `operate` (technician, admin); reads of patient data
+are audited, aggregated per user, client and study (edge/accesslog.py). Public, with no data:
+the console's static files, the OHIF viewer's shell under `/viewer/` (its page sends a browser
+without a credential to `/login`), `/login`, `/logout`, and `/metrics`, `/healthz`, `/readyz`,
+open by design: Prometheus and the service manager probe them without credentials, they carry
+no patient data, and the listener binds to loopback (`edge.http_host = 127.0.0.1`) unless an
+admin widens it.
 """
 
 from __future__ import annotations
@@ -23,21 +27,30 @@ import os
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 import shared
-from edge import dashboard
+from edge import commitqueue, dashboard, webviewer
+from edge import dicomweb as edw
+from edge.accesslog import AccessLog
 from edge.admin_api import PRINCIPAL, AdminApi, read_json
 from edge.audit import EdgeAudit
+from edge.correction_api import CorrectionApi
 from edge.diskprobe import DiskProbe
+from edge.ingest import Ingestor
+from edge.locate import Locator, Recaller
 from edge.slots import AssocSlots
+from edge.studies_api import StudiesApi
 from edge.webauth import TOKEN_ACTOR, Need, Principal, WebAuth
 from shared import health
 from shared.config import Config
+from shared.dicomweb import routes as dw
 from shared.errors import (
     BadRequest,
     NotAuthorized,
@@ -54,6 +67,7 @@ from shared.registry import get_node
 from shared.store import open_store
 from shared.store.base import ObjectStore
 from shared.uids import is_valid_uid
+from shared.web import session as ws
 from shared.web.session import Credentials, clear_cookie, set_cookie
 
 log = logging.getLogger("hpacs.edge.http")
@@ -93,8 +107,17 @@ def ensure_token(cfg: Config) -> tuple[str, bool]:
     return token, True
 
 
-def start_http(cfg: Config, db: Database, active: Callable[[], int]) -> EdgeHttp | None:
-    """Start the HTTP side for `hpacs-edge serve`; None when edge.http_port is 0.
+def start_http(
+    cfg: Config,
+    db: Database,
+    active: Callable[[], int],
+    *,
+    ingestor: Ingestor,
+    recaller: Recaller | None,
+) -> EdgeHttp | None:
+    """Start the HTTP side for `hpacs-edge serve`; None when edge.http_port is 0. DICOMweb
+    stores through `ingestor` (the one ingest path, routing attached) and reads evicted
+    instances back through `recaller`.
 
     On first start the console token is generated and printed once to stderr, so the admin
     who started the service sees it; it is never logged.
@@ -109,7 +132,7 @@ def start_http(cfg: Config, db: Database, active: Callable[[], int]) -> EdgeHttp
             file=sys.stderr,
             flush=True,
         )
-    http = EdgeHttp(cfg, db, active, token=token)
+    http = EdgeHttp(cfg, db, active, ingestor=ingestor, recaller=recaller, token=token)
     http.start()
     return http
 
@@ -122,6 +145,9 @@ class EdgeHttp:
         cfg: Config,
         db: Database,
         active: Callable[[], int],
+        *,
+        ingestor: Ingestor,
+        recaller: Recaller | None = None,
         token: str | None = None,
         audit: EdgeAudit | None = None,
     ) -> None:
@@ -133,6 +159,12 @@ class EdgeHttp:
         self.audit = audit if audit is not None else EdgeAudit(cfg)
         self._own_audit = audit is None
         self.admin = AdminApi(cfg, db, self.audit)
+        self.studies = StudiesApi(cfg, db, self.audit)
+        self.corrections = CorrectionApi(cfg, db, self.audit)
+        locator = Locator(db, ingestor.cache, recaller)
+        self.dicomweb = edw.EdgeDicomweb(db, locator, ingestor)
+        self.access = AccessLog(self.audit.record)
+        self.spool = edw.spool_dir(cfg)
         self.probe = DiskProbe(cfg.edge.cache_dir)
         # the acceptors' slots file, read through a descriptor of our own (edge/slots.py)
         self.slots = AssocSlots(
@@ -165,6 +197,7 @@ class EdgeHttp:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         self._loop = None
+        self.access.flush(time.time(), everything=True)
         self._ship_audit()
         self.slots.close()
         if self._own_audit:
@@ -204,6 +237,7 @@ class EdgeHttp:
             try:
                 if e.disk_probe_interval_s and self.probe.due(e.disk_probe_interval_s):
                     await asyncio.to_thread(self.probe.run)
+                await asyncio.to_thread(self.access.flush, time.time())
                 store = self._audit_store()
                 if store is not None:
                     await asyncio.to_thread(self.audit.ship_due, store, e.audit_ship_interval_s)
@@ -228,7 +262,7 @@ class EdgeHttp:
     # ---- the app ------------------------------------------------------------------------
     def routes(self) -> list[tuple[str, str, Handler, Need]]:
         """Every /api route with the need it declares (deny by default: none means 403)."""
-        a = self.admin
+        a, st = self.admin, self.studies
         return [
             ("GET", "/api/session", self.api_session, Need.VIEW),
             ("GET", "/api/status", self.api_status, Need.OPERATE),
@@ -241,6 +275,14 @@ class EdgeHttp:
             ("GET", "/api/studies", self.api_studies, Need.VIEW),
             ("POST", "/api/studies/{uid}/pin", self.api_pin, Need.OPERATE),
             ("POST", "/api/studies/{uid}/unpin", self.api_unpin, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/send", a.study_send, Need.OPERATE),
+            ("GET", "/api/studies/{uid}/send", a.study_sends, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/delete", st.delete, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/undelete", st.undelete, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/hold", st.hold, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/release", st.release, Need.ADMIN),
+            ("GET", "/api/studies/{uid}/attributes", self.corrections.attributes, Need.OPERATE),
+            ("POST", "/api/studies/{uid}/modify", self.corrections.modify, Need.OPERATE),
             ("GET", "/api/routes", self.api_routes, Need.OPERATE),
             ("POST", "/api/routes/retry", self.api_routes_retry, Need.OPERATE),
             ("GET", "/api/routes/rules", a.rules, Need.OPERATE),
@@ -248,12 +290,20 @@ class EdgeHttp:
             ("PUT", "/api/routes/rules/{name}", a.rule_save, Need.OPERATE),
             ("DELETE", "/api/routes/rules/{name}", a.rule_delete, Need.OPERATE),
             ("GET", "/api/events", self.api_events, Need.OPERATE),
+            ("GET", "/api/commitments", self.api_commitments, Need.OPERATE),
+            ("POST", "/api/commitments/retry", self.api_commitments_retry, Need.OPERATE),
             ("GET", "/api/users", a.users, Need.ADMIN),
             ("POST", "/api/users", a.user_create, Need.ADMIN),
             ("PUT", "/api/users/{name}", a.user_update, Need.ADMIN),
             ("DELETE", "/api/users/{name}", a.user_delete, Need.ADMIN),
             ("GET", "/api/audit", a.audit_recent, Need.ADMIN),
+            *self.dicomweb_routes(),
         ]
+
+    def dicomweb_routes(self) -> list[tuple[str, str, Handler, Need]]:
+        """The shared DICOMweb routes: reads for every role, STOW for technicians and admins."""
+        need = {dw.Access.READ: Need.VIEW, dw.Access.WRITE: Need.OPERATE}
+        return [(m, dw.ROOT + p, fn, need[a]) for m, p, fn, a, _ in dw.ROUTES]
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._guard])
@@ -262,7 +312,10 @@ class EdgeHttp:
         for method, path, handler, need in self.routes():
             needs[r.add_route(method, path, handler)] = need
         app[NEEDS] = needs
+        dw.attach(app, edw.side(self.dicomweb, self.cfg, self.spool))
+        webviewer.mount_viewer(app, self.cfg.edge.viewer_dir, self.authorized)
         r.add_get("/", self.index)
+        r.add_get("/login", webviewer.login_page, allow_head=False)
         r.add_post("/login", self.login)
         r.add_post("/logout", self.logout)
         r.add_get("/healthz", self.healthz)
@@ -287,19 +340,45 @@ class EdgeHttp:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Under /api/: authenticate, then the route's declared need (none: refused)."""
-        if not request.path.startswith("/api/"):
+        """Under /api/ and /dicomweb: authenticate, then the route's declared need (none:
+        refused); DICOMweb requests are audited (edge/accesslog.py)."""
+        path = request.path
+        dicomweb = path == dw.ROOT or path.startswith(dw.ROOT + "/")
+        if not (path.startswith("/api/") or dicomweb):
             return await handler(request)
         creds = Credentials.of(request)
         principal = await asyncio.to_thread(self.auth.authenticate, creds)
         request[PRINCIPAL] = principal
-        need = request.app[NEEDS].get(request.match_info.route)
-        if need is None:
-            if request.match_info.http_exception is not None:
-                raise request.match_info.http_exception
-            raise NotAuthorized("this route declares no access rule")  # fail closed
-        principal.require(need)
-        return await handler(request)
+        if dicomweb:
+            request[edw.NOTE] = {}
+        status = 500
+        try:
+            need = request.app[NEEDS].get(request.match_info.route)
+            if need is None:
+                if request.match_info.http_exception is not None:
+                    raise request.match_info.http_exception
+                raise NotAuthorized("this route declares no access rule")  # fail closed
+            principal.require(need)
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except PacsError as exc:
+            status = http_status(exc)
+            raise
+        finally:
+            if dicomweb:
+                edw.audit(self.access, request, principal, status)
+
+    async def authorized(self, request: web.Request) -> bool:
+        """Whether a request carries a usable credential (the viewer's page asks this)."""
+        try:
+            await asyncio.to_thread(self.auth.authenticate, Credentials.of(request))
+        except Unauthenticated:
+            return False
+        return True
 
     # ---- open endpoints -----------------------------------------------------------------
     async def index(self, request: web.Request) -> web.FileResponse:
@@ -309,15 +388,16 @@ class EdgeHttp:
 
     async def login(self, request: web.Request) -> web.Response:
         """Sign in: `{"user", "password"}` or `{"token"}` (JSON or a form); a session cookie
-        on success. Same-origin only (a foreign page must not sign a browser in)."""
+        on success. Same-origin only (a foreign page must not sign a browser in). A form post
+        (the login page) is answered with a redirect to its `next` (this origin only)."""
         client = request.remote or ""
         if not Credentials.of(request).same_origin:
             raise Unauthenticated("sign in from this console's own page")
-        data: Any = await request.post() if request.content_type.endswith("form") else None
-        if data is None:
-            data = await read_json(request)
+        form = request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
+        data: Any = await request.post() if form else await read_json(request)
         user, password = str(data.get("user", "")), str(data.get("password", ""))
-        token = str(data.get("token", ""))
+        token = str(data.get("token", "")).strip()
+        target = ws.safe_next(str(data.get("next", ""))) if form else ""
         try:
             principal, cookie = await asyncio.to_thread(
                 self.auth.sign_in, user, password, token, client
@@ -327,14 +407,21 @@ class EdgeHttp:
             self.audit.record(
                 action="login", actor=name, client=client, outcome="denied", detail=str(exc)
             )
+            if form:
+                query = urlencode({"error": str(exc), "next": target})
+                raise web.HTTPSeeOther(f"/login?{query}") from exc
             raise
-        resp = web.json_response(
+        resp: web.Response = web.json_response(
             {"name": principal.name, "role": principal.role, "needs": principal.needs}
         )
+        if form:
+            resp = web.HTTPSeeOther(target)
         secure = request.secure or self.auth.force_secure
         set_cookie(resp, cookie, int(self.auth.ttl_s), secure)
         self.audit.record(action="login", actor=principal.name, role=principal.role, client=client)
         log.info("login user=%s role=%s client=%s", principal.name, principal.role, client)
+        if isinstance(resp, web.HTTPException):
+            raise resp
         return resp
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -427,6 +514,17 @@ class EdgeHttp:
         kind = request.query.get("kind", "association_rejected")
         limit = _int_param(request, "limit", 100, 1, 1000)
         return web.json_response(await asyncio.to_thread(dashboard.events, self.db, kind, limit))
+
+    async def api_commitments(self, request: web.Request) -> web.Response:
+        """Storage Commitment reports not yet delivered (pending with backoff, or failed)."""
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        return web.json_response(await asyncio.to_thread(commitqueue.listing, self.db, limit))
+
+    async def api_commitments_retry(self, request: web.Request) -> web.Response:
+        queue = commitqueue.ReportQueue(self.db)
+        n = await asyncio.to_thread(queue.retry_failed)
+        log.info("console commitment retry reports=%d", n)
+        return web.json_response({"requeued": n})
 
 
 SHARED_ASSETS = {".css": "text/css", ".js": "text/javascript"}

@@ -35,13 +35,14 @@ from shared.errors import (
     DuplicateConflict,
     IndexUnavailable,
     InstanceBusy,
+    InstanceDeleted,
     InvalidDataset,
     OutOfResources,
     UIDMismatch,
 )
 from shared.fsutil import durable_link, fsync_dir, fsync_file
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, TRANSITIONS, State, transition
+from shared.lifecycle import HIDDEN_STATES, LOCAL_STATES, TRANSITIONS, State, transition
 from shared.rows import Origin, index_instance
 
 log = logging.getLogger("hpacs.edge.ingest")
@@ -89,10 +90,15 @@ class Ingestor:
         origin: Origin,
         expected_sop_class: str | None = None,
         expected_sop_instance: str | None = None,
+        *,
+        expected_study: str | None = None,
     ) -> IngestResult:
-        """Ingest a complete Part-10 temp file in the cache's filesystem; takes ownership of it."""
+        """Ingest a complete Part-10 temp file in the cache's filesystem; takes ownership of it.
+        The expected UIDs are what the request said (a C-STORE command, a STOW-RS URL)."""
         try:
-            result = self._ingest(temp, origin, expected_sop_class, expected_sop_instance)
+            result = self._ingest(
+                temp, origin, expected_sop_class, expected_sop_instance, expected_study
+            )
             metrics.store_outcome(result.outcome.value, result.size, origin.source)
             return result
         finally:
@@ -101,7 +107,9 @@ class Ingestor:
             except FileNotFoundError:
                 pass
 
-    def ingest_stream(self, stream: BinaryIO, origin: Origin) -> IngestResult:
+    def ingest_stream(
+        self, stream: BinaryIO, origin: Origin, *, expected_study: str | None = None
+    ) -> IngestResult:
         """Ingest a Part-10 byte stream (STOW-RS part, upload), spooled to a temp file."""
         fh, temp = self.cache.new_temp()
         try:
@@ -111,7 +119,7 @@ class Ingestor:
         except OSError as exc:
             os.unlink(temp)
             raise OutOfResources(f"cannot spool the object to the cache: {exc}") from exc
-        return self.ingest_temp(temp, origin)
+        return self.ingest_temp(temp, origin, expected_study=expected_study)
 
     def ingest_path(
         self, path: str | Path, origin: Origin, *, expect: tuple[int, int] | None = None
@@ -148,6 +156,7 @@ class Ingestor:
         origin: Origin,
         expected_sop_class: str | None,
         expected_sop_instance: str | None,
+        expected_study: str | None = None,
     ) -> IngestResult:
         if self.max_object_bytes and temp.stat().st_size > self.max_object_bytes:
             raise OutOfResources(
@@ -167,6 +176,8 @@ class Ingestor:
             raise UIDMismatch(
                 f"command SOP Instance {expected_sop_instance} != dataset {header.sop_instance_uid}"
             )
+        if expected_study is not None and expected_study != header.study_uid:
+            raise UIDMismatch("the instance's Study Instance UID differs from the URL's")
         if self.min_free_bytes and self.cache.free_bytes() < self.min_free_bytes:
             raise OutOfResources(
                 f"cache filesystem has less than edge.min_free_bytes={self.min_free_bytes} free"
@@ -251,6 +262,10 @@ class Ingestor:
             raise DuplicateConflict(
                 f"{header.sop_instance_uid}: different bytes are being stored concurrently"
             )
+        if State(row["state"]) in HIDDEN_STATES:
+            # deleted here: its UID stays registered until the purge (shared/deletion.py);
+            # neither the same nor other bytes bring it back, `studies undelete` does
+            raise InstanceDeleted(f"{header.sop_instance_uid} was deleted on this node")
         if row["size"] == size and row["crc32c"] == crc:
             return IngestResult(Outcome.DUPLICATE, header, size, crc, row["path"])
         if self.duplicates != "replace":

@@ -31,7 +31,13 @@ from edge.cache import Cache
 from shared.errors import CorruptInstance, NotFound, PacsError
 from shared.index import Database
 from shared.integrity import VerifyingReader, read_verified
-from shared.lifecycle import CLOUD_VERIFIED_STATES, LOCAL_STATES, State, transition
+from shared.lifecycle import (
+    CLOUD_VERIFIED_STATES,
+    HIDDEN_STATES,
+    LOCAL_STATES,
+    State,
+    transition,
+)
 from shared.quarantine import LOST_ADVICE, handle_damage
 from shared.rows import from_row
 
@@ -164,6 +170,8 @@ class Locator:
                 # Index paths are ours (keys.cache_relpath); the shape check replaces a resolve().
                 ok = _RELPATH.fullmatch(ref.path)
                 return (self.cache.root / ref.path if ok else self.cache.path(ref.path)), ref
+            if state in HIDDEN_STATES:
+                raise NotFound(f"{ref.sop_instance_uid}: the instance was deleted")
             if state is State.LOST:
                 raise NotFound(
                     f"{ref.sop_instance_uid}: the instance is lost (no intact copy in the cache "

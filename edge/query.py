@@ -5,8 +5,9 @@ No I/O here: `build()` turns a request identifier into one SELECT with bound par
 covered by table-driven tests without a network. The per-value rules (wildcards as GLOB with
 an index range on the literal prefix, date/time ranges, UID lists, person names) are
 `shared.matching`'s, shared with the cloud API's QIDO-RS; this module maps C-FIND keys onto
-the edge index. Query never filters on lifecycle state (invariant 3: evicted instances stay
-searchable).
+the edge index. Query never filters on where the bytes are (invariant 3: evicted instances
+stay searchable); deleted instances (shared.lifecycle.HIDDEN_STATES) are hidden at every level:
+studies and series by their counters (which count visible instances only), instances by state.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from shared import attributes, matching
 from shared.errors import BadRequest
 from shared.index import NORMALISED
+from shared.lifecycle import HIDDEN_SQL
 from shared.sqldialect import SQLITE
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -28,15 +30,17 @@ MODEL_LEVELS = {PATIENT_ROOT: LEVELS, STUDY_ROOT: LEVELS[1:]}
 # Matching kinds: str (single value / wildcard), pn (case-insensitive, on the upper-cased
 # column), uid (list of UIDs), da/tm (ranges), int (single value), list (multi-valued, computed),
 # const (returned, never matched).
+_VISIBLE_SERIES = "x.num_instances > 0"  # series and studies count visible instances only
+_VISIBLE_INSTANCE = f"x.state NOT IN ({HIDDEN_SQL})"
 _SUBQUERY_MODALITIES = (
     "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series x "
-    "WHERE x.study_id = st.id AND modality <> ''))"
+    f"WHERE x.study_id = st.id AND modality <> '' AND {_VISIBLE_SERIES}))"
 )
 _SUBQUERY_SOP_CLASSES = (
     "(SELECT group_concat(c, '\\') FROM (SELECT DISTINCT sop_class_uid AS c FROM instances x "
-    "WHERE x.study_id = st.id))"
+    f"WHERE x.study_id = st.id AND {_VISIBLE_INSTANCE}))"
 )
-_PATIENT_SCOPE = "FROM studies p WHERE p.patient_id = st.patient_id"
+_PATIENT_SCOPE = "FROM studies p WHERE p.patient_id = st.patient_id AND p.num_instances > 0"
 _NEARLINE = "'evicted', 'recalling'"
 _UNAVAILABLE = "'lost'"  # no intact copy anywhere (shared.lifecycle State.LOST)
 
@@ -105,8 +109,8 @@ ATTRS: dict[str, Attr] = {
 }
 # Multi-valued study keys computed from lower levels: matched with EXISTS on that table.
 _LIST_MATCH = {
-    "ModalitiesInStudy": ("series", "x.modality"),
-    "SOPClassesInStudy": ("instances", "x.sop_class_uid"),
+    "ModalitiesInStudy": ("series", "x.modality", _VISIBLE_SERIES),
+    "SOPClassesInStudy": ("instances", "x.sop_class_uid", _VISIBLE_INSTANCE),
 }
 UNIQUE_KEY = {
     "PATIENT": "PatientID",
@@ -120,6 +124,13 @@ _FROM = {
     "SERIES": "series se JOIN studies st ON st.id = se.study_id",
     "IMAGE": "instances i JOIN series se ON se.id = i.series_id "
     "JOIN studies st ON st.id = i.study_id",
+}
+# Deleted instances, and studies and series with no visible instance left, are not matched.
+VISIBLE = {
+    "PATIENT": "st.num_instances > 0",
+    "STUDY": "st.num_instances > 0",
+    "SERIES": "se.num_instances > 0",
+    "IMAGE": f"i.state NOT IN ({HIDDEN_SQL})",
 }
 
 
@@ -164,9 +175,7 @@ def build(identifier: Mapping[str, Any], model: str, limit: int | None = None) -
     if unique not in keywords:
         keywords.insert(0, unique)
     select = ", ".join(_select_expr(ATTRS[k], level) for k in keywords)
-    sql = f"SELECT {select} FROM {_FROM[level]}"
-    if conds:
-        sql += " WHERE " + " AND ".join(conds)
+    sql = f"SELECT {select} FROM {_FROM[level]} WHERE " + " AND ".join([*conds, VISIBLE[level]])
     if level == "PATIENT":
         sql += " GROUP BY st.patient_id"
     if limit is not None:
@@ -202,12 +211,12 @@ def _term(attr: Attr, raw: Any) -> matching.Predicate | None:
             [matching.date_time(col, v, attr.kind, attr.keyword) for v in values]
         )
     if attr.kind == "list":
-        table, col = _LIST_MATCH[attr.keyword]
+        table, col, visible = _LIST_MATCH[attr.keyword]
         inner = matching.any_of([matching.string(col, v) for v in values])
         if inner is None:
             return None
-        return matching.Exists(f"{table} x", "x.study_id = st.id", inner)
-    if attr.kind == "pn":
+        return matching.Exists(f"{table} x", f"x.study_id = st.id AND {visible}", inner)
+    if attr.kind == "pn" and attr.match:  # an upper-cased copy: case-insensitive
         return matching.any_of([matching.string(col, matching.person_name(v)) for v in values])
     return matching.any_of([matching.string(col, v) for v in values])
 

@@ -4,7 +4,8 @@ Temp files are removed; files without rows are re-indexed (a crash between the l
 index commit, before any success was sent); a file without a row whose instance's row points at
 another file is the loser of an interrupted replace (edge/ingest.py) and is removed; rows whose
 file is missing are reported loudly; rows left in `recalling` by a crash go back to `evicted`
-(the recall never finished).
+(the recall never finished). A correction interrupted by a crash leaves at most one such
+loser file per instance (the same rule removes it) and a marker reported here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge.cache import Cache
+from edge.corrections import pending
 from shared.checksum import crc32c_file
 from shared.dicom import read_header
 from shared.errors import PacsError
@@ -34,6 +36,7 @@ class ReconcileReport:
     missing_files: list[str] = field(default_factory=list)
     recalls_reset: int = 0
     replace_leftovers: int = 0
+    corrections_unfinished: list[str] = field(default_factory=list)  # study UIDs
 
 
 def reconcile(db: Database, cache: Cache) -> ReconcileReport:
@@ -58,6 +61,7 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
         on_disk,
     )
     rep.recalls_reset = _reset_recalls(db)
+    rep.corrections_unfinished = _unfinished_corrections(db)
     if rep.missing_files:
         log.error(
             "index rows without their file count=%d first=%s: the cache was altered outside "
@@ -69,13 +73,14 @@ def reconcile(db: Database, cache: Cache) -> ReconcileReport:
         )
     log.info(
         "reconciled temp_removed=%d reindexed=%d unreadable=%d missing_files=%d recalls_reset=%d "
-        "replace_leftovers=%d",
+        "replace_leftovers=%d corrections_unfinished=%d",
         rep.temp_removed,
         rep.reindexed,
         len(rep.unreadable),
         len(rep.missing_files),
         rep.recalls_reset,
         rep.replace_leftovers,
+        len(rep.corrections_unfinished),
     )
     return rep
 
@@ -161,6 +166,21 @@ def _replace_leftover(db: Database, cache: Cache, rel: str, sop_instance_uid: st
         row["path"],
     )
     return True
+
+
+def _unfinished_corrections(db: Database) -> list[str]:
+    """Corrections a crash interrupted (edge/corrections.py): each instance already holds
+    its old or its new bytes with a matching row (the loser files were removed above as
+    replace leftovers); running the same correction again rewrites the rest."""
+    unfinished = pending(db)
+    for study_uid, marker in unfinished.items():
+        log.warning(
+            "unfinished correction study_uid=%s attributes=%s: run the same `hpacs-edge "
+            "studies modify` again to complete it",
+            study_uid,
+            ",".join(str(a) for a in marker.get("attributes") or []),
+        )
+    return list(unfinished)
 
 
 def _reset_recalls(db: Database) -> int:

@@ -1,12 +1,14 @@
-"""C-MOVE and C-GET SCP handlers: resolve the identifier's UIDs, then feed pynetdicom's retrieve.
+"""C-MOVE and C-GET services: resolve the identifier's UIDs, send each instance, report.
 
-pynetdicom's Q/R service owns the sub-operation loop: it opens the one store association to
-the move destination (with the contexts we yield), sends each dataset we yield, keeps the
-remaining/completed/failed/warning counters, sends the pending responses and lists failed SOP
-Instance UIDs in the final identifier. We decide who may retrieve what, which instances match,
-and what bytes go out for each (edge/sender.py: as stored, or converted). An instance we cannot
-prepare (evicted without recall, missing file, no conversion) is yielded as a stub pynetdicom
-cannot send, so it counts as one failed sub-operation and the move goes on.
+The sub-operation loop is ours (edge/sender.py `send_all` on our engine): C-MOVE opens one
+association to the registered destination and sends every instance over it; C-GET sends them
+back on the requester's own association, on the storage contexts where it accepted the SCP
+role. After each sub-operation a pending response carries the counters; C-CANCEL is checked
+before each one. An instance that cannot be prepared (evicted without recall, missing or
+damaged file, no conversion) is one failed sub-operation with its UID listed, and the
+retrieve goes on. Final status: 0x0000 when all completed, 0xB000 with the Failed SOP
+Instance UID List when some failed or warned, 0xA702 when every one failed (including a
+destination that could not be reached or refused the association).
 
 Retrieve identifiers select by the unique keys of their level (PS3.4 C.4.2.2.1):
 PatientID at PATIENT level, StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID lists below.
@@ -16,63 +18,41 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
+import ssl
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
 
-from edge.assoc import assoc_info
-from edge.handlers import permitted
-from edge.locate import INSTANCE_COLUMNS, InstanceRef, Locator
-from edge.scu import node_ssl_context, tls_args
-from edge.sender import (
-    FilePlaceholder,
-    accepted_syntaxes,
-    failure_stub,
-    install_file_send,
-    log_failure,
-    prepare,
-    requested_contexts,
-    tune,
-)
+from edge.access import permitted
+from edge.assoc import AssocInfo
+from edge.dimse import client, dataset
+from edge.dimse import command as cmd
+from edge.dimse.engine import Association, Message
+from edge.locate import INSTANCE_COLUMNS, InstanceRef
+from edge.sender import SendReport, Source, SubOp, requested_contexts, send_all
+from shared.deletion import visible_sql
 from shared.errors import (
     CANCEL,
+    CANNOT_UNDERSTAND,
     IDENTIFIER_DOES_NOT_MATCH,
+    MOVE_DESTINATION_UNKNOWN,
+    OUT_OF_RESOURCES_SUBOPS,
     PENDING,
     REFUSED_NOT_AUTHORIZED,
+    SUBOPS_WARNING,
+    SUCCESS,
     BadRequest,
-    NotAuthorized,
-    PacsError,
 )
+from shared.index import Database
 from shared.registry import Node, get_node
 from shared.uids import is_valid_uid
 
-if TYPE_CHECKING:
-    from edge.server import EdgeServer
-
 log = logging.getLogger("hpacs.edge.retrieve")
 
-MOVE_SOP_CLASSES = [
-    str(PatientRootQueryRetrieveInformationModelMove),
-    str(StudyRootQueryRetrieveInformationModelMove),
-]
-GET_SOP_CLASSES = [
-    str(PatientRootQueryRetrieveInformationModelGet),
-    str(StudyRootQueryRetrieveInformationModelGet),
-]
+MOVE_SOP_CLASSES = ["1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"]
+GET_SOP_CLASSES = ["1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"]
 MAX_SUBOPERATIONS = 65535  # the counters are US
 
 _LEVELS = {
@@ -108,7 +88,7 @@ def selection_sql(identifier: Dataset) -> tuple[str, list[str]]:
     sql = (
         f"SELECT {INSTANCE_COLUMNS} FROM instances i "
         "JOIN studies s ON s.id = i.study_id JOIN series se ON se.id = i.series_id "
-        f"WHERE {column} IN ({marks}) "
+        f"WHERE {column} IN ({marks}) AND {visible_sql('i')} "
         "ORDER BY s.id, se.series_number, se.id, i.instance_number, i.id"
     )
     return sql, values
@@ -135,137 +115,130 @@ def touch(conn: sqlite3.Connection, refs: list[InstanceRef], now: float) -> None
     )
 
 
-_RSP_COMMAND_FIELD = {C_MOVE: 0x8021, C_GET: 0x8010}
+@dataclass(frozen=True)
+class RetrieveSettings:
+    ae_title: str
+    max_pdu: int
+    timeout_s: float  # connect and negotiate with a move destination
 
 
-def pending_command(
-    command_field: int, message_id: int, sop_class: str, counts: tuple[int, ...]
-) -> bytes:
-    """A pending C-MOVE/C-GET-RSP command set without identifier, implicit VR little endian
-    (PS3.7 C.4.2.1.4 / C.4.3.1.4); `counts` = remaining, completed, failed, warning."""
+class _Operation:
+    """One C-MOVE/C-GET in progress on the requester's association: counters and responses."""
 
-    def el(elem: int, value: bytes) -> bytes:
-        return struct.pack("<HHI", 0, elem, len(value)) + value
+    def __init__(self, assoc: Association, msg: Message, field: int, total: int) -> None:
+        self.assoc, self.msg, self.field = assoc, msg, field
+        self.report = SendReport()
+        self.remaining = total
 
-    uid = sop_class.encode("ascii")
-    body = (
-        el(0x0002, uid + b"\0" if len(uid) % 2 else uid)
-        + el(0x0100, struct.pack("<H", command_field))
-        + el(0x0120, struct.pack("<H", message_id))
-        + el(0x0800, struct.pack("<H", 0x0101))  # no data set
-        + el(0x0900, struct.pack("<H", PENDING))
-        + b"".join(el(0x1020 + i, struct.pack("<H", n)) for i, n in enumerate(counts))
-    )
-    return el(0x0000, struct.pack("<I", len(body))) + body
+    def pending(self) -> None:
+        r = self.report
+        counts = (self.remaining, r.completed, r.failed, r.warning)
+        c = self.msg.command
+        self.assoc.send(
+            self.msg.context.id,
+            cmd.retrieve_rsp(self.field, c.message_id, c.sop_class, PENDING, counts, False),
+        )
 
+    def final(self, status: int | None = None, cancelled: bool = False) -> int:
+        r, c = self.report, self.msg.command
+        if status is None:
+            if not r.failed and not r.warning:
+                status = SUCCESS
+            elif r.failed and not r.completed and not r.warning:
+                status = OUT_OF_RESOURCES_SUBOPS  # every sub-operation failed
+            else:
+                status = SUBOPS_WARNING
+        remaining = self.remaining if cancelled else -1
+        counts = (remaining, r.completed, r.failed, r.warning)
+        ident = None
+        if status != SUCCESS and (r.failed or r.warning or cancelled):
+            ds = Dataset()
+            ds.FailedSOPInstanceUIDList = r.failed_uids
+            ident = dataset.encode(ds, self.msg.context.transfer_syntax)
+        command = cmd.retrieve_rsp(
+            self.field, c.message_id, c.sop_class, status, counts, ident is not None
+        )
+        self.assoc.send(self.msg.context.id, command, ident)
+        return status
 
-def install_fast_pending(assoc: Association) -> None:
-    """Send the per-sub-operation pending responses without pydicom's encoder.
-
-    pynetdicom encodes every pending C-MOVE/C-GET response with pydicom (about a millisecond
-    each, once per instance moved); these carry only fixed elements, so we frame them here
-    and hand the PDU to the DUL like pynetdicom does. Anything else takes pynetdicom's path.
-    """
-    if getattr(assoc, "hpacs_fast_pending", False):
-        return
-    slow = assoc.dimse.send_msg
-
-    def send_msg(primitive: Any, context_id: int) -> None:
-        field = _RSP_COMMAND_FIELD.get(type(primitive))
-        limit = assoc.dimse.maximum_pdu_size
-        if (
-            field is not None
-            and primitive.Status == PENDING
-            and primitive.Identifier is None
-            and primitive.MessageIDBeingRespondedTo is not None
-            and primitive.AffectedSOPClassUID is not None
-            and (not limit or limit > 200)
-            and not assoc.get_handlers(evt.EVT_DIMSE_SENT)
-        ):
-            counts = (
-                primitive.NumberOfRemainingSuboperations,
-                primitive.NumberOfCompletedSuboperations,
-                primitive.NumberOfFailedSuboperations,
-                primitive.NumberOfWarningSuboperations,
-            )
-            if all(isinstance(n, int) for n in counts):
-                command = pending_command(
-                    field,
-                    primitive.MessageIDBeingRespondedTo,
-                    str(primitive.AffectedSOPClassUID),
-                    counts,  # type: ignore[arg-type]
-                )
-                pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
-                assoc.dul.send_pdu(pdata)
-                return
-        slow(primitive, context_id)
-
-    assoc.dimse.send_msg = send_msg  # type: ignore[method-assign]
-    assoc.hpacs_fast_pending = True  # type: ignore[attr-defined]
+    def add(self, sub: SubOp) -> None:
+        self.report.add(sub)
+        self.remaining -= 1
 
 
-class RetrieveHandlers:
-    def __init__(self, server: EdgeServer) -> None:
-        self.server = server
+class RetrieveService:
+    """C-MOVE and C-GET, built from the index, the instance source and our identity."""
 
-    # ---- shared steps ------------------------------------------------------------------
-    def locate(self, ref: InstanceRef) -> tuple[Path, bytes]:
-        """The instance's cache path and its bytes, verified (damaged: repaired or failed)."""
-        return Locator(self.server.db, self.server.cache, self.server.recaller).read_at(ref)
+    def __init__(
+        self,
+        db: Database,
+        source: Source,
+        settings: RetrieveSettings,
+        ssl_context_for: Callable[[Node], ssl.SSLContext | None],
+    ) -> None:
+        self.db = db
+        self.source = source
+        self.settings = settings
+        self.ssl_context_for = ssl_context_for
 
     def _matches(self, identifier: Dataset) -> list[InstanceRef]:
-        refs = resolve(self.server.db.reader(), identifier)
+        refs = resolve(self.db.reader(), identifier)
         if len(refs) > MAX_SUBOPERATIONS:
             raise BadRequest(f"{len(refs)} instances match; a retrieve is limited to 65535")
         if refs:
-            with self.server.db.write() as conn:
+            with self.db.write() as conn:
                 touch(conn, refs, time.time())
         return refs
 
-    def _dataset(self, ref: InstanceRef, accepted: dict[str, list[str]], peer: str) -> Dataset:
+    def _identifier(self, assoc: Association, msg: Message, field: int) -> list[InstanceRef] | None:
+        """The matching instances, or None after a failure response was sent."""
+        info: AssocInfo = assoc.info
+        c = msg.command
         try:
-            ds, plan = prepare(ref, self.locate(ref), accepted)
-        except PacsError as exc:
-            log_failure(ref.sop_instance_uid, str(exc), destination=peer)
-            return failure_stub(ref)
-        except Exception as exc:
-            log_failure(ref.sop_instance_uid, f"cannot read stored object: {exc}", destination=peer)
-            return failure_stub(ref)
-        if not plan.as_is:
-            log.debug(
-                "converting sop_instance_uid=%s from=%s to=%s",
-                ref.sop_instance_uid,
-                plan.source,
-                plan.target,
+            identifier = dataset.decode(msg.data, msg.context.transfer_syntax)
+            return self._matches(identifier)
+        except (BadRequest, dataset.DatasetError) as exc:
+            status = IDENTIFIER_DOES_NOT_MATCH if isinstance(exc, BadRequest) else CANNOT_UNDERSTAND
+            log.warning(
+                "%s refused calling_ae=%s status=0x%04X reason=%s",
+                "move" if field == cmd.C_MOVE_RSP else "get",
+                info.calling_ae,
+                status,
+                exc,
             )
-        return ds
+            assoc.send(
+                msg.context.id,
+                cmd.retrieve_rsp(field, c.message_id, c.sop_class, status, None, False),
+            )
+            return None
 
-    def _lookahead(
-        self, refs: list[InstanceRef], accepted: dict[str, list[str]], peer: str
-    ) -> Iterator[Dataset]:
-        """Datasets one step ahead, each placeholder linked to the next (`hpacs_next`) so the
-        sender can read the next file while the peer stores the current one."""
-        current: Dataset | None = None
-        for ref in refs:
-            nxt = self._dataset(ref, accepted, peer)
-            if current is not None:
-                if isinstance(current, FilePlaceholder) and isinstance(nxt, FilePlaceholder):
-                    object.__setattr__(current, "hpacs_next", nxt)
-                yield current
-            current = nxt
-        if current is not None:
-            yield current
+    def _refuse(self, assoc: Association, msg: Message, field: int, status: int) -> None:
+        c = msg.command
+        assoc.send(
+            msg.context.id, cmd.retrieve_rsp(field, c.message_id, c.sop_class, status, None, False)
+        )
+
+    def _run(self, op: _Operation, subops: Iterator[SubOp], what: str) -> tuple[bool, int]:
+        """Feed sub-operation outcomes into the counters; (cancelled, sent)."""
+        assoc, c = op.assoc, op.msg.command
+        sent = 0
+        for sub in subops:
+            op.add(sub)
+            sent += 1
+            op.pending()
+            if op.remaining and assoc.cancelled(c.message_id):
+                log.info("%s cancelled calling_ae=%s sent=%d", what, assoc.info.calling_ae, sent)
+                return True, sent
+        return False, sent
 
     # ---- C-MOVE ------------------------------------------------------------------------
-    def handle_move(self, event: evt.Event) -> Iterator[Any]:
-        info = assoc_info(event.assoc)
-        if not permitted(event, "move"):
-            # pynetdicom's C-MOVE flow cannot answer 0x0124 before a destination is chosen;
-            # an error here becomes a failure response (0xC514) with no connection made.
-            raise NotAuthorized(f"{info.calling_ae} may not C-MOVE")
-        raw = event.move_destination or ""
-        dest = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip()
+    def handle_move(self, assoc: Association, msg: Message) -> None:
+        info: AssocInfo = assoc.info
+        field = cmd.C_MOVE_RSP
+        if not permitted(info, "move"):
+            self._refuse(assoc, msg, field, REFUSED_NOT_AUTHORIZED)
+            return
+        dest = str(msg.command.get(cmd.MOVE_DESTINATION) or "").strip()
         node = self._destination(dest)
         if node is None:
             log.warning(
@@ -273,68 +246,106 @@ class RetrieveHandlers:
                 info.calling_ae,
                 dest,
             )
-            yield None, None  # pynetdicom answers 0xA801 and connects nowhere
+            self._refuse(assoc, msg, field, MOVE_DESTINATION_UNKNOWN)
             return
-        refs = self._matches(event.identifier)
-        captured: list[Association] = []
-
-        def on_open(e: evt.Event) -> None:
-            tune(e)
-            captured.append(e.assoc)
-
-        kwargs: dict[str, Any] = {
-            "contexts": requested_contexts(refs),
-            "max_pdu": self.server.cfg.edge.max_pdu_bytes,
-            "evt_handlers": [(evt.EVT_CONN_OPEN, on_open)],
-        }
-        kwargs["tls_args"] = tls_args(node, node_ssl_context(self.server.cfg.edge.tls, node))
-        yield node.host, node.port, kwargs
-        install_fast_pending(event.assoc)
-        yield len(refs)
+        refs = self._identifier(assoc, msg, field)
+        if refs is None:
+            return
+        op = _Operation(assoc, msg, field, len(refs))
         started = time.monotonic()
-        accepted = accepted_syntaxes(captured[0]) if captured else {}
-        for n, ds in enumerate(self._lookahead(refs, accepted, dest)):
-            if event.is_cancelled:
-                log.info("move cancelled calling_ae=%s sent=%d", info.calling_ae, n)
-                yield CANCEL, None
-                return
-            yield PENDING, ds
-        log.info(
-            "move done calling_ae=%s destination=%s instances=%d duration_s=%.3f",
-            info.calling_ae,
-            dest,
-            len(refs),
-            time.monotonic() - started,
-        )
+        if not refs:
+            op.final()
+            return
+        s = self.settings
+        try:
+            out = client.connect(
+                s.ae_title,
+                node.host,
+                node.port,
+                node.ae_title,
+                requested_contexts(refs),
+                max_pdu=s.max_pdu,
+                timeout_s=s.timeout_s,
+                ssl_context=self.ssl_context_for(node),
+            )
+        except client.AssociationFailed as exc:
+            log.warning(
+                "move failed calling_ae=%s destination=%s address=%s:%d reason=%s",
+                info.calling_ae,
+                dest,
+                node.host,
+                node.port,
+                exc,
+            )
+            for ref in refs:
+                op.add(SubOp(ref.sop_instance_uid, "failed", reason=str(exc)))
+            op.final()
+            return
+        cancelled = False
+        try:
+            originator = (info.calling_ae, msg.command.message_id)
+            subops = send_all(out, refs, self.source, peer=dest, originator=originator)
+            cancelled, _ = self._run(op, _guarded(subops, refs, op, dest), "move")
+        finally:
+            if not out.ended:
+                out.release()
+        status = op.final(CANCEL if cancelled else None, cancelled)
+        self._done("move", info, op.report, status, started, dest)
 
     def _destination(self, ae_title: str) -> Node | None:
-        node = get_node(self.server.db.reader(), ae_title)
+        node = get_node(self.db.reader(), ae_title)
         if node is None or node.host == "*":
             return None
         return node
 
     # ---- C-GET -------------------------------------------------------------------------
-    def handle_get(self, event: evt.Event) -> Iterator[Any]:
-        info = assoc_info(event.assoc)
-        if not permitted(event, "get"):
-            yield 1
-            yield REFUSED_NOT_AUTHORIZED, None
+    def handle_get(self, assoc: Association, msg: Message) -> None:
+        info: AssocInfo = assoc.info
+        field = cmd.C_GET_RSP
+        if not permitted(info, "get"):
+            self._refuse(assoc, msg, field, REFUSED_NOT_AUTHORIZED)
             return
-        try:
-            refs = self._matches(event.identifier)
-        except BadRequest as exc:
-            log.warning("get refused calling_ae=%s reason=%s", info.calling_ae, exc)
-            yield 1
-            yield IDENTIFIER_DOES_NOT_MATCH, None
+        refs = self._identifier(assoc, msg, field)
+        if refs is None:
             return
-        yield len(refs)
-        install_file_send(event.assoc)
-        install_fast_pending(event.assoc)
-        accepted = accepted_syntaxes(event.assoc)
-        for n, ref in enumerate(refs):
-            if event.is_cancelled:
-                log.info("get cancelled calling_ae=%s sent=%d", info.calling_ae, n)
-                yield CANCEL, None
-                return
-            yield PENDING, self._dataset(ref, accepted, info.calling_ae)
-        log.info("get done calling_ae=%s instances=%d", info.calling_ae, len(refs))
+        op = _Operation(assoc, msg, field, len(refs))
+        started = time.monotonic()
+        subops = send_all(assoc, refs, self.source, peer=info.calling_ae)
+        cancelled, _ = self._run(op, subops, "get")
+        status = op.final(CANCEL if cancelled else None, cancelled)
+        self._done("get", info, op.report, status, started, "")
+
+    def _done(
+        self, what: str, info: AssocInfo, r: SendReport, status: int, started: float, dest: str
+    ) -> None:
+        log.info(
+            "%s done calling_ae=%s%s instances=%d delivered=%d failed=%d warning=%d "
+            "status=0x%04X duration_s=%.3f",
+            what,
+            info.calling_ae,
+            f" destination={dest}" if dest else "",
+            len(r.results),
+            r.completed,
+            r.failed,
+            r.warning,
+            status,
+            time.monotonic() - started,
+        )
+        if r.failed:
+            log.debug("%s failed sop_instance_uids=%s", what, ",".join(r.failed_uids))
+
+
+def _guarded(
+    subops: Iterator[SubOp], refs: list[InstanceRef], op: _Operation, dest: str
+) -> Iterator[SubOp]:
+    """The sub-operations of a C-MOVE; when the destination association breaks, the rest
+    fail (with a log line) instead of ending the requester's association."""
+    seen = 0
+    try:
+        for sub in subops:
+            seen += 1
+            yield sub
+    except Exception as exc:  # LinkClosed, PeerAborted, LinkTimeout, ProtocolError
+        log.warning("move destination=%s association lost after %d: %s", dest, seen, exc)
+        for ref in refs[seen:]:
+            yield SubOp(ref.sop_instance_uid, "failed", reason=f"association lost: {exc}")

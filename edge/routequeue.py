@@ -64,6 +64,42 @@ def enqueue(
     return n
 
 
+def enqueue_one_off(
+    conn: sqlite3.Connection,
+    route: str,
+    destination: str,
+    study_uid: str,
+    sop_instance_uids: list[str],
+    now: float,
+    max_attempts: int = 10,
+) -> int:
+    """Queue `sop_instance_uids` once more to `destination` under `route` (a send asked for by
+    hand, edge/studysend.py): an earlier delivery's `sent` row gives way (as pruning would),
+    a `dead` one is requeued with a fresh budget, a pending or sending one stays as it is.
+    Returns the jobs now waiting (new or requeued)."""
+    n = 0
+    for i in range(0, len(sop_instance_uids), 500):
+        chunk = sop_instance_uids[i : i + 500]
+        where = (
+            f"route = ? AND destination = ? AND sop_instance_uid IN ({','.join('?' * len(chunk))})"
+        )
+        args = [route, destination, *chunk]
+        conn.execute(
+            f"DELETE FROM route_jobs WHERE {where} AND state = ?", [*args, JobState.SENT.value]
+        )
+        dead = conn.execute(
+            f"SELECT id FROM route_jobs WHERE {where} AND state = ?", [*args, JobState.DEAD.value]
+        )
+        ids = [r[0] for r in dead]
+        n += retry(conn, ids=ids, now=now) if ids else 0
+        n += conn.executemany(
+            "INSERT OR IGNORE INTO route_jobs(route, destination, study_uid, sop_instance_uid, "
+            "max_attempts, created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+            [(route, destination, study_uid, uid, max_attempts, now, now) for uid in chunk],
+        ).rowcount
+    return n
+
+
 def recover(conn: sqlite3.Connection, now: float | None = None) -> int:
     """Jobs a crash left in `sending` go back to pending (sent again: at least once)."""
     at = time.time() if now is None else now

@@ -1,7 +1,9 @@
-"""The DIMSE server: pynetdicom adapter for admission, per-association bookkeeping and handlers.
+"""The DIMSE side of one process: listeners, admission, per-association bookkeeping, services.
 
-Threading model: pynetdicom runs each association in its own threads; the DIMSE path stays
-synchronous on the stdlib sqlite3 (see docs/ARCHITECTURE.md).
+Threading model (docs/ARCHITECTURE.md, "DIMSE layer"): every connection has one thread that
+owns its socket from accept to close (edge/dimse/acceptor.py); the service handlers run in it.
+The DIMSE path stays synchronous on the stdlib sqlite3. Handlers are built here from the few
+things each uses (ingestor, index, instance source, a settings record), never this object.
 """
 
 from __future__ import annotations
@@ -9,108 +11,61 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from pydicom import config as pydicom_config
-from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.events import EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
-
-from edge import reactor, spool
+from edge import events
 from edge.access import RJ_LOCAL_LIMIT_EXCEEDED, Decision, decide
-from edge.assoc import AssocInfo, assoc_info
+from edge.assoc import AssocInfo
 from edge.cache import Cache
-from edge.commitment import COMMITMENT_SOP_CLASS, CommitmentHandlers
+from edge.commitment import COMMITMENT_SOP_CLASS, CommitmentService, CommitSettings
+from edge.commitqueue import ReportQueue, Retrier
 from edge.contexts import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
-from edge.find import FIND_SOP_CLASSES, FindHandlers
-from edge.handlers import StoreHandlers
+from edge.dimse import command as cmd
+from edge.dimse import scp
+from edge.dimse.acceptor import Acceptor, Admission, Settings
+from edge.dimse.engine import Association, Sink
+from edge.dimse.negotiation import Context, Request, supported_context
+from edge.find import FIND_SOP_CLASSES, FindService
+from edge.handlers import StoreService
 from edge.ingest import Ingestor
-from edge.locate import Recaller
+from edge.locate import Locator, Recaller
 from edge.recall import StoreRecaller
-from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveHandlers
+from edge.retrieve import GET_SOP_CLASSES, MOVE_SOP_CLASSES, RetrieveService, RetrieveSettings
+from edge.scu import node_ssl_context
+from edge.sender import CacheSource
 from edge.slots import AssocSlots
 from edge.tls import server_context
 from shared import metrics
 from shared.config import Config
 from shared.index import Database
-from shared.registry import get_node
+from shared.registry import Node, get_node
 from shared.store import open_store
 
 log = logging.getLogger("hpacs.edge.server")
-
-# Receive C-STORE datasets straight to a file instead of memory (large objects).
-_config.STORE_RECV_CHUNKED_DATASET = True
-# Private and future storage SOP classes are stored like the standard ones.
-_config.UNRESTRICTED_STORAGE_SERVICE = True
-# pynetdicom's "standard" handlers format every DIMSE message for its debug log on every
-# C-STORE (CPU on the ingest path, and identifiers with PHI); we log one line per association.
-_config.LOG_HANDLER_LEVEL = "none"
-# pydicom re-validates every UID/value it reads with regular expressions only to warn (~10% of
-# the CPU per instance); ingest validates what it indexes itself (shared.uids.is_valid_uid).
-pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-# pynetdicom logs every C-FIND/MOVE/GET request and response identifier (patient names and IDs)
-# at INFO/DEBUG, formatting each one even when the level is off: no PHI in logs, no wasted CPU.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-# A full disk while a dataset arrives answers 0xA700 instead of killing the DUL thread.
-spool.install()
-# pynetdicom's reactor sleeps this long between polls; 1 ms caps throughput (NOTES.md).
-DUL_LOOP_DELAY_S = 0.0001
-
-
-def _stop_awaiting_request(assoc: Association) -> None:
-    """End an acceptor thread still waiting for its A-ASSOCIATE-RQ.
-
-    pynetdicom's acceptor blocks on the DUL's to_user_queue for `acse_timeout` (60 s) even when
-    the connection has closed before any request (a port probe) or the server is stopping;
-    a None there is its own "no request came" path: kill the DUL, close the socket, return.
-    Without it every probe held a thread for a minute and stop() waited 10 s for it.
-    """
-    if assoc.is_acceptor and assoc.requestor.primitive is None and assoc.dul.to_user_queue.empty():
-        assoc.dul.to_user_queue.put(None)
-
-
-class _ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with SO_REUSEPORT set before bind (edge.acceptors > 1)."""
-
-    def server_bind(self) -> None:
-        assert self.socket is not None  # socketserver created it in __init__
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 class EdgeServer:
     """The DIMSE side of one process; `reuse_port` lets several acceptor processes share a port."""
 
     def __init__(self, cfg: Config, db: Database, *, reuse_port: bool = False) -> None:
+        e = cfg.edge
         self.cfg = cfg
         self.db = db
         self.reuse_port = reuse_port
-        self.cache = Cache(cfg.edge.cache_dir)
-        tempfile.tempdir = str(self.cache.tmp)  # pynetdicom spools C-STORE data here
+        self.cache = Cache(e.cache_dir)
         self.ingestor = Ingestor(
             db,
             self.cache,
-            duplicates=cfg.edge.duplicates,
-            min_free_bytes=cfg.edge.min_free_bytes,
-            max_object_bytes=cfg.edge.max_object_bytes,
+            duplicates=e.duplicates,
+            min_free_bytes=e.min_free_bytes,
+            max_object_bytes=e.max_object_bytes,
         )
-        if cfg.edge.index_synchronous == "normal":
+        if e.index_synchronous == "normal":
             db.set_synchronous("NORMAL")  # edge.index_synchronous, docs/ARCHITECTURE.md
-        self.ae = self._make_ae()
-        self._servers: list[Any] = []
         # Association limits hold across acceptor processes (edge/slots.py).
-        self.slots = AssocSlots(
-            Path(cfg.edge.data_dir) / "associations.slots", cfg.edge.max_associations
-        )
+        self.slots = AssocSlots(Path(e.data_dir) / "associations.slots", e.max_associations)
         self._addr_cache: dict[str, tuple[float, frozenset[str]]] = {}
-        self.store = StoreHandlers(self)
-        self.find = FindHandlers(self)
         # Read-through recall of evicted instances (edge/recall.py; the store opens on first use).
         sc = cfg.sync
         self.recaller: Recaller | None = StoreRecaller(
@@ -121,56 +76,69 @@ class EdgeServer:
             ),
             concurrency=sc.recall_concurrency,
         )
-        self.retrieve = RetrieveHandlers(self)
-        self.commitment = CommitmentHandlers(self)
-        self.extra_handlers: list[EventHandlerType] = []
+        self.reports = ReportQueue(db)
+        # Every read of a cached instance goes through edge/locate.py (verified, repaired).
+        self.locator = Locator(db, self.cache, self.recaller)
+        self.store = StoreService(self.ingestor, self.cache.tmp, e.max_object_bytes, db)
+        self.find = FindService(db.path, e.ae_title, e.find_max_results)
+        self.retrieve = RetrieveService(
+            db,
+            CacheSource(self.locator),
+            RetrieveSettings(e.ae_title, e.max_pdu_bytes, e.association_timeout_s),
+            self._node_ssl,
+        )
+        self.commitment = CommitmentService(
+            db,
+            self.locator,
+            self.reports,
+            CommitSettings(e.ae_title, e.association_timeout_s),
+            self._node_ssl,
+        )
+        self.retrier: Retrier | None = None
+        self.services = scp.Services(
+            handlers={
+                cmd.C_ECHO_RQ: self.store.handle_echo,
+                cmd.C_STORE_RQ: self.store.handle_store,
+                cmd.C_FIND_RQ: self.find.handle_find,
+                cmd.C_MOVE_RQ: self.retrieve.handle_move,
+                cmd.C_GET_RQ: self.retrieve.handle_get,
+                cmd.N_ACTION_RQ: self.commitment.handle_n_action,
+            },
+            sink_for=self._sink_for,
+        )
+        self._supported = _supported_contexts()
+        self.acceptor = Acceptor(
+            Settings(
+                our_max_pdu=e.max_pdu_bytes,
+                artim_timeout_s=e.artim_timeout_s,
+                idle_timeout_s=e.network_timeout_s,
+                dimse_timeout_s=e.dimse_timeout_s,
+                max_unauthenticated=e.max_unauthenticated,
+                reuse_port=reuse_port,
+            ),
+            admit=self._admit,
+            serve=self._serve,
+            refused=self._refused,
+            supported=lambda _req: (self._supported, True),
+        )
 
     # ---- set-up ------------------------------------------------------------------------
-    def _make_ae(self) -> AE:
-        e = self.cfg.edge
-        ae = AE(ae_title=e.ae_title)
-        ae.maximum_associations = e.max_associations + 8  # our own check answers first
-        ae.maximum_pdu_size = e.max_pdu_bytes
-        ae.acse_timeout = e.association_timeout_s
-        ae.dimse_timeout = e.dimse_timeout_s
-        ae.network_timeout = e.network_timeout_s
-        ae.require_called_aet = False  # decided in _on_requested, with a log line
-        ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES[:3])
-        for uid in STORAGE_SOP_CLASSES:
-            # Role selection accepted so C-GET peers can take the storage SCP role.
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
-        for uid in FIND_SOP_CLASSES:
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES[:3])
-        for uid in MOVE_SOP_CLASSES + GET_SOP_CLASSES:
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES[:3])
-        ae.add_supported_context(
-            COMMITMENT_SOP_CLASS, ALL_TRANSFER_SYNTAXES[:3], scu_role=True, scp_role=True
-        )
-        return ae
+    def _node_ssl(self, node: Node) -> ssl.SSLContext | None:
+        return node_ssl_context(self.cfg.edge.tls, node)
 
-    def handlers(self) -> list[EventHandlerType]:
-        return [
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_CONN_CLOSE, self._on_conn_close),
-            (evt.EVT_C_ECHO, self.store.handle_echo),
-            (evt.EVT_C_STORE, self.store.handle_store),
-            (evt.EVT_C_FIND, self.find.handle_find),
-            (evt.EVT_C_MOVE, self.retrieve.handle_move),
-            (evt.EVT_C_GET, self.retrieve.handle_get),
-            (evt.EVT_N_ACTION, self.commitment.handle_n_action),
-            *self.extra_handlers,
-        ]
+    def _sink_for(self, assoc: Association, cx: Context, command: cmd.Command) -> Sink | None:
+        if command.field == cmd.C_STORE_RQ:
+            return self.store.sink_for(assoc, cx, command)
+        return None
 
-    def start(self) -> None:
+    def start(self, *, retrier: bool = True) -> None:
+        """Listen; `retrier` runs the commitment report queue here (one process per node)."""
         e = self.cfg.edge
         if e.port:
-            srv = self._listen((e.host, e.port), None)
-            self._servers.append(srv)
+            self.acceptor.listen(e.host, e.port, None)
             log.info("listening ae_title=%s address=%s:%d tls=no", e.ae_title, e.host, e.port)
         if e.tls.port and e.tls.cert_file:
-            srv = self._listen((e.host, e.tls.port), self._server_ssl_context())
-            self._servers.append(srv)
+            self.acceptor.listen(e.host, e.tls.port, self._server_ssl_context())
             log.info(
                 "listening ae_title=%s address=%s:%d tls=yes mutual=%s",
                 e.ae_title,
@@ -180,67 +148,32 @@ class EdgeServer:
             )
         elif e.tls.port:
             log.info("TLS listener disabled: edge.tls.cert_file and key_file are not set")
+        if retrier:
+            self.start_retrier()
 
-    def _listen(self, address: tuple[str, int], ssl_context: ssl.SSLContext | None) -> Any:
-        if not self.reuse_port:
-            return self.ae.start_server(
-                address, block=False, evt_handlers=self.handlers(), ssl_context=ssl_context
-            )
-        # ae.start_server(block=False) with our server class (SO_REUSEPORT before bind)
-        srv = self.ae.make_server(
-            address,
-            evt_handlers=self.handlers(),
-            ssl_context=ssl_context,
-            server_class=_ReusePortServer,
-        )
-        threading.Thread(target=srv.serve_forever, name="AcceptorServer", daemon=True).start()
-        self.ae._servers.append(srv)
-        return srv
+    def start_retrier(self) -> None:
+        self.retrier = Retrier(self.reports, self.commitment.deliver)
+        self.retrier.start()
 
     @property
     def ports(self) -> list[int]:
-        return [srv.server_address[1] for srv in self._servers]
+        return self.acceptor.ports
 
     def _server_ssl_context(self) -> ssl.SSLContext:
         return server_context(self.cfg.edge.tls)
 
-    def stop(self, join_timeout_s: float = 10.0) -> None:
-        """Stop listening, abort open associations and wait for their threads.
-
-        Waiting matters: an association thread that outlives the server would still log and
-        release its slot after the index, the slots file and the log handlers are gone.
-        """
-        for srv in self._servers:
-            srv.shutdown()
-        self._servers.clear()
-        self.ae.shutdown()
-        for waiting in self.ae.active_associations:
-            _stop_awaiting_request(waiting)  # abort() cannot end a wait for the A-ASSOCIATE-RQ
-        deadline = time.monotonic() + join_timeout_s
-        # A released association's DUL thread can outlive its Association thread (it still
-        # fires EVT_CONN_CLOSE), so wait for every association or DUL thread of this AE.
-        for thread in threading.enumerate():
-            assoc = thread if isinstance(thread, Association) else getattr(thread, "assoc", None)
-            if not isinstance(assoc, Association) or assoc.ae is not self.ae:
-                continue
-            if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+    def stop(self, join_timeout_s: float = 5.0) -> None:
+        """Stop listening, end open associations and wait (bounded) for their threads, so none
+        logs or releases a slot after the index, the slots file and the log handlers are gone."""
+        self.acceptor.stop(join_timeout_s)
+        if self.retrier is not None:
+            self.retrier.stop()
         self.slots.close()
         self.find.close()
         if isinstance(self.recaller, StoreRecaller):
             self.recaller.close()
 
-    # ---- association events ------------------------------------------------------------
-    def _on_conn_open(self, event: evt.Event) -> None:
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
-        reactor.install(event.assoc)  # event-driven loops instead of pynetdicom's polling
-
+    # ---- admission ---------------------------------------------------------------------
     def _addresses(self, host: str) -> frozenset[str]:
         now = time.monotonic()
         hit = self._addr_cache.get(host)
@@ -254,84 +187,115 @@ class EdgeServer:
         self._addr_cache[host] = (now, addrs)
         return addrs
 
-    def _on_requested(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        info = assoc_info(assoc)
-        called = (
-            (assoc.acceptor.primitive.called_ae_title or "") if assoc.acceptor.primitive else ""
-        )
-        if not called and assoc.requestor.primitive is not None:
-            called = assoc.requestor.primitive.called_ae_title or ""
+    def _admit(self, req: Request, peer: str) -> Admission:
+        info = AssocInfo(calling_ae=req.calling_ae, peer=peer, called_ae=req.called_ae)
         node = get_node(self.db.reader(), info.calling_ae)
         info.node = node
         addresses = self._addresses(node.host) if node and node.host != "*" else frozenset()
+        e = self.cfg.edge
         with self.slots.locked():
             active_total, active_for_node = self.slots.counts(info.calling_ae)
             d = decide(
                 node=node,
                 calling_ae=info.calling_ae,
-                called_ae=str(called).strip(),
-                our_ae=self.cfg.edge.ae_title,
-                check_called_ae=self.cfg.edge.check_called_ae,
-                peer_ip=info.peer,
+                called_ae=req.called_ae,
+                our_ae=e.ae_title,
+                check_called_ae=e.check_called_ae,
+                peer_ip=peer,
                 node_addresses=addresses,
                 active_total=active_total,
-                max_total=self.cfg.edge.max_associations,
+                max_total=e.max_associations,
                 active_for_node=active_for_node,
             )
             if d.accept:
                 info.slot = self.slots.take(info.calling_ae)
-                info.counted = info.slot is not None
-                if not info.counted:  # every record held (counts said otherwise): still refuse
+                if info.slot is None:  # every record held (counts said otherwise): still refuse
                     d = Decision(
                         False,
-                        f"global association limit {self.cfg.edge.max_associations} reached",
+                        f"global association limit {e.max_associations} reached",
                         RJ_LOCAL_LIMIT_EXCEEDED,
                     )
         if d.accept:
             metrics.association_opened()
-            return
+            return Admission(state=info)
         metrics.association_rejected(d.reason)
         log.warning(
             "association rejected calling_ae=%s called_ae=%s peer=%s reason=%s",
             info.calling_ae,
-            str(called).strip(),
-            info.peer,
+            req.called_ae,
+            peer,
             d.reason,
         )
-        self._record_event("association_rejected", info, d.reason)
-        assoc.acse.send_reject(*d.reject)
-        assoc.kill()
+        self._record_event("association_rejected", info.calling_ae, peer, d.reason)
+        return Admission(reject=d.reject, reason=d.reason)
 
-    def _record_event(self, kind: str, info: AssocInfo, detail: str) -> None:
+    def _refused(self, peer: str, reason: str, calling_ae: str) -> None:
+        """A connection refused before association (TLS, protocol, ARTIM, the unauthenticated
+        cap): one WARNING line with the peer, and a row for the console's rejected list."""
+        log.warning("connection refused peer=%s reason=%s", peer, reason)
+        metrics.association_rejected(reason.split(":")[0])
+        # at most one row per peer and minute (edge/events.py): a flood of sockets must not
+        # become a flood of index writes; every refusal still has its log line
+        events.record(self.db, "association_rejected", calling_ae, peer, reason)
+
+    def _record_event(self, kind: str, calling_ae: str, peer: str, detail: str) -> None:
         try:
             with self.db.write() as conn:
                 conn.execute(
                     "INSERT INTO events(at, kind, calling_ae, peer, detail) VALUES (?,?,?,?,?)",
-                    (time.time(), kind, info.calling_ae, info.peer, detail),
+                    (time.time(), kind, calling_ae, peer, detail[:500]),
                 )
         except Exception:  # the rejection itself matters more than its audit row
             log.exception("could not record event kind=%s", kind)
 
-    def _on_conn_close(self, event: evt.Event) -> None:
-        _stop_awaiting_request(event.assoc)
-        info = getattr(event.assoc, "hpacs_info", None)
-        if info is None or not info.counted:
-            return
-        info.slot.release()
-        extra = " ".join(f"{k}={v}" for k, v in sorted(info.stats.items()))
-        log.info(
-            "association closed calling_ae=%s peer=%s contexts=%d stored=%d failed=%d "
-            "duration_s=%.3f%s",
-            info.calling_ae,
-            info.peer,
-            len(event.assoc.accepted_contexts),
-            info.stored,
-            info.failed,
-            time.monotonic() - info.started,
-            f" {extra}" if extra else "",
-        )
+    # ---- one association ---------------------------------------------------------------
+    def _serve(self, assoc: Association | None, admission: Admission) -> None:
+        info: AssocInfo = admission.state
+        ended = "not established"
+        contexts = 0
+        try:
+            if assoc is not None:
+                assoc.info = info
+                contexts = len(assoc.contexts)
+                ended = scp.run(assoc, self.services, lambda: self.acceptor.stopping)
+        finally:
+            if info.slot is not None:
+                info.slot.release()
+                info.slot = None
+            extra = " ".join(f"{k}={v}" for k, v in sorted(info.stats.items()))
+            log.info(
+                "association closed calling_ae=%s peer=%s contexts=%d stored=%d failed=%d "
+                "duration_s=%.3f ended=%s%s",
+                info.calling_ae,
+                info.peer,
+                contexts,
+                info.stored,
+                info.failed,
+                time.monotonic() - info.started,
+                ended.replace(" ", "_") if len(ended) < 40 else "error",
+                f" {extra}" if extra else "",
+            )
+            if ended not in ("released", "not established", "server stopping"):
+                log.info("association end calling_ae=%s reason=%s", info.calling_ae, ended)
+            for work in info.after:
+                if self.acceptor.stopping:
+                    break  # queued reports are delivered by the retrier after a restart
+                try:
+                    work()
+                except Exception:
+                    log.exception("after-association work failed calling_ae=%s", info.calling_ae)
 
     def active_associations(self) -> int:
         """Active associations of every acceptor process (the slots file)."""
         return self.slots.active()
+
+
+def _supported_contexts() -> list[object]:
+    three = ALL_TRANSFER_SYNTAXES[:3]
+    out = [supported_context(VERIFICATION, three)]
+    # Role selection accepted so C-GET peers can take the storage SCP role.
+    out += [supported_context(uid, ALL_TRANSFER_SYNTAXES, True) for uid in STORAGE_SOP_CLASSES]
+    out += [supported_context(uid, three) for uid in FIND_SOP_CLASSES]
+    out += [supported_context(uid, three) for uid in MOVE_SOP_CLASSES + GET_SOP_CLASSES]
+    out.append(supported_context(COMMITMENT_SOP_CLASS, three, True))
+    return out

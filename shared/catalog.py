@@ -29,7 +29,11 @@ class CatalogRow:
     received_at: float
     calling_ae: str = ""
     source: str = ""
-    deleted: bool = False  # a later row can retract an instance
+    deleted: bool = False  # a later row can retract an instance (a deletion's tombstone)
+    # a tombstone of a purge: the bytes are gone (a restore skips the instance); without it,
+    # a tombstone of a deletion within its grace (a restore brings it back deleted, undeletable)
+    purged: bool = False
+    deleted_at: float = 0.0  # when it was deleted: the grace runs on after a restore
 
     def to_json(self) -> dict[str, Any]:
         d = self.header.as_dict()
@@ -45,6 +49,9 @@ class CatalogRow:
         )
         if self.deleted:
             d["deleted"] = True
+            d["deleted_at"] = self.deleted_at
+        if self.purged:
+            d["purged"] = True
         return d
 
     @classmethod
@@ -60,6 +67,8 @@ class CatalogRow:
             calling_ae=str(d.get("calling_ae", "")),
             source=str(d.get("source", "")),
             deleted=bool(d.get("deleted", False)),
+            purged=bool(d.get("purged", False)),
+            deleted_at=float(d.get("deleted_at", 0.0)),
         )
 
 

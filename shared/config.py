@@ -7,8 +7,10 @@ got 70000`). Field metadata carries the check so adding a key is one line.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,12 @@ def one_of(*choices: str) -> Check:
         return None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
 
     return check
+
+
+def count_or_auto(v: int | str) -> str | None:
+    if v == "auto" or (isinstance(v, int) and v > 0):
+        return None
+    return f'must be a positive integer or "auto", got {v!r}'
 
 
 def catalog_url(v: str) -> str | None:
@@ -149,10 +157,14 @@ class EdgeConfig:
     association_timeout_s: float = checked(60.0, positive)
     dimse_timeout_s: float = checked(60.0, positive)
     network_timeout_s: float = checked(60.0, positive)
+    # Before association: the whole A-ASSOCIATE-RQ must arrive within this (ARTIM), and at most
+    # this many such unauthenticated connections wait per acceptor process.
+    artim_timeout_s: float = checked(10.0, positive)
+    max_unauthenticated: int = checked(16, positive)
     duplicates: str = checked("keep", one_of("keep", "replace"))
     min_free_bytes: int = checked(256 * 1024**2, non_negative)
     find_max_results: int = checked(5000, positive)
-    acceptors: int = checked(1, positive)
+    acceptors: int | str = checked("auto", count_or_auto)  # "auto": one per core
     # "full": each ingest COMMIT fsyncs the WAL. "normal" (Orthanc's setting): COMMIT is atomic
     # and survives a process crash but reaches the disk at the next checkpoint; after a power
     # loss the fsynced file is still there and start-up reconciliation re-indexes it.
@@ -160,6 +172,7 @@ class EdgeConfig:
     http_host: str = "127.0.0.1"
     http_port: int = checked(8080, port_or_zero)
     console_token_file: str = ""  # empty: <data_dir>/console_token, generated at first start
+    viewer_dir: str = ""  # the OHIF build served at /viewer/; "": where `make viewer` installs it
     # Console sign-in (edge/webauth.py): signed session cookies, their lifetime and key file
     # ("": <data_dir>/session.key), Secure cookies also over plain HTTP (behind a TLS proxy),
     # and failed sign-ins allowed per user name and per client address within a window.
@@ -182,6 +195,19 @@ class EdgeConfig:
     import_rescan_s: float = checked(30.0, positive)  # full rescan: watchdog events are only hints
     log_level: str = checked("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     tls: TlsConfig = field(default_factory=TlsConfig)
+
+    @property
+    def acceptor_count(self) -> int:
+        """`acceptors` resolved: "auto" is the number of cores this process may use, or 1
+        when no DIMSE listener is configured (both ports 0: there is no port to share)."""
+        if isinstance(self.acceptors, int):
+            return self.acceptors
+        if not self.port and not self.tls.port:
+            return 1
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def cache_dir(self) -> Path:
@@ -251,6 +277,37 @@ class RestoreConfig:
     poll_interval_s: float = checked(10.0, positive)
 
 
+def ae_titles(v: list[str]) -> str | None:
+    bad = [a for a in v if not is_valid_ae_title(a)]
+    return f"not valid AE title(s): {bad}" if bad else None
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """One minimum-retention rule (shared/retention.py): criteria, then how long it keeps."""
+
+    name: str = checked()
+    modalities: list[str] = checked(default_factory=list)  # any of these in the study; []: any
+    calling_aes: list[str] = checked(default_factory=list, check=ae_titles)  # []: any sender
+    min_patient_age_years: int = checked(0, non_negative)  # age at the study date, inclusive
+    max_patient_age_years: int = checked(0, non_negative)  # exclusive; 0: no upper bound
+    years: int = checked(0, non_negative)  # kept at least this long from the study date
+    until_patient_age_years: int = checked(0, non_negative)  # and until this age (0: no)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    # a deleted study's bytes stay in the bucket this long (undelete possible), then the sync
+    # agent purges them; fractions of a day are allowed (0: at the agent's next purge pass)
+    delete_grace_days: float = checked(7.0, non_negative)
+    purge_interval_s: float = checked(60.0, positive)  # how often the agent looks for purges
+    purge_batch: int = checked(100, positive)  # instances claimed per purge step
+    auto_purge: bool = False  # delete studies whose retention ran out, through the same path
+    auto_purge_dry_run: bool = False  # only log (and audit) what auto_purge would delete
+    auto_purge_interval_s: float = checked(86400.0, positive)
+    rules: list[RetentionRule] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class CloudConfig:
     host: str = "127.0.0.1"
@@ -297,6 +354,7 @@ class Config:
     routes: list[RouteConfig] = field(default_factory=list)
     sync: SyncConfig = field(default_factory=SyncConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     source_path: str = ""
 
@@ -312,6 +370,14 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(key, f"must be a list, got {type(value).__name__}")
         return [_convert(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if isinstance(tp, types.UnionType):  # e.g. `int | str`: the first member that fits
+        for member in get_args(tp):
+            try:
+                return _convert(key, member, value)
+            except ConfigError:
+                continue
+        names = " or ".join(m.__name__ for m in get_args(tp))
+        raise ConfigError(key, f"must be {names}, got {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, got {value!r}")
@@ -358,6 +424,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+# The route name of jobs queued by "send to node" in the study browser (edge/studysend.py).
+MANUAL_ROUTE = "manual"
+MANUAL_ROUTE_REASON = f"{MANUAL_ROUTE!r} is reserved for sends from the study browser"
+
+
 def parse_config(data: dict[str, Any], source_path: str = "") -> Config:
     """Build and validate a Config from parsed TOML."""
     cfg = _build("", Config, data)
@@ -376,9 +447,23 @@ def _check_cross(cfg: Config) -> None:
     # start-up and when a route is edited (edge/routestore.py), not here.
     names: set[str] = set()
     for i, route in enumerate(cfg.routes):
+        if route.name == MANUAL_ROUTE:
+            raise ConfigError(f"routes[{i}].name", MANUAL_ROUTE_REASON)
         if route.name in names:
             raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r}")
         names.add(route.name)
+    rules: set[str] = set()
+    for i, rule in enumerate(cfg.retention.rules):
+        if rule.name in rules:
+            raise ConfigError(f"retention.rules[{i}].name", f"duplicate rule name {rule.name!r}")
+        rules.add(rule.name)
+        lo, hi = rule.min_patient_age_years, rule.max_patient_age_years
+        if hi and lo >= hi:
+            raise ConfigError(
+                f"retention.rules[{i}].max_patient_age_years", f"must be > {lo} (or 0)"
+            )
+        if not rule.years and not rule.until_patient_age_years:
+            raise ConfigError(f"retention.rules[{i}]", "set years and/or until_patient_age_years")
     tls = cfg.edge.tls
     if bool(tls.cert_file) != bool(tls.key_file):
         raise ConfigError("edge.tls", "cert_file and key_file must be set together")
@@ -391,6 +476,8 @@ def parse_route(data: dict[str, Any]) -> RouteConfig:
     route: RouteConfig = _build("", RouteConfig, data)
     if not route.name.strip():
         raise ConfigError("name", "required")
+    if route.name == MANUAL_ROUTE:
+        raise ConfigError("name", MANUAL_ROUTE_REASON)
     if not route.destinations:
         raise ConfigError("destinations", "name at least one registered node")
     for dest in route.destinations:

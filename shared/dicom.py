@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -13,7 +14,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from shared import attributes
+from shared import attributes, headerwalk
 from shared.errors import InvalidDataset, InvalidUID
 from shared.uids import is_valid_uid
 
@@ -172,6 +173,10 @@ def header_from_dataset(ds: Dataset, transfer_syntax: str, *, fast: bool = True)
             values[name] = value
     except Exception as exc:  # pydicom defers decoding: any element may fail here
         raise InvalidDataset(f"cannot decode the header: {exc}") from exc
+    return _checked(values, transfer_syntax)
+
+
+def _checked(values: dict[str, Any], transfer_syntax: str) -> Header:
     for name in ("sop_instance_uid", "sop_class_uid", "study_uid", "series_uid"):
         uid = values.get(name, "")
         if not uid:
@@ -183,8 +188,74 @@ def header_from_dataset(ds: Dataset, transfer_syntax: str, *, fast: bool = True)
     return Header(**values)
 
 
+_WANTED = frozenset(tag for _keyword, tag in _TAGS.values())
+_WALK_PLAN = [
+    (name, tag, name in _INT_FIELDS, dictionary_VR(tag)) for name, (_kw, tag) in _TAGS.items()
+]
+
+
+def _walked_value(vr: str, raw: bytes, is_int: bool) -> Any:
+    """What `_fast_value` makes of a raw element (and a 2-byte US), without pydicom objects."""
+    if vr == "US" and is_int:
+        return int.from_bytes(raw, "little") if len(raw) == 2 else _SLOW
+    if vr not in _FAST_VRS or not raw.isascii() or b"\\" in raw or b"\x1b" in raw:
+        return _SLOW
+    text = raw.decode("ascii")
+    text = text.rstrip("\0 ") if vr == "UI" else text
+    if "\0" in text:
+        return _SLOW
+    if not is_int:
+        return text.strip()
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return _SLOW
+
+
+def walked_header(path: str | Path) -> Header | None:
+    """The Header of a file by shared.headerwalk (no pydicom), or None when not certain to
+    equal pydicom's; invalid UIDs raise as on pydicom's path."""
+    with open(path, "rb") as fh:
+        got = headerwalk.raw_elements(fh, os.fstat(fh.fileno()).st_size, _WANTED)
+    if got is None:
+        return None
+    ts, raw = got
+    cs = raw.get(_CHARSET_TAG)
+    if cs is not None and cs[1].rstrip(b"\0 ").strip() not in _ASCII_CHARSETS:
+        return None
+    values: dict[str, Any] = {"transfer_syntax": ts}
+    for name, tag, is_int, dict_vr in _WALK_PLAN:
+        item = raw.get(tag)
+        if item is None:
+            values[name] = None if is_int else ""
+            continue
+        if name in _UID_FIELDS:  # as _raw_uid: the bytes without their padding, nothing more
+            values[name] = item[1].decode("latin-1").rstrip("\0 ")
+            continue
+        vr = item[0].decode("ascii") if item[0] else dict_vr
+        value = _walked_value(vr, item[1], is_int)
+        if value is _SLOW:
+            return None
+        values[name] = value
+    return _checked(values, ts)
+
+
 def read_header(source: str | Path | BinaryIO | bytes) -> Header:
-    """Parse a Part-10 file up to the pixel data and return its indexed attributes."""
+    """Parse a Part-10 file up to the pixel data and return its indexed attributes.
+
+    A file path first goes through `walked_header` (no pydicom, the common little-endian
+    case); anything it is not certain about is parsed by pydicom, which also raises for
+    malformed files."""
+    if isinstance(source, str | Path):
+        try:
+            fast = walked_header(source)
+        except OSError:
+            fast = None
+        if fast is not None:
+            return fast
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:

@@ -142,6 +142,22 @@ class Gone(PacsError):
     hint = "the share link expired or was revoked: ask its sender for a new one"
 
 
+class InstanceDeleted(PacsError):
+    """The instance was deleted on this node and is still within its grace period: its SOP
+    Instance UID stays registered until the purge (docs/admin-guide.md, "Deleting studies")."""
+
+    hint = (
+        "the instance was deleted here; `hpacs-edge studies undelete` brings it back, or it "
+        "can be sent again once purged (retention.delete_grace_days)"
+    )
+
+
+class Forbidden(PacsError):
+    """A retention rule or a legal hold forbids the action (not a missing permission)."""
+
+    hint = "see `hpacs-edge retention report` and `hpacs-edge studies holds`"
+
+
 # Named DIMSE statuses (PS3.7 Annex C and the service classes of PS3.4).
 SUCCESS = 0x0000
 REFUSED_NOT_AUTHORIZED = 0x0124
@@ -184,6 +200,8 @@ DIMSE_STATUS: dict[type[PacsError], int] = {
     TooManyRequests: OUT_OF_RESOURCES,
     UnsupportedMediaType: CANNOT_UNDERSTAND,
     Gone: UNABLE_TO_PROCESS,
+    InstanceDeleted: DUPLICATE_SOP_INSTANCE,
+    Forbidden: UNABLE_TO_PROCESS,
 }
 
 HTTP_STATUS: dict[type[PacsError], int] = {
@@ -212,6 +230,8 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     TooManyRequests: 429,
     UnsupportedMediaType: 415,
     Gone: 410,
+    InstanceDeleted: 409,
+    Forbidden: 409,
 }
 
 

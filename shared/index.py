@@ -195,6 +195,49 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # 6: Storage Commitment reports (edge/commitqueue.py): one row per verified request, kept
+    # until the N-EVENT-REPORT was answered; retry state in the row (invariant 6).
+    """
+    CREATE TABLE commitment_reports (
+        id INTEGER PRIMARY KEY,
+        calling_ae TEXT NOT NULL,
+        transaction_uid TEXT NOT NULL,
+        verdicts TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX commitment_reports_due ON commitment_reports(state, next_attempt_at);
+    """,
+    # 7: deletion, retention and legal holds (issue 10; shared/deletion.py, sync/purge.py).
+    # A deleted instance keeps its row: `deleted_at` starts its grace, `deleted_from` is the
+    # state an undelete returns it to. Study/series counters count visible instances only.
+    # Holds on a study (value: Study Instance UID) or a patient (value: PatientID) block every
+    # deletion and purge while `released_at` is NULL; `bucket` says how far the sync agent
+    # mirrored the hold onto the objects (pending, held, unsupported, released) and
+    # `bucket_at` up to which `synced_at` the covered objects were held.
+    """
+    ALTER TABLE instances ADD COLUMN deleted_at REAL;
+    ALTER TABLE instances ADD COLUMN deleted_from TEXT NOT NULL DEFAULT '';
+    CREATE TABLE holds (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('study', 'patient')),
+        value TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        placed_by TEXT NOT NULL DEFAULT '',
+        placed_at REAL NOT NULL,
+        released_by TEXT NOT NULL DEFAULT '',
+        released_at REAL,
+        release_reason TEXT NOT NULL DEFAULT '',
+        bucket TEXT NOT NULL DEFAULT 'pending',
+        bucket_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX holds_value ON holds(kind, value);
+    """,
 ]
 
 # Attributes (shared.attributes) with an upper-cased `<column>_norm` copy in this schema: only

@@ -40,6 +40,54 @@ def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
     )
 
 
+REVISION_MARK = ".rev-"  # never inside a UID (digits and dots only)
+_REVISION_NAME = re.compile(r"(?P<sop>[0-9.]+?)(?:\.rev-(?P<crc>[0-9a-f]{8}))?\.dcm")
+
+
+def revision_key(study_uid: str, series_uid: str, sop_instance_uid: str, crc32c_hex: str) -> str:
+    """Where the bytes of a corrected instance go (edge/corrections.py): beside the original,
+    named by their crc32c, `instances/<study>/<series>/<sop>.rev-<crc32c>.dcm`.
+
+    Objects are create-only, so a correction never overwrites: the original stays at
+    `instance_key` (the kept version for audit) and each corrected version gets its own key,
+    which the instance's row and catalog row then name. Content-addressed, so a correction
+    re-run after a crash lands on the same key with the same bytes (an idempotent put)."""
+    if not re.fullmatch(r"[0-9a-f]{8}", crc32c_hex):
+        raise BadRequest(f"not a crc32c hex digest: {crc32c_hex!r}")
+    return instance_key(study_uid, series_uid, sop_instance_uid)[: -len(".dcm")] + (
+        f"{REVISION_MARK}{crc32c_hex}.dcm"
+    )
+
+
+def is_revision_key(key: str) -> bool:
+    return key.startswith("instances/") and REVISION_MARK in key.rsplit("/", 1)[-1]
+
+
+def upload_key(study_uid: str, series_uid: str, sop_instance_uid: str, object_key: str) -> str:
+    """The key the sync agent uploads a row's bytes to: the revision key a correction planned
+    in the row (`object_key`), else the instance key of the first version."""
+    if is_revision_key(object_key):
+        return object_key
+    return instance_key(study_uid, series_uid, sop_instance_uid)
+
+
+def study_objects_prefix(study_uid: str) -> str:
+    """Every version of every instance of a study lives under this prefix."""
+    return f"instances/{_uid(study_uid, 'Study UID')}/"
+
+
+def parse_instance_object(key: str) -> tuple[str, str, str, str] | None:
+    """(study, series, SOP instance UID, revision crc32c or "" for the first version) of an
+    instance object key; None for any other key (conflict copies, catalog objects...)."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "instances":
+        return None
+    m = _REVISION_NAME.fullmatch(parts[3])
+    if m is None or not all(is_valid_uid(u) for u in (parts[1], parts[2], m["sop"])):
+        return None
+    return parts[1], parts[2], m["sop"], m["crc"] or ""
+
+
 def conflict_key(study_uid: str, series_uid: str, sop_instance_uid: str, crc32c_hex: str) -> str:
     """Where different bytes under an existing instance key are kept, never overwriting."""
     if not re.fullmatch(r"[0-9a-f]{8}", crc32c_hex):
@@ -86,6 +134,21 @@ def restore_key(site: str, restore_id: str) -> str:
 
 def restore_status_key(site: str, restore_id: str) -> str:
     return restore_key(site, restore_id)[: -len(".json")] + ".status.json"
+
+
+def deletions_prefix(site: str) -> str:
+    return f"control/{check_site(site)}/deletions/"
+
+
+def deletion_key(site: str, request_id: str) -> str:
+    """A deletion requested through the cloud API (shared/deletion_request.py)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", request_id):
+        raise BadRequest(f"bad deletion id {request_id[:80]!r}")
+    return f"{deletions_prefix(site)}{request_id}.json"
+
+
+def deletion_status_key(site: str, request_id: str) -> str:
+    return deletion_key(site, request_id)[: -len(".json")] + ".status.json"
 
 
 def audit_key(service: str, date: str, name: str) -> str:

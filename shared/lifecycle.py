@@ -22,29 +22,44 @@ class State(StrEnum):
     FAILED = "failed"
     CONFLICT = "conflict"
     LOST = "lost"
+    # deletion (issue 10): hidden at once, bytes kept for retention.delete_grace_days
+    DELETED = "deleted"
+    PURGING = "purging"
+    PURGED = "purged"
 
 
 S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
     # a damaged cache file with no verified cloud copy -> lost (file quarantined)
-    S.CACHED: frozenset({S.UPLOADING, S.CACHED, S.LOST}),
+    S.CACHED: frozenset({S.UPLOADING, S.CACHED, S.LOST, S.DELETED}),
     # transient error -> back to cached with a next attempt time; verified -> synced;
     # the local file fails its own crc32c while being uploaded -> lost
     S.UPLOADING: frozenset({S.SYNCED, S.CACHED, S.FAILED, S.CONFLICT, S.LOST}),
     # replaced bytes (edge.duplicates = "replace") need a new upload; a damaged cache file is
     # quarantined and its verified cloud copy fetched again (-> recalling)
-    S.SYNCED: frozenset({S.EVICTING, S.CACHED, S.RECALLING}),
+    S.SYNCED: frozenset({S.EVICTING, S.CACHED, S.RECALLING, S.DELETED}),
     # file deleted -> evicted; eviction abandoned (a retrieve touched or is serving it) -> synced
     S.EVICTING: frozenset({S.EVICTED, S.SYNCED}),
-    S.EVICTED: frozenset({S.RECALLING, S.CACHED}),
+    S.EVICTED: frozenset({S.RECALLING, S.CACHED, S.DELETED}),
     # recalled and verified -> synced; download failed -> evicted; the store has no object
     # any more -> lost
     S.RECALLING: frozenset({S.SYNCED, S.EVICTED, S.LOST}),
-    S.FAILED: frozenset({S.CACHED, S.LOST}),
-    S.CONFLICT: frozenset({S.CACHED, S.LOST}),
+    S.FAILED: frozenset({S.CACHED, S.LOST, S.DELETED}),
+    S.CONFLICT: frozenset({S.CACHED, S.LOST, S.DELETED}),
     # no intact copy anywhere: sent again (ingest) -> cached; an admin retry after putting
     # the object back in the bucket -> recalling
-    S.LOST: frozenset({S.CACHED, S.RECALLING}),
+    S.LOST: frozenset({S.CACHED, S.RECALLING, S.DELETED}),
+    # ---- deletion (shared/deletion.py, sync/purge.py) ----
+    # Only resting states are deleted (a row mid-upload/eviction/recall is waited for).
+    # Undelete returns to the state the row was deleted from (`deleted_from`), except that a
+    # synced row's cache file went at deletion: it comes back `evicted` (recalled on demand).
+    # The purge claims a row once its grace is over (-> purging)...
+    S.DELETED: frozenset({S.CACHED, S.EVICTED, S.FAILED, S.CONFLICT, S.LOST, S.PURGING}),
+    # ...journals its purge tombstone, deletes its objects and file, and ends purged. Never
+    # back: once claimed a purge is finished (also after a crash, see PURGE_RESUMED).
+    S.PURGING: frozenset({S.PURGED}),
+    # a purged instance sent again is a new instance (ingest, like lost -> cached)
+    S.PURGED: frozenset({S.CACHED}),
 }
 
 # States in which the instance's file is in the cache and may be served.
@@ -58,6 +73,15 @@ RECOVERY: dict[State, State] = {
     S.EVICTING: S.SYNCED,
     S.RECALLING: S.EVICTED,
 }
+# Crash-interrupted states that are finished, not rolled back, when their owner starts again:
+# a purge may have deleted some objects already, so going back to `deleted` (from which an
+# undelete would promise bytes that are gone) is never safe; the sync agent completes it.
+PURGE_RESUMED: dict[State, State] = {S.PURGING: S.PURGED}
+# Hidden from every query and retrieve (C-FIND, C-MOVE/C-GET, QIDO/WADO, the browser).
+HIDDEN_STATES = frozenset({S.DELETED, S.PURGING, S.PURGED})
+HIDDEN_SQL = ", ".join(f"'{s.value}'" for s in sorted(HIDDEN_STATES))
+# States a row may be deleted from (resting states; the others are waited for).
+DELETABLE_STATES = frozenset(s for s in State if S.DELETED in TRANSITIONS[s])
 # Columns a transition may set besides the state.
 _SETTABLE = frozenset(
     {
@@ -71,6 +95,11 @@ _SETTABLE = frozenset(
         "crc32c",
         "last_access",
         "transfer_syntax",
+        # deletion: when and from which state
+        "deleted_at",
+        "deleted_from",
+        # 0 to journal the row again: a tombstone, or a correction's new bytes once uploaded
+        "catalog_seq",
     }
 )
 

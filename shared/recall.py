@@ -36,7 +36,7 @@ from shared.checksum import Crc32c
 from shared.errors import ChecksumMismatch, NotFound, OutOfResources, PacsError, TransientStoreError
 from shared.fsutil import durable_rename
 from shared.index import Database
-from shared.lifecycle import LOCAL_STATES, State, transition
+from shared.lifecycle import HIDDEN_STATES, LOCAL_STATES, State, transition
 from shared.quarantine import LOST_ADVICE
 from shared.store import ObjectStore
 
@@ -203,6 +203,8 @@ class Recaller:
                     claimed = transition(conn, iid, State.EVICTED, State.RECALLING)
                 if claimed:
                     return self._fetch(iid, relpath, key, size, crc)
+            elif st in HIDDEN_STATES:
+                raise NotFound(f"{self._uid(iid)}: the instance was deleted")
             elif st is State.LOST:
                 raise NotFound(
                     f"{self._uid(iid)}: the instance is lost (no intact copy in the cache or "

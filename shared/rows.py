@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from shared import attributes
 from shared.dicom import Header
 from shared.index import NORMALISED
-from shared.lifecycle import State, transition
+from shared.lifecycle import HIDDEN_SQL, State, transition
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def index_instance(
     """Insert one instance with its study and series rows, inside the caller's transaction."""
     study_id = _upsert_study(conn, h, now)
     series_row = conn.execute(
-        "SELECT id FROM series WHERE series_uid = ?", (h.series_uid,)
+        "SELECT id, num_instances FROM series WHERE series_uid = ?", (h.series_uid,)
     ).fetchone()
     if series_row is None:
         new_series = conn.execute(_SERIES_SQL, (*_values(_SERIES, h), study_id, now)).lastrowid
@@ -82,6 +82,8 @@ def index_instance(
         conn.execute("UPDATE studies SET num_series = num_series + 1 WHERE id = ?", (study_id,))
     else:
         series_id = int(series_row[0])
+        if series_row[1] == 0:  # every instance of it was deleted: visible again
+            conn.execute("UPDATE studies SET num_series = num_series + 1 WHERE id = ?", (study_id,))
     try:
         cur = _insert(conn, h, series_id, study_id, relpath, size, crc, origin, now, state)
     except sqlite3.IntegrityError:
@@ -89,6 +91,7 @@ def index_instance(
         if revived is None:
             raise
         conn.execute("UPDATE studies SET updated_at = ? WHERE id = ?", (now, study_id))
+        recount(conn, [study_id], [series_id])  # a purged row was not counted
         return revived
     conn.execute("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?", (series_id,))
     conn.execute(
@@ -140,21 +143,22 @@ def _revive_lost(
     now: float,
     state: State,
 ) -> int | None:
-    """An instance sent again after it was lost (no intact copy anywhere) becomes these bytes:
-    `lost -> cached`, uploaded again. Nothing is kept that could conflict, so any bytes of the
-    same instance in the same series are taken. None: not a lost row, leave the error."""
+    """An instance sent again after it was lost (no intact copy anywhere) or purged (deleted,
+    then its grace ran out) becomes these bytes: `lost|purged -> cached`, uploaded again.
+    Nothing is kept that could conflict, so any bytes of the same instance in the same series
+    are taken. None: neither, leave the error."""
     if state is not State.CACHED:
         return None
     row = conn.execute(
-        "SELECT id, series_id FROM instances WHERE sop_instance_uid = ? AND state = ?",
-        (h.sop_instance_uid, State.LOST.value),
+        "SELECT id, series_id, state FROM instances WHERE sop_instance_uid = ? AND state IN (?, ?)",
+        (h.sop_instance_uid, State.LOST.value, State.PURGED.value),
     ).fetchone()
     if row is None or row[1] != series_id:
         return None
     ok = transition(
         conn,
         row[0],
-        State.LOST,
+        State(row[2]),
         State.CACHED,
         path=relpath,
         size=size,
@@ -165,8 +169,34 @@ def _revive_lost(
         next_attempt_at=0,
         last_error="",
         last_access=now,
+        deleted_at=None,
+        deleted_from="",
+        catalog_seq=0,
     )
     return int(row[0]) if ok else None
+
+
+def recount(conn: sqlite3.Connection, study_ids: list[int], series_ids: list[int]) -> None:
+    """Recompute the counters of these studies and series from their visible instances
+    (deleted ones are not counted: C-FIND's computed keys and the browser read the counters)."""
+    hidden = f"state NOT IN ({HIDDEN_SQL})"
+    for i in range(0, len(series_ids), 500):
+        chunk = series_ids[i : i + 500]
+        conn.execute(
+            "UPDATE series SET num_instances = (SELECT count(*) FROM instances i "
+            f"WHERE i.series_id = series.id AND i.{hidden}) "
+            f"WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+    for i in range(0, len(study_ids), 500):
+        chunk = study_ids[i : i + 500]
+        conn.execute(
+            "UPDATE studies SET num_instances = (SELECT count(*) FROM instances i "
+            f"WHERE i.study_id = studies.id AND i.{hidden}), num_series = (SELECT count(*) "
+            "FROM series se WHERE se.study_id = studies.id AND se.num_instances > 0) "
+            f"WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
 
 
 def _upsert_study(conn: sqlite3.Connection, h: Header, now: float) -> int:

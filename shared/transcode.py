@@ -21,11 +21,13 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -127,6 +129,8 @@ def convert(ds: Dataset, plan: Plan) -> Dataset:
     if plan.as_is:
         return ds
     try:
+        if plan.source == ExplicitVRBigEndian:
+            big_to_little(ds)
         if UID(plan.source).is_compressed and "PixelData" in ds:
             # -> Explicit VR Little Endian, native pixel data; same object, so the same UID
             ds.decompress(generate_instance_uid=False)
@@ -136,8 +140,8 @@ def convert(ds: Dataset, plan: Plan) -> Dataset:
             ds.compress(UID(plan.target), generate_instance_uid=False)
         elif UID(plan.target).is_compressed:  # no pixel data (an SR, say): only the label
             ds.file_meta.TransferSyntaxUID = UID(plan.target)
-        # Uncompressed targets: pynetdicom re-encodes an uncompressed dataset into the
-        # accepted context's syntax (Implicit VR, deflate) when it sends.
+        # Uncompressed targets: the sender's encoder (edge/dimse/dataset.py, or `encode` here)
+        # writes the accepted syntax (Implicit VR, deflate) from this Explicit VR LE dataset.
     except NoConversion:
         raise
     except Exception as exc:
@@ -160,3 +164,31 @@ def encode(ds: Dataset, target: str) -> bytes:
     except Exception as exc:
         raise NoConversion(f"writing the object as {ts_name(target)} failed: {exc}") from exc
     return buf.getvalue()
+
+
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def big_to_little(ds: Dataset, depth: int = 0) -> None:
+    """Make a dataset read as Explicit VR Big Endian writable as little endian, in place.
+
+    Numbers pydicom decoded (US, SS, UL, FL, ...) are re-encoded in the target byte order by the
+    writer; "other" binary values (OW pixel data, LUT data, overlays, OF/OL/OD/OV) stay byte
+    strings that the writer copies as they are, so their words are swapped here. OB and UN are
+    bytes, nothing to swap.
+    """
+    if depth > 32:
+        raise NoConversion("sequences nested too deep to convert")
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                big_to_little(item, depth + 1)
+            continue
+        width = _SWAP_WIDTH.get(elem.VR)
+        value = elem.value
+        if width and isinstance(value, bytes) and value:
+            if len(value) % width:
+                raise NoConversion(f"{elem.tag} ({elem.VR}) has {len(value)} bytes, not words")
+            elem.value = np.frombuffer(value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+    if depth == 0 and hasattr(ds, "file_meta"):
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

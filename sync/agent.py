@@ -26,7 +26,10 @@ from shared.store import ObjectStore, open_store
 from sync.backoff import retry_delay
 from sync.backup import backup_if_changed
 from sync.catalog import CatalogWriter
+from sync.deletions import poll_deletions
 from sync.evictor import Evictor
+from sync.holds import sync_holds
+from sync.purge import Purger, auto_purge
 from sync.recovery import recover
 from sync.restore_jobs import poll_restores
 from sync.scrub import Scrubber
@@ -60,6 +63,7 @@ class Agent:
         self.uploader = Uploader(db, self.store, self.cache_dir, s, self.pool)
         self.catalog = CatalogWriter(db, self.store, s.site, s.catalog_batch)
         self.evictor = Evictor(db, self.store, self.cache_dir, s, self.pool)
+        self.purger = Purger(cfg, db, self.store, self.cache_dir, self.catalog)
         # The scrub repairs damaged files from the bucket itself (one download at a time).
         self.scrub_recaller = Recaller(db, self.cache_dir, self.store, concurrency=1)
         self.scrubber = Scrubber(db, self.cache_dir, s.scrub_bytes_per_s, self.scrub_recaller)
@@ -112,7 +116,8 @@ class Agent:
         # A bucket not there yet (its emulator starts after us) is waited for, never a reason
         # to exit or to fail uploads: one WARNING, then one INFO once it answers.
         StoreReadiness(self.store, log).wait(self.stop_event)
-        next_evict = next_status = next_backup = next_restore = 0.0
+        next_evict = next_status = next_backup = next_restore = next_purge = 0.0
+        next_auto_purge = time.monotonic() + 60.0  # not in the first minute after a start
         idle_wait = s.poll_interval_s
         outage_batches = 0
         while not self.stop_event.is_set():
@@ -132,7 +137,18 @@ class Agent:
                 self._guarded(
                     "restore requests", lambda: poll_restores(self.cfg, self.db, self.store)
                 )
+                self._guarded(
+                    "deletion requests", lambda: poll_deletions(self.cfg, self.db, self.store)
+                )
                 next_restore = now + self.cfg.restore.poll_interval_s
+            if now >= next_purge:
+                # the first pass finishes purges a crash interrupted (sync/purge.py)
+                self._guarded("purge", self.purger.run)
+                self._guarded("bucket holds", lambda: sync_holds(self.db, self.store))
+                next_purge = now + self.cfg.retention.purge_interval_s
+            if self.cfg.retention.auto_purge and now >= next_auto_purge:
+                self._guarded("auto purge", lambda: auto_purge(self.cfg, self.db, self.cache_dir))
+                next_auto_purge = now + self.cfg.retention.auto_purge_interval_s
             if now >= next_status:
                 log.info("status %s", self.status().log_fields())
                 next_status = now + s.status_log_interval_s

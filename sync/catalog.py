@@ -1,7 +1,9 @@
 """The catalog journal writer: verified rows appended to `catalog/<site>/<seq>.jsonl.gz`.
 
 A row is journalled once it has a verified object (`synced`, and later states, or `conflict`
-with its conflict key); `instances.catalog_seq` records which object holds it, so a crash
+with its conflict key), and again when it is deleted (a tombstone), undeleted or purged (a purge
+tombstone): those set `catalog_seq` back to 0. `instances.catalog_seq` records which object
+holds it, so a crash
 between an upload and its journal entry only delays the entry. Objects are create-only and
 never rewritten; `shared.journal.Journal` appends them (create-only, crc32c verified, next number
 on a conflict), listing from the `sync.catalog_next_seq` setting, so a restart (or a lost index)
@@ -30,6 +32,8 @@ JOURNALLED = (
     State.EVICTED,
     State.RECALLING,
     State.CONFLICT,
+    State.DELETED,  # tombstones (shared/deletion.py); rows never uploaded have no object key
+    State.PURGING,  # purge tombstones, journalled before the objects go (sync/purge.py)
 )
 _STATES_SQL = ",".join(f"'{s.value}'" for s in JOURNALLED)
 PENDING_WHERE = f"i.catalog_seq = 0 AND i.object_key != '' AND i.state IN ({_STATES_SQL})"
@@ -79,14 +83,19 @@ class CatalogWriter:
             data = encode_batch([rows.catalog_row(r, self.site) for r in found])
             seq, key = self.journal().append(data)
             with self.db.write() as conn:
-                ids = [r["id"] for r in found]
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    conn.execute(
-                        "UPDATE instances SET catalog_seq = ? "
-                        f"WHERE catalog_seq = 0 AND id IN ({','.join('?' * len(chunk))})",
-                        [seq, *chunk],
-                    )
+                # only rows still in the state journalled: one deleted or undeleted meanwhile
+                # keeps catalog_seq 0 and goes into the next object with its new state
+                by_state: dict[str, list[int]] = {}
+                for r in found:
+                    by_state.setdefault(r["state"], []).append(r["id"])
+                for state, ids in by_state.items():
+                    for i in range(0, len(ids), 500):
+                        chunk = ids[i : i + 500]
+                        conn.execute(
+                            "UPDATE instances SET catalog_seq = ? WHERE catalog_seq = 0 AND "
+                            f"state = ? AND id IN ({','.join('?' * len(chunk))})",
+                            [seq, state, *chunk],
+                        )
                 self.db.set_setting(conn, SEQ_SETTING, str(seq + 1))
             written += len(found)
             log.info("catalog appended key=%s rows=%d", key, len(found))

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             rep = restore_index(db, store_for(cfg), args.site)
             print(
                 f"restored {rep.indexed} instances from {rep.objects} catalog objects "
-                f"({rep.already} already in the index)"
+                f"({rep.already} already in the index; {rep.deleted} deleted, undeletable "
+                "until purged)"
             )
             return 0
     except PacsError as exc:

@@ -27,6 +27,7 @@ from shared.config import ConfigError, SyncConfig
 from shared.errors import PacsError
 from shared.eviction import Plan, StudyUsage, Watermark, parse_watermark, plan_eviction
 from shared.index import Database
+from shared.keys import is_revision_key
 from shared.lifecycle import LOCAL_STATES, State, transition
 from shared.store import ObjectStore
 
@@ -284,7 +285,8 @@ class Evictor:
                         rid,
                         State.SYNCED,
                         State.CACHED,
-                        object_key="",
+                        # a corrected instance goes back to its revision key, not the original's
+                        object_key=r.object_key if is_revision_key(r.object_key) else "",
                         attempts=0,
                         next_attempt_at=0,
                         last_error="cloud copy missing or different at eviction; re-uploading",

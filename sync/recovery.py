@@ -5,6 +5,8 @@ land is recognised by its crc32c. `evicting` goes back to `synced` when the file
 and on to `evicted` when the crash came after the unlink (the cloud copy was verified before
 any file was deleted). `recalling` belongs to the edge process, which resets it at its own
 start-up (edge/reconcile.py); the agent leaves it alone so it cannot break a live recall.
+`purging` is never rolled back (shared.lifecycle `PURGE_RESUMED`): the purge's first pass
+finishes those rows (sync/purge.py); recovery counts them for the log.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class RecoveryReport:
     uploads_reset: int = 0
     evictions_undone: int = 0
     evictions_completed: int = 0
+    purges_to_finish: int = 0
 
 
 def recover(db: Database, cache_dir: Path) -> RecoveryReport:
@@ -44,10 +47,14 @@ def recover(db: Database, cache_dir: Path) -> RecoveryReport:
                 )
             else:
                 rep.evictions_completed += transition(conn, r["id"], State.EVICTING, State.EVICTED)
+        rep.purges_to_finish = conn.execute(
+            "SELECT count(*) FROM instances WHERE state = ?", (State.PURGING.value,)
+        ).fetchone()[0]
     log.info(
-        "recovered uploads_reset=%d evictions_undone=%d evictions_completed=%d",
+        "recovered uploads_reset=%d evictions_undone=%d evictions_completed=%d purges_to_finish=%d",
         rep.uploads_reset,
         rep.evictions_undone,
         rep.evictions_completed,
+        rep.purges_to_finish,
     )
     return rep

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from shared import attributes
 from shared.catalog import CatalogRow
 from shared.dicom import Header
+from shared.lifecycle import HIDDEN_STATES, State
 from shared.rows import from_row
 
 
@@ -23,7 +24,7 @@ def _cols(alias: str, table: str) -> str:
 SELECT = f"""
 SELECT i.id, {_cols("i", "instances")}, i.transfer_syntax, i.path, i.size,
        i.crc32c, i.received_at, i.calling_ae, i.source, i.state, i.attempts, i.object_key,
-       i.catalog_seq, {_cols("se", "series")}, {_cols("s", "studies")}
+       i.catalog_seq, i.deleted_at, {_cols("se", "series")}, {_cols("s", "studies")}
 FROM instances i JOIN series se ON se.id = i.series_id JOIN studies s ON s.id = i.study_id
 """
 
@@ -51,6 +52,8 @@ def header(row: sqlite3.Row) -> Header:
 
 
 def catalog_row(row: sqlite3.Row, site: str) -> CatalogRow:
+    """The journal row of an index row; a deleted one is a tombstone (shared/catalog.py)."""
+    state = State(row["state"])
     return CatalogRow(
         header=header(row),
         size=row["size"],
@@ -60,4 +63,7 @@ def catalog_row(row: sqlite3.Row, site: str) -> CatalogRow:
         received_at=row["received_at"],
         calling_ae=row["calling_ae"],
         source=row["source"],
+        deleted=state in HIDDEN_STATES,
+        purged=state in (State.PURGING, State.PURGED),
+        deleted_at=float(row["deleted_at"] or 0.0),
     )

@@ -4,7 +4,8 @@ Claiming is a compare-and-set transition (`cached -> uploading`), so two agents 
 one row; the network work happens outside any transaction; outcomes are committed per batch.
 An object that already exists with our crc32c counts as uploaded (a retried request may have
 landed, or a crash hit between upload and commit); one with different bytes is a `conflict`:
-ours go under `shared.keys.conflict_key`, nothing is ever overwritten.
+ours go under `shared.keys.conflict_key`, nothing is ever overwritten. A corrected instance's
+new bytes go to the revision key its row names (edge/corrections.py), beside the original.
 
 Retry policy (invariant 6: all of it in the row):
 - transient store errors (connection, timeout, 408, 429, 5xx): back to `cached` with a jittered,
@@ -39,7 +40,7 @@ from shared.errors import (
 )
 from shared.index import Database
 from shared.integrity import CHUNK, open_verified, read_verified
-from shared.keys import conflict_key, instance_key
+from shared.keys import conflict_key, upload_key
 from shared.lifecycle import State, transition
 from shared.quarantine import Damaged, quarantine, report_lost
 from shared.store import ObjectStore
@@ -178,7 +179,9 @@ class Uploader:
             return Outcome(Result.RETRY_COUNTED, error=f"{type(exc).__name__}: {exc}")
 
     def _upload(self, inst: rows.Instance) -> Outcome:
-        key = instance_key(inst.study_uid, inst.series_uid, inst.sop_instance_uid)
+        # the first bytes of an instance at its instance key; a correction's new bytes at the
+        # revision key it planned in the row (shared.keys.revision_key), the original kept
+        key = upload_key(inst.study_uid, inst.series_uid, inst.sop_instance_uid, inst.object_key)
         path = self.cache_dir / inst.path
         if not path.is_file():
             raise FileNotFoundError(path)

@@ -4,11 +4,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pynetdicom import _config as pynetdicom_config
 
 from deploy.pgcluster import Cluster
 from edge.server import EdgeServer
 from tests.support.edge import edge_config, running_edge
 from tests.support.postgres import fresh_database, temporary_cluster
+
+# The pynetdicom peers of the tests run in the test process, so their own logs land in the
+# records the tests inspect for hpacs's lines: keep them from logging identifiers (patient
+# names and IDs), as the edge's log never does. The edge itself no longer uses pynetdicom's
+# DIMSE layer (edge/dimse/), so these settings touch only the test peers.
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 @pytest.fixture

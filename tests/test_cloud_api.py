@@ -415,6 +415,7 @@ def _fill(path: str, w: World) -> str:
         "tag": "7FE00010",
         "site": "a",
         "restore_id": "x1",
+        "deletion_id": "x1",
         "share_id": "0123456789abcdef",
         "name": "nosuch",
     }

@@ -94,8 +94,11 @@ def _rechain(recs: list[dict], start: int, seal: Callable[[dict], str]) -> list[
     return recs
 
 
-def _verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
-    """What the CLI (with and without --bucket) and the API say about tmp_path's replica."""
+def _verdicts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], catalog: str = ""
+) -> dict[str, str]:
+    """What the CLI (with and without --bucket) and the API (on the `catalog` backend) say
+    about tmp_path's replica."""
     cfg = str(_config(tmp_path))
     out: dict[str, str] = {}
     for name, extra in (("cli", []), ("bucket", ["--bucket"])):
@@ -103,7 +106,7 @@ def _verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, s
         text = capsys.readouterr().out
         assert (code == 0) == ("OK:" in text), text
         out[name] = text
-    api_cfg = cloud_config(tmp_path)
+    api_cfg = cloud_config(tmp_path, catalog=catalog)
     admin = make_token(api_cfg, "auditor", "admin", [])
     with running_cloud(api_cfg, _store(tmp_path)) as server:
         r = requests.get(
@@ -116,9 +119,11 @@ def _verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, s
     return out
 
 
-def test_intact_log_verifies_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_intact_log_verifies_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], catalog_url: str
+) -> None:
     _shipped_log(tmp_path)
-    v = _verdicts(tmp_path, capsys)
+    v = _verdicts(tmp_path, capsys, catalog_url)
     assert v["cli"].startswith("OK:") and f"{N} records" in v["cli"]
     assert "3 checkpoints" in v["cli"]
     assert v["bucket"].startswith("OK:") and f"{N} shipped records read" in v["bucket"]
@@ -126,7 +131,7 @@ def test_intact_log_verifies_everywhere(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_edit_rechained_without_the_key_fails_everywhere(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], catalog_url: str
 ) -> None:
     """Record 5 edited, then every link recomputed as the old unkeyed SHA-256 chain allowed."""
     log = _shipped_log(tmp_path)
@@ -136,13 +141,13 @@ def test_edit_rechained_without_the_key_fails_everywhere(
         return _rechain(recs, 5, lambda r: hashlib.sha256(canonical(r)).hexdigest())
 
     _rewrite(log.path, attack)
-    for where, text in _verdicts(tmp_path, capsys).items():
+    for where, text in _verdicts(tmp_path, capsys, catalog_url).items():
         assert text.startswith("FAIL:"), where
         assert "seq 5: record does not match its MAC" in text, (where, text)
 
 
 def test_rewrite_by_a_key_holder_is_caught_by_the_checkpoints(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], catalog_url: str
 ) -> None:
     """With the key the local chain can be made consistent again; the shipped checkpoints
     still hold the original MACs, and `--bucket` names the first changed record."""
@@ -154,7 +159,7 @@ def test_rewrite_by_a_key_holder_is_caught_by_the_checkpoints(
         return _rechain(recs, 5, key.mac)
 
     _rewrite(log.path, attack)
-    v = _verdicts(tmp_path, capsys)
+    v = _verdicts(tmp_path, capsys, catalog_url)
     for text in v.values():
         assert text.startswith("FAIL:") and "differs from checkpoint" in text
         assert "record does not match its MAC" not in text  # the chain itself is consistent
@@ -163,11 +168,11 @@ def test_rewrite_by_a_key_holder_is_caught_by_the_checkpoints(
 
 
 def test_cut_tail_is_reported_as_truncation_everywhere(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], catalog_url: str
 ) -> None:
     log = _shipped_log(tmp_path)
     _rewrite(log.path, lambda recs: recs[:-25])
-    for where, text in _verdicts(tmp_path, capsys).items():
+    for where, text in _verdicts(tmp_path, capsys, catalog_url).items():
         assert text.startswith("FAIL:"), where
         assert f"the local log: ends at seq {N - 25}, but checkpoint" in text, (where, text)
         assert f"witnessed seq {N}: 25 record(s) cut (truncated)" in text, (where, text)

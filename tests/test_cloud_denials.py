@@ -75,8 +75,8 @@ def test_addresses_beyond_the_limit_share_one_bucket() -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[CloudServer]:
-    cfg = cloud_config(tmp_path)
+def server(tmp_path: Path, catalog_url: str) -> Iterator[CloudServer]:
+    cfg = cloud_config(tmp_path, catalog=catalog_url)
     with running_cloud(cfg, open_store(cfg.store_url)) as s:
         s.tokens["admin"] = make_token(cfg, "root", "admin", [])
         yield s

@@ -35,9 +35,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, module_catalog_url: str) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("session")
-    cfg = cloud_config(tmp, session_ttl_s=600.0)
+    cfg = cloud_config(tmp, session_ttl_s=600.0, catalog=module_catalog_url)
     store = open_store(cfg.store_url)
     seed_site(store, "a", StudySpec(patient_id="PA1", study_uid=S1, instances_per_series=2))
     seed_site(store, "a", StudySpec(patient_id="PA2", study_uid=S2, instances_per_series=1))

@@ -79,6 +79,16 @@ def test_defaults_are_valid() -> None:
     assert cfg.edge.duplicates == "keep"
 
 
+def test_auto_acceptors_is_one_process_without_a_dimse_port() -> None:
+    """An HTTP-only edge (both DIMSE ports 0) has no port to share: "auto" must not ask for
+    several acceptor processes, which would refuse to start."""
+    off = parse_config({"edge": {"port": 0, "tls": {"port": 0}}})
+    assert off.edge.acceptor_count == 1
+    on = parse_config({"edge": {"port": 11112}})
+    assert on.edge.acceptor_count >= 1
+    assert parse_config({"edge": {"port": 0, "acceptors": 3}}).edge.acceptor_count == 3
+
+
 def test_ints_accepted_for_floats_and_config_is_frozen() -> None:
     cfg = parse_config({"edge": {"dimse_timeout_s": 5}})
     assert cfg.edge.dimse_timeout_s == 5.0

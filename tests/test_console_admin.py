@@ -153,9 +153,18 @@ def test_add_a_node_test_it_and_route_to_it(page: Any, site: Site, peer: tuple[i
 
 def test_each_role_sees_only_what_it_may(page: Any, site: Site) -> None:
     expected = {
-        "admin1": ["Dashboard", "Nodes", "Studies", "Routing", "Rejections", "Users", "Audit"],
-        "technician1": ["Dashboard", "Nodes", "Studies", "Routing", "Rejections"],
-        "viewer1": ["Studies"],
+        "admin1": [
+            "Dashboard",
+            "Nodes",
+            "Browser",
+            "Studies",
+            "Routing",
+            "Rejections",
+            "Users",
+            "Audit",
+        ],
+        "technician1": ["Dashboard", "Nodes", "Browser", "Studies", "Routing", "Rejections"],
+        "viewer1": ["Browser", "Studies"],
     }
     site.store(StudySpec(instances_per_series=1, accession_number="ACC-ROLE"))
     for user, pages in expected.items():
@@ -164,10 +173,12 @@ def test_each_role_sees_only_what_it_may(page: Any, site: Site) -> None:
         nav.first.wait_for()
         assert nav.all_inner_texts() == pages, user
         if user == "viewer1":
+            page.locator("#browser-search").wait_for()  # the study browser: a viewer's home
+            page.get_by_role("link", name="Studies", exact=True).click()
             page.get_by_role("row").filter(has_text="ACC-ROLE").wait_for()
             assert page.get_by_role("button", name="Pin").count() == 0
             page.goto(site.url + "#nodes")  # typed by hand: the page is not offered
-            page.get_by_role("heading", name="Recent studies").wait_for()
+            page.locator("#browser-search").wait_for()
             screenshot(page, "role-viewer")
         if user == "technician1":
             page.get_by_role("link", name="Nodes").click()

@@ -89,12 +89,17 @@ def load_yaml(path: Path) -> list[dict[str, Any]]:
 
 
 def k8s() -> dict[str, dict[str, Any]]:
+    """Manifests by kind (Secrets, of which there are two, by `Secret/<name>`)."""
     docs = {}
     for p in sorted((DEPLOY / "k8s").glob("*.yaml")):
         for d in load_yaml(p):
             if "kind" in d and "metadata" in d:
                 assert d.get("apiVersion"), p
-                docs[d["kind"]] = d
+                key = d["kind"]
+                if key == "Secret":
+                    key = f"Secret/{d['metadata']['name']}"
+                assert key not in docs, key
+                docs[key] = d
     return docs
 
 
@@ -120,7 +125,7 @@ def test_k8s_deployment_replicas_probes_config_and_secret() -> None:
     assert set(mounts) <= set(volumes)
     cm = docs["ConfigMap"]
     assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
-    secret = docs["Secret"]
+    secret = docs["Secret/hpacs-cloud-tokens"]
     assert volumes["tokens"]["secret"]["secretName"] == secret["metadata"]["name"]
     # the config in the ConfigMap is a valid hpacs.toml whose tokens file is the Secret's
     cfg = parse_config(tomllib.loads(cm["data"]["hpacs.toml"]))
@@ -146,6 +151,50 @@ def test_kustomization_lists_existing_files_but_not_the_secret_template() -> Non
     for res in kust["resources"]:
         assert (DEPLOY / "k8s" / res).is_file(), res
     assert "secret.yaml" not in kust["resources"]
+    assert "session-secret.yaml" not in kust["resources"]
+
+
+def test_k8s_replicas_share_one_session_key_and_serve_the_viewer() -> None:
+    """Every replica signs cookies with the key of one Secret (a cookie from one replica is
+    valid on the others), and the viewer build is where the image puts it."""
+    docs = k8s()
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    cfg = parse_config(tomllib.loads(docs["ConfigMap"]["data"]["hpacs.toml"]))
+    key = Path(cfg.cloud.session_key_file)
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    mount = mounts[str(key.parent)]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret = docs[f"Secret/{volumes[mount['name']]['secret']['secretName']}"]
+    assert key.name in secret["stringData"]
+    with pytest.raises(ValueError):  # the template's value is refused, never used as a key
+        bytes.fromhex(secret["stringData"][key.name])
+    assert cfg.cloud.viewer_dir == VIEWER_IN_IMAGE
+
+
+VIEWER_IN_IMAGE = "/opt/hpacs/viewer"
+
+
+def test_dockerfile_builds_the_viewer_from_the_lock() -> None:
+    """A node stage installs @ohif/app from viewer/package*.json with `npm ci` (the lock's
+    integrity hash, no install scripts); its dist/ is copied where the configs point."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    stages = {ln.split()[-1]: i for i, ln in enumerate(lines) if ln.startswith("FROM ")}
+    assert "viewer" in stages and lines[stages["viewer"]].split()[1].startswith("node:")
+    body = lines[stages["viewer"] : min(i for i in stages.values() if i > stages["viewer"])]
+    assert "COPY viewer/package.json viewer/package-lock.json ./" in body
+    (npm,) = [ln for ln in body if ln.startswith("RUN ")]
+    assert "npm ci" in npm and "--ignore-scripts" in npm
+    (copy,) = [ln for ln in lines if ln.startswith("COPY --from=viewer")]
+    src, dst = copy.split()[-2:]
+    assert src.endswith("node_modules/@ohif/app/dist") and dst == VIEWER_IN_IMAGE
+    assert lines.index(copy) > max(stages.values())  # into the final stage
+    compose = tomllib.loads((DEPLOY / "compose" / "hpacs.toml").read_text())
+    assert compose["edge"]["viewer_dir"] == VIEWER_IN_IMAGE
+    ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert "viewer/node_modules" in ignored  # the host's install never enters the context
 
 
 def test_compose_site_edge_sync_and_gcs_emulator() -> None:

@@ -2,8 +2,8 @@
 
 One table, walked against every side that serves DICOMweb. Each row is what an attacker (or a
 sloppy client) sent in issue 9. A target only has to say where its DICOMweb lives, which
-tokens to use and which seeded instance the paths name, so the edge joins by adding a fixture
-param (round two of issue 9).
+tokens to use and which seeded instance the paths name: the cloud (on both catalog backends)
+and the edge (the same shared routes over its own source).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import requests
 from shared.store.base import open_store
 from tests.support.cloud import cloud_config, dataset_bytes, make_token, running_cloud
 from tests.support.dicomweb import seed_objects, study
+from tests.support.edgeweb import edge_web_config, running_edge_web
+from tests.support.postgres import fresh_database
 
 
 @dataclass(frozen=True)
@@ -135,22 +137,43 @@ ROWS = [
         {"Content-Type": MP + "b"},
         b"--b\r\nnot a header\r\n\r\nx\r\n--b--",
     ),
-    # QIDO `offset=99999999999999999999` (OverflowError) belongs to the catalog/QIDO work of
-    # issue 9; its row goes here once that lands:
-    # Row("QIDO offset overflow", "GET", "/studies?offset=99999999999999999999", 400),
+    # QIDO paging and matching keys
+    Row("QIDO offset overflow", "GET", "/studies?offset=99999999999999999999", 400),
+    Row("QIDO limit not a number", "GET", "/studies?limit=ten", 400),
+    Row("QIDO unknown attribute", "GET", "/studies?NoSuchKeyword=1", 400),
+    Row("QIDO series key at the study level", "GET", "/studies?Modality=CT", 400),
+    Row("QIDO malformed UID", "GET", "/studies?StudyInstanceUID=1.2.x", 400),
+    Row("QIDO date range backwards", "GET", "/studies?StudyDate=2020-abc", 400),
 ]
 
 
-@pytest.fixture(scope="module", params=["cloud"])
+@pytest.fixture(scope="module", params=["cloud-sqlite", "cloud-postgresql", "edge"])
 def target(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    module_catalog_url: str,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
     tmp: Path = tmp_path_factory.mktemp(f"bad-input-{request.param}")
-    cfg = cloud_config(tmp, max_body_bytes=1_000_000, catalog=module_catalog_url)
-    store = open_store(cfg.store_url)
     (ds,) = study(1)
+    if request.param == "edge":
+        with running_edge_web(edge_web_config(tmp)) as web:
+            blob = dataset_bytes(ds)
+            body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + blob + b"\r\n--b--\r\n"
+            headers = {**web.token_headers, "Content-Type": MP + "b"}
+            r = requests.post(web.dicomweb + "/studies", data=body, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            yield Target(
+                web.dicomweb,
+                web.token_headers,
+                web.token_headers,
+                ds.StudyInstanceUID,
+                ds.SeriesInstanceUID,
+                ds.SOPInstanceUID,
+            )
+        return
+    catalog = ""
+    if request.param == "cloud-postgresql":
+        catalog = fresh_database(request.getfixturevalue("pg_cluster"))
+    cfg = cloud_config(tmp, max_body_bytes=1_000_000, catalog=catalog)
+    store = open_store(cfg.store_url)
     seed_objects(store, "a", [dataset_bytes(ds)])
     admin = make_token(cfg, "root", "admin", [])
     with running_cloud(cfg, store) as server:

@@ -26,7 +26,16 @@ from tests.support.net import free_port
 
 PASSWORD = "correct horse battery"
 ROLES = ("admin", "technician", "viewer")
-SAMPLE = {"{ae}": "NOSUCH", "{uid}": "1.2.3.4", "{name}": "nosuch"}
+SAMPLE = {
+    "{ae}": "NOSUCH",
+    "{uid}": "1.2.3.4",
+    "{name}": "nosuch",
+    "{study}": "1.2.3.4",
+    "{series}": "1.2.3.5",
+    "{instance}": "1.2.3.6",
+    "{frames}": "1",
+    "{tag}": "7FE00010",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,7 @@ def test_every_api_route_declares_a_need(site: tuple[EdgeServer, EdgeHttp]) -> N
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter", "")
-        if path.startswith("/api/") and route.method != "HEAD":
+        if path.startswith(("/api/", "/dicomweb")) and route.method != "HEAD":
             assert (route.method, path) in declared, f"{route.method} {path} has no need"
 
 
@@ -109,7 +118,9 @@ class Leaky(EdgeHttp):
 def test_a_route_outside_the_table_is_refused_even_to_the_token(tmp_path: Path) -> None:
     data = edge_config(tmp_path, http_port=free_port())
     with running_edge(data) as edge:
-        http = Leaky(edge.cfg, edge.db, edge.active_associations, token=TOKEN)
+        http = Leaky(
+            edge.cfg, edge.db, edge.active_associations, ingestor=edge.ingestor, token=TOKEN
+        )
         http.start()
         try:
             r = requests.get(

@@ -1,9 +1,10 @@
 """The index survives `hpacs-edge serve` answering C-FIND associations and then stopping.
 
 Found by bench/cfind.py: after SIGTERM the index file began with b"xQLite": the edge's
-event-driven reactor (edge/reactor.py) closes its wake-up pipe when an association's DUL
-thread ends, but a later put on that association's queue still writes b"x" to the old
-descriptor number, which by then belongs to an SQLite file opened for a newer association.
+event-driven reactor (edge/reactor.py, since replaced by edge/dimse/) closed its wake-up
+pipe when an association's DUL thread ended, but a later put on that association's queue still
+wrote b"x" to the old descriptor number, which by then belonged to an SQLite file opened for a
+newer association.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""edge.findwire: directly encoded C-FIND responses are the bytes pynetdicom would send."""
+"""edge.findwire + edge.dimse: directly encoded C-FIND responses are the bytes pynetdicom
+would send (identifiers here; command sets and framing also in tests/test_dimse_codecs.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as StudyRootFind
 
 from edge import find, findwire, query
+from edge.dimse import command as cmd
+from edge.dimse import pdu
 from edge.find import STUDY_ROOT_FIND
 from shared.errors import PENDING, SUCCESS
 from tests.support.edge import association, edge_config, running_edge
@@ -113,7 +116,7 @@ def test_row_encoder_equals_pydicom(tmp_path: Path, level: str, ts: str) -> None
     db.close()
 
 
-def _pynetdicom_pdvs(identifier: bytes | None, status: int, max_pdu: int) -> list[bytes]:
+def _pynetdicom_pdus(identifier: bytes | None, status: int, max_pdu: int) -> bytes:
     rsp = C_FIND()
     rsp.MessageID = 7
     rsp.MessageIDBeingRespondedTo = 7
@@ -122,32 +125,39 @@ def _pynetdicom_pdvs(identifier: bytes | None, status: int, max_pdu: int) -> lis
     rsp.Identifier = BytesIO(identifier) if identifier is not None else None
     msg = C_FIND_RSP()
     msg.primitive_to_message(rsp)
-    return [pdv for p in msg.encode_msg(3, max_pdu) for _, pdv in p.presentation_data_value_list]
+    out = []
+    for primitive in msg.encode_msg(3, max_pdu):
+        tf = P_DATA_TF()
+        tf.from_primitive(primitive)
+        out.append(tf.encode())
+    return b"".join(out)
 
 
 @pytest.mark.parametrize("max_pdu", [0, 16384, 64])
 def test_messages_equal_pynetdicom(max_pdu: int) -> None:
     identifier = findwire.encode_identifier(ELEMENTS["ascii"], False, False)
-    pending = findwire.encode_find_rsp(7, STUDY_ROOT_FIND, PENDING, True)
-    ours = findwire.pdvs(3, pending, identifier, max_pdu)
-    assert ours == _pynetdicom_pdvs(identifier, PENDING, max_pdu)
-    final = findwire.encode_find_rsp(7, STUDY_ROOT_FIND, SUCCESS, False)
-    assert findwire.pdvs(3, final, b"", max_pdu) == _pynetdicom_pdvs(None, SUCCESS, max_pdu)
+    pending = cmd.find_rsp(7, STUDY_ROOT_FIND, PENDING, True)
+    ours = pdu.message(3, pending, identifier, max_pdu)
+    assert ours == _pynetdicom_pdus(identifier, PENDING, max_pdu)
+    final = cmd.find_rsp(7, STUDY_ROOT_FIND, SUCCESS, False)
+    assert pdu.message(3, final, None, max_pdu) == _pynetdicom_pdus(None, SUCCESS, max_pdu)
 
 
 def test_frame_decodes_as_p_data_tf() -> None:
-    items = [b"\x03abcd", b"\x02" + bytes(range(11))]
-    data = findwire.frame(5, items)
+    items: list[object] = []
+    pdu.frame(5, b"abcd", 0, True, items)
+    pdu.frame(5, bytes(range(11)), 0, False, items)
+    data = b"".join(items)  # type: ignore[arg-type]
     decoded = []
     while data:
         length = int.from_bytes(data[2:6], "big")
-        pdu = P_DATA_TF()
-        pdu.decode(data[: 6 + length])
-        decoded += pdu.presentation_data_value_items
+        tf = P_DATA_TF()
+        tf.decode(data[: 6 + length])
+        decoded += tf.presentation_data_value_items
         data = data[6 + length :]
     assert [(item.presentation_context_id, item.data) for item in decoded] == [
-        (5, items[0]),
-        (5, items[1]),
+        (5, b"\x03abcd"),
+        (5, b"\x02" + bytes(range(11))),
     ]
 
 
@@ -180,8 +190,7 @@ def test_small_pdu_peer_gets_every_match(tmp_path: Path, ts: str) -> None:
 
 
 def test_tls_association_gets_every_match(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
-    """Over TLS the responses go through the DUL thread (no direct socket writes on an SSL
-    object the DUL may be reading): same answers, final status last."""
+    """Over TLS the same engine frames and writes the responses: same answers, final last."""
     with running_edge(_tls_config(tmp_path, pki, mutual=False, nodes=NODES)) as server:
         _bulk_studies(server, 40, "P78")
         ctx = _client_ctx(pki, with_cert=False)

@@ -12,7 +12,11 @@ import pytest
 from shared.dicom import Header
 from shared.index import Database, connect, transaction
 from shared.lifecycle import (
+    CLOUD_VERIFIED_STATES,
+    DELETABLE_STATES,
+    HIDDEN_STATES,
     LOCAL_STATES,
+    PURGE_RESUMED,
     RECOVERY,
     TRANSITIONS,
     IllegalTransition,
@@ -48,6 +52,23 @@ ALLOWED = {
     (S.CONFLICT, S.LOST),
     (S.LOST, S.CACHED),  # sent again
     (S.LOST, S.RECALLING),  # admin retry (`hpacs-sync retry-lost`)
+    # deletion: from every resting state
+    (S.CACHED, S.DELETED),
+    (S.SYNCED, S.DELETED),
+    (S.EVICTED, S.DELETED),
+    (S.FAILED, S.DELETED),
+    (S.CONFLICT, S.DELETED),
+    (S.LOST, S.DELETED),
+    # undelete: back where it was (a synced row's file went at deletion: evicted)
+    (S.DELETED, S.CACHED),
+    (S.DELETED, S.EVICTED),
+    (S.DELETED, S.FAILED),
+    (S.DELETED, S.CONFLICT),
+    (S.DELETED, S.LOST),
+    # purge: claimed after the grace, finished, never rolled back
+    (S.DELETED, S.PURGING),
+    (S.PURGING, S.PURGED),
+    (S.PURGED, S.CACHED),  # sent again after the purge: a new instance
 }
 
 
@@ -65,11 +86,36 @@ def test_table_covers_every_state_and_forbids_unverified_eviction() -> None:
     # invariant 2: only a synced (verified) instance can start evicting
     assert [s for s in State if S.EVICTING in TRANSITIONS[s]] == [S.SYNCED]
     assert S.EVICTED not in LOCAL_STATES and S.EVICTING not in LOCAL_STATES
-    # a lost instance has no file, and only a new copy (ingest) or a recall leaves the state
-    assert S.LOST not in LOCAL_STATES and TRANSITIONS[S.LOST] == {S.CACHED, S.RECALLING}
+    # a lost instance has no file, and only a new copy (ingest), a recall or a deletion
+    # leaves the state
+    assert S.LOST not in LOCAL_STATES
+    assert TRANSITIONS[S.LOST] == {S.CACHED, S.RECALLING, S.DELETED}
     assert S.LOST not in RECOVERY
     for stuck, back in RECOVERY.items():
         check_transition(stuck, back)
+
+
+def test_deletion_states_hide_and_never_lose_a_promise() -> None:
+    # a row mid-work (upload, eviction, recall, purge) is never deleted under its worker
+    assert {S.CACHED, S.SYNCED, S.EVICTED, S.FAILED, S.CONFLICT, S.LOST} == DELETABLE_STATES
+    assert not DELETABLE_STATES & (set(RECOVERY) | HIDDEN_STATES)
+    # hidden states have no servable file and vouch for no cloud copy: nothing reads them
+    assert not HIDDEN_STATES & (LOCAL_STATES | CLOUD_VERIFIED_STATES)
+    # every hidden state is reached only through `deleted`
+    for s in State:
+        if s not in HIDDEN_STATES:
+            assert TRANSITIONS[s] & HIDDEN_STATES <= {S.DELETED}
+    # a purge, once claimed, only finishes (its objects may already be gone), also after a
+    # crash; only a new ingest leaves `purged`
+    assert TRANSITIONS[S.PURGING] == {S.PURGED} and S.PURGING not in RECOVERY
+    for stuck, done in PURGE_RESUMED.items():
+        check_transition(stuck, done)
+    assert TRANSITIONS[S.PURGED] == {S.CACHED}
+    # an undelete can reach every state a row was deleted from (synced comes back evicted)
+    for s in DELETABLE_STATES - {S.SYNCED}:
+        check_transition(S.DELETED, s)
+    with pytest.raises(IllegalTransition):
+        check_transition(S.DELETED, S.SYNCED)
 
 
 def _row(db: Database, uid: str = "1.2.3.4") -> int:

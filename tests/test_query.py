@@ -71,6 +71,10 @@ CASES = [
     ("multi-value names", {"PatientName": ["O'B*", "smith^john"]}, {"A", "C", "D"}),
     ("modalities wildcard", {"ModalitiesInStudy": "S?"}, {"E"}),
     ("evicted still found (invariant 3)", {"AccessionNumber": "AX1"}, {"C"}),
+    # no upper-cased copy of ReferringPhysicianName in the edge index: matched as stored
+    ("referring physician as stored", {"ReferringPhysicianName": "Jones^Amy"}, {"A"}),
+    ("referring physician case-sensitive", {"ReferringPhysicianName": "jones^bob"}, set()),
+    ("referring physician wildcard", {"ReferringPhysicianName": "Jones*"}, {"A"}),
 ]
 
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pynetdicom.association import Association
 
 from edge.server import EdgeServer
 from tests.support.edge import write_toml
@@ -28,8 +27,23 @@ ROOT = Path(__file__).resolve().parents[1]
 STOP_WITHIN_S = 2.0
 
 
+def _family(pid: int) -> list[int]:
+    """The process and its children (the acceptor processes of edge.acceptors = "auto")."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += [int(c) for c in task.read_text().split()]
+        except FileNotFoundError:
+            continue
+    return [pid, *kids]
+
+
 def _accepted(pid: int, client: socket.socket) -> bool:
-    """The server process holds the accepted end of `client`'s connection (/proc, no guess)."""
+    """A server process holds the accepted end of `client`'s connection (/proc, no guess)."""
+    return any(_holds(p, client) for p in _family(pid))
+
+
+def _holds(pid: int, client: socket.socket) -> bool:
     ours = client.getsockname()[1]
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -37,7 +51,11 @@ def _accepted(pid: int, client: socket.socket) -> bool:
         if int(f[2].split(":")[1], 16) == ours:  # remote address of the server's end
             inodes.add(f[9])
     links = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
         try:
             links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:
@@ -124,11 +142,8 @@ def test_serve_stops_within_2_s_of_sigterm_when_idle(tmp_path: Path, dimse_peer:
 
 
 def _association_threads(server: EdgeServer) -> list[threading.Thread]:
-    return [
-        t
-        for t in threading.enumerate()
-        if isinstance(t, Association) and t.ae is server.ae and t.is_alive()
-    ]
+    """The connection threads of the edge's acceptor (edge/dimse/acceptor.py: one per socket)."""
+    return [t for t in threading.enumerate() if t.name == "dimse" and t.is_alive()]
 
 
 def test_a_port_probe_that_went_away_holds_no_thread(edge: EdgeServer) -> None:

@@ -92,6 +92,24 @@ def test_delete(store: ObjectStore) -> None:
     assert store.open("d/1").read() == b"y"
 
 
+def test_holds(store: ObjectStore, request: pytest.FixtureRequest) -> None:
+    """A held object is not deleted until released, where the backend keeps holds. The GCS
+    emulator (fake-gcs-server) accepts the PATCH but keeps no hold and deletes held objects:
+    set_hold says so (False), and the refusal itself is only checked on file://."""
+    store.put("h/1", b"x")
+    honoured = store.set_hold("h/1", True)
+    assert honoured is (request.node.callspec.params["store"] != "gs")
+    if honoured:
+        with pytest.raises(PermanentStoreError, match="hold"):
+            store.delete("h/1")
+        assert [i.key for i in store.list("h/")] == ["h/1"]  # the marker is never listed
+    assert store.set_hold("h/1", False) is True
+    store.delete("h/1")
+    assert store.head("h/1") is None
+    with pytest.raises(NotFound):
+        store.set_hold("h/1", True)
+
+
 def test_list_prefix_order_and_start_offset(store: ObjectStore) -> None:
     keys = ["catalog/a/000000000002.jsonl.gz", "catalog/a/000000000001.jsonl.gz", "catalog/b/x"]
     for k in [*keys, "catalogue", "other/x"]:

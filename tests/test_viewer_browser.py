@@ -1,9 +1,12 @@
-"""The built-in OHIF viewer in headless Chromium against a real cloud API (one per module).
+"""The built-in OHIF viewer in headless Chromium against a real cloud API and a real edge (one
+of each per module: the same shared DICOMweb and viewer code behind both).
 
-Studies are stored through STOW-RS (admin token), then a reader signs in on the login page and
-opens `/viewer/viewer?StudyInstanceUIDs=<uid>`. Each case reads the viewport's canvas back and
-compares it with the instance decoded by pydicom under the same window (tests/support/viewer):
-a blank or wrongly decoded canvas fails. No request may fail or answer >= 400 meanwhile.
+Studies are stored through STOW-RS (the cloud's admin token, the edge's console token), then a
+reader signs in on the login page (the cloud: a reader token; the edge: a user of role viewer)
+and opens `/viewer/viewer?StudyInstanceUIDs=<uid>`. Each case reads the viewport's canvas back
+and compares it with the instance decoded by pydicom under the same window
+(tests/support/viewer): a blank or wrongly decoded canvas fails. No request may fail or answer
+>= 400 meanwhile.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,43 +27,74 @@ from pydicom.dataset import Dataset
 
 from shared.synthetic import uid
 from tests.support import viewer as v
-from tests.support.cloud import CloudServer, cloud_config, make_token, running_cloud
+from tests.support.cloud import cloud_config, make_token, running_cloud
 from tests.support.console import chromium, screenshot
+from tests.support.edgeweb import PASSWORD, edge_web_config, running_edge_web
 
 RENDER_TIMEOUT_S = 40.0
 
 
 @dataclass
 class World:
-    server: CloudServer
+    side: str  # "cloud" or "edge"
+    url: str  # the server's origin
     browser: Any
+    fill_login: Callable[[Any], None]  # fills the login form as the test's reader
     tokens: dict[str, str]
+    server: Any = None  # the CloudServer (cloud-only tests)
     studies: dict[str, list[Dataset]] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("viewer")
-    cfg = cloud_config(tmp)
-    from shared.store.base import open_store
-
-    store = open_store(cfg.store_url)
-    tokens = {
-        "admin": make_token(cfg, "root", "admin", []),
-        "reader": make_token(cfg, "rad", "reader", ["cloud"]),
-    }
-    studies = {
+def _studies() -> dict[str, list[Dataset]]:
+    return {
         "ct": v.ct_series(uid()),
         "j2k": [v.j2k_instance(uid())],
         "us": [v.us_colour_instance(uid())],
         "jpegll": v.jpeg_lossless_series(uid()),
     }
-    with running_cloud(cfg, store) as server:
-        stow = DICOMwebClient(server.dicomweb, headers=bearer(tokens["admin"]))
+
+
+def _cloud(stack: ExitStack, tmp: Any) -> tuple[str, Callable[[Any], None], dict[str, str], Any]:
+    from shared.store.base import open_store
+
+    cfg = cloud_config(tmp)
+    store = open_store(cfg.store_url)
+    tokens = {
+        "admin": make_token(cfg, "root", "admin", []),
+        "reader": make_token(cfg, "rad", "reader", ["cloud"]),
+    }
+    server = stack.enter_context(running_cloud(cfg, store))
+
+    def fill(page: Any) -> None:
+        page.fill("#token", tokens["reader"])
+
+    return server.url, fill, {"writer": tokens["admin"], **tokens}, server
+
+
+def _edge(stack: ExitStack, tmp: Any) -> tuple[str, Callable[[Any], None], dict[str, str], Any]:
+    web = stack.enter_context(running_edge_web(edge_web_config(tmp)))
+
+    def fill(page: Any) -> None:  # an edge user of role viewer, not the token
+        page.fill("#user", "viewer")
+        page.fill("#password", PASSWORD)
+
+    return web.url, fill, {"writer": web.http.token}, web
+
+
+@pytest.fixture(scope="module", params=["cloud", "edge"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp(f"viewer-{request.param}")
+    studies = _studies()
+    with ExitStack() as stack:
+        start = _cloud if request.param == "cloud" else _edge
+        url, fill, tokens, server = start(stack, tmp)
+        stow = DICOMwebClient(url + "/dicomweb", headers=bearer(tokens["writer"]))
         for datasets in studies.values():
             stow.store_instances(datasets)
         with chromium() as browser:
-            yield World(server, browser, tokens, studies)
+            yield World(request.param, url, browser, fill, tokens, server, studies)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -78,11 +113,11 @@ class Watch:
         )
 
 
-def sign_in(page: Any, url: str, token: str) -> None:
+def sign_in(page: Any, url: str, fill: Callable[[Any], None]) -> None:
     """Open `url`; the viewer sends a browser without a session to the login page first."""
     page.goto(url)
     page.wait_for_url(re.compile(r"/login\?next="))
-    page.fill("#token", token)
+    fill(page)
     page.click("#login-form button[type=submit]")
     page.wait_for_url(url)
 
@@ -111,11 +146,11 @@ def open_case(w: World, name: str) -> tuple[v.Match, list[str]]:
     try:
         page = ctx.new_page()
         watch = Watch(page)
-        url = f"{w.server.url}/viewer/viewer?StudyInstanceUIDs={study}"
-        sign_in(page, url, w.tokens["reader"])
+        url = f"{w.url}/viewer/viewer?StudyInstanceUIDs={study}"
+        sign_in(page, url, w.fill_login)
         assert page.evaluate("crossOriginIsolated") is True  # COOP/COEP: SharedArrayBuffer
         match = wait_rendered(page, [v.expected_display(ds) for ds in datasets], name)
-        screenshot(page, f"viewer-{name}")
+        screenshot(page, f"viewer-{w.side}-{name}")
         return match, watch.problems
     finally:
         ctx.close()
@@ -147,11 +182,12 @@ def test_jpeg_lossless_renders(world: World) -> None:
     assert problems == []
 
 
+@pytest.mark.parametrize("world", ["cloud"], indirect=True)
 def test_session_cookie_is_httponly_strict_and_not_readable(world: World) -> None:
     ctx = world.browser.new_context()
     try:
         page = ctx.new_page()
-        sign_in(page, world.server.url + "/viewer/", world.tokens["reader"])
+        sign_in(page, world.url + "/viewer/", world.fill_login)
         (cookie,) = [c for c in ctx.cookies() if c["name"] == "hpacs_session"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]
         assert "hpacs_session" not in page.evaluate("document.cookie")
@@ -161,6 +197,7 @@ def test_session_cookie_is_httponly_strict_and_not_readable(world: World) -> Non
         ctx.close()
 
 
+@pytest.mark.parametrize("world", ["cloud"], indirect=True)
 def test_share_link_opens_the_study_without_an_account(world: World) -> None:
     study = world.studies["ct"][0].StudyInstanceUID
     r = requests.post(
@@ -192,3 +229,27 @@ def test_share_link_opens_the_study_without_an_account(world: World) -> None:
     assert {r["study_uid"] for r in opened if r["outcome"] == "ok"} <= {study, ""}  # "": QIDO
     assert any(r["action"] == "wado-frames" and r["outcome"] == "ok" for r in opened)
     assert [r["status"] for r in opened if r["study_uid"] == other] == [404]
+
+
+@pytest.mark.parametrize("world", ["edge"], indirect=True)
+def test_edge_login_page_takes_the_console_token_and_sets_a_strict_cookie(world: World) -> None:
+    ctx = world.browser.new_context()
+    try:
+        page = ctx.new_page()
+        sign_in(page, world.url + "/viewer/", lambda p: p.fill("#token", world.tokens["writer"]))
+        (cookie,) = [c for c in ctx.cookies() if c["name"] == "hpacs_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]
+        assert "hpacs_session" not in page.evaluate("document.cookie")
+        who = page.evaluate("fetch('/api/session').then(r => r.json())")
+        assert (who["name"], who["role"], who["kind"]) == ("console-token", "admin", "token")
+        # a wrong password comes back to the form with the reason, `next` kept
+        ctx.clear_cookies()
+        page.goto(world.url + "/viewer/viewer?StudyInstanceUIDs=1.2.3")
+        page.fill("#user", "viewer")
+        page.fill("#password", "wrong")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_url(re.compile(r"/login\?error="))
+        assert "wrong user name or password" in page.inner_text("#login-error")
+        assert page.input_value("#next") == "/viewer/viewer?StudyInstanceUIDs=1.2.3"
+    finally:
+        ctx.close()

@@ -14,7 +14,9 @@ several at once and pay the per-transaction costs once.
 
 A study's or series' attribute is the latest non-empty value applied (a later STOW of an SR
 with an empty description does not blank the edge's); an instance's attributes and its copy
-are its last live row's.
+are its last live row's. A correction (a row whose object is under a revision key) sets its
+study's attributes as they are, empty ones included, and they stay until the next correction;
+of several corrections of a study in the objects applied, the last one's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 
 from cloud_api.catalog.schema import ALL_SITES, COPY_COLUMNS, ORDER_KEYS, attr_columns, norm_attrs
 from shared import attributes
+from shared.keys import REVISION_MARK, is_revision_key
 from shared.sqldialect import Dialect
 
 _INT = attributes.int_columns() | {"size", "id"}
@@ -70,6 +73,7 @@ STAGES = {
     "s_series": SERIES_STAGE,
     "s_instances": INSTANCE_STAGE,
     "s_retracted": ("sop_instance_uid",),
+    "s_revised": STUDY_STAGE,
     "t_studies": ("id",),
     "t_series": ("id",),
 }
@@ -83,6 +87,7 @@ class Batch:
     series: list[tuple[Any, ...]] = field(default_factory=list)
     instances: list[tuple[Any, ...]] = field(default_factory=list)
     retracted: list[tuple[str]] = field(default_factory=list)
+    revised: list[tuple[Any, ...]] = field(default_factory=list)  # studies of corrected rows
     rows: int = 0
 
 
@@ -118,6 +123,7 @@ def prepare(rows: Rows) -> Batch:
     retracted: dict[str, None] = {}
     studies: dict[str, tuple[Any, ...]] = {}
     series: dict[str, tuple[Any, ...]] = {}
+    revised: dict[str, tuple[Any, ...]] = {}  # per study, its last correction's values
     seen: tuple[dict[str, tuple[Any, ...]], ...] = ({}, {})  # the values each UID's last row had
     for d in rows:
         uid = d["sop_instance_uid"]
@@ -136,11 +142,15 @@ def prepare(rows: Rows) -> Batch:
             if last.get(key) != raw:
                 last[key] = raw
                 _merge(into, key, stage.full(raw))
+        object_key = d.get("object_key") or ""
+        if REVISION_MARK in object_key and is_revision_key(object_key):
+            revised[d["study_uid"]] = _STUDY.full(_STUDY.raw(d))
     return Batch(
         studies=list(studies.values()),
         series=list(series.values()),
         instances=[_INSTANCE.raw(d) for d in live.values()],
         retracted=[(uid,) for uid in retracted],
+        revised=list(revised.values()),
         rows=len(rows),
     )
 
@@ -163,16 +173,33 @@ def stage_ddl(d: Dialect) -> list[str]:
 
 
 def _keep(table: str, cols: tuple[str, ...], unique: str) -> str:
-    """SET clauses keeping the stored value when the new one is empty."""
+    """SET clauses keeping the stored value when the new one is empty; a corrected study's
+    attributes (`revised`) are kept whatever a row that is not a correction says."""
     out = []
+    pin = f"{table}.revised = 0 AND " if table == "studies" else ""
     for c in cols:
         if c == unique:
             continue
         if c in _INT:
             out.append(f"{c} = COALESCE(excluded.{c}, {table}.{c})")
         else:
-            out.append(f"{c} = CASE WHEN excluded.{c} <> '' THEN excluded.{c} ELSE {table}.{c} END")
+            out.append(
+                f"{c} = CASE WHEN {pin}excluded.{c} <> '' THEN excluded.{c} ELSE {table}.{c} END"
+            )
     return ", ".join(out)
+
+
+def _corrections() -> str:
+    """A corrected instance's row (its object under a revision key, edge/corrections.py)
+    carries the study's corrected attributes: they replace the stored ones, empty values
+    included, and pin them against later rows that are not corrections (an instance sent
+    again elsewhere with the old values)."""
+    cols = [c for c in STUDY_STAGE if c != "study_uid"]
+    sets = ", ".join(f"{c} = r.{c}" for c in cols)
+    return (
+        f"UPDATE studies SET {sets}, revised = 1 FROM s_revised r"
+        " WHERE r.study_uid = studies.study_uid"
+    )
 
 
 def _upserts(d: Dialect) -> list[str]:
@@ -299,6 +326,9 @@ def apply_objects(tx: Tx, d: Dialect, site: str, objects: Sequence[tuple[str | N
     if batch.instances:
         for sql in _upserts(d):
             tx.execute(sql, [site] * sql.count(p))
+    if batch.revised:
+        tx.load("s_revised", STUDY_STAGE, batch.revised)
+        tx.execute(_corrections())
     if batch.retracted:
         tx.load("s_retracted", ("sop_instance_uid",), batch.retracted)
         for sql, takes_site in _retractions(d):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from shared import attributes
 from shared.attributes import INT, Attribute
 
-VERSION = 4
+VERSION = 5  # 5: studies.revised (corrections, edge/corrections.py)
 TABLES = ("copies", "series_sites", "study_sites", "study_modalities", "instances", "series",
           "studies", "cursors")  # fmt: skip
 # A study's order keys (newest first), copied into the per-site tables that drive searches.
@@ -60,7 +60,8 @@ def ddl(dialect: str) -> list[str]:
     stmts = [
         f"CREATE TABLE studies (id {ident}, {', '.join(cols('studies'))},"
         f" specific_character_set {text}, modalities {text},"
-        f" num_series {counter}, num_instances {counter}, UNIQUE (study_uid))",
+        f" num_series {counter}, num_instances {counter},"
+        f" revised {integer} NOT NULL DEFAULT 0, UNIQUE (study_uid))",
         f"CREATE TABLE series (id {ident}, study_id {ref}, {', '.join(cols('series'))},"
         f" num_instances {counter}, UNIQUE (series_uid))",
         f"CREATE TABLE instances (series_id {ref}, study_id {ref},"

@@ -237,8 +237,8 @@ async function audit(render) {
   return out;
 }
 
-// Who signed in (GET /api/session): a reader gets the viewer page, never admin pages it would be
-// refused.
+// Who signed in (GET /api/session): a reader gets the study browser and the viewer page, never
+// admin pages it would be refused.
 let me = null;
 
 async function whoami() {
@@ -250,16 +250,15 @@ function adminOnly(page) {
   return async (render) => {
     const who = await whoami();
     if (who.role === "admin") return page(render);
-    history.replaceState(null, "", "#viewer");
-    showAdminLinks();
-    return viewer(render);
+    history.replaceState(null, "", "#browser");
+    return browser(render);
   };
 }
 
 function showAdminLinks() {
   for (const a of document.querySelectorAll("#nav a.admin-only")) a.hidden = !me || me.role !== "admin";
   for (const a of document.querySelectorAll("#nav a")) {
-    a.classList.toggle("active", a.getAttribute("href") === location.hash);
+    a.classList.toggle("active", a.getAttribute("href") === location.hash.split("?")[0]);
   }
 }
 
@@ -311,10 +310,43 @@ async function viewer(render) {
   return out;
 }
 
+// The study browser (shared/web/browser.js): thumbnails, downloads and the viewer are plain
+// links and images, which carry the session cookie, not the tab's token: make one first.
+let cookie = null;
+const studyBrowser = HpacsBrowser.page({
+  prepare: () => (cookie ||= api("/api/session", { method: "POST" }).catch((err) => { cookie = null; throw err; })),
+  canUpload: (who) => who.role === "admin",  // STOW needs the write right: admins, not readers
+});
+
+async function browser(render) {
+  const who = await whoami();
+  showAdminLinks();
+  return studyBrowser(render, who);
+}
+
+HpacsBrowser.addStudyAction((study, ctx) => {
+  if (ctx.where !== "study") return null;
+  const button = el("button", { type: "button", id: "study-share" }, "Share link (72 h)");
+  const out = el("span", { class: "mono", id: "study-share-url", role: "status" });
+  button.addEventListener("click", async () => {
+    try {
+      const s = await api("/api/shares", { method: "POST", json: { study_uid: study.uid, hours: 72 } });
+      out.textContent = ` ${s.url} (shown once)`;
+    } catch (err) {
+      out.textContent = ` Failed: ${err.message}`;
+    }
+  });
+  return el("span", {}, button, out);
+});
+
 startConsole({
-  pages: { viewer, sites: adminOnly(sites), restores: adminOnly(restores), tokens: adminOnly(tokens),
+  pages: { browser, viewer, sites: adminOnly(sites), restores: adminOnly(restores), tokens: adminOnly(tokens),
     audit: adminOnly(audit) },
   home: "sites",
   onRender: showAdminLinks,
-  onSignOut: () => { me = null; },
+  onSignOut: () => {
+    me = null;
+    if (cookie) fetch("/logout", { method: "POST", credentials: "same-origin" }).catch(() => {});  // the browser's cookie too
+    cookie = null;
+  },
 });

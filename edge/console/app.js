@@ -5,7 +5,7 @@
 "use strict";
 
 const PAGE_NEEDS = {
-  dashboard: "operate", nodes: "operate", studies: "view", routing: "operate",
+  dashboard: "operate", nodes: "operate", browser: "view", studies: "view", routing: "operate",
   rejections: "operate", users: "admin", audit: "admin",
 };
 const PERMISSIONS = ["echo", "store", "find", "move", "get", "commit"];
@@ -275,8 +275,113 @@ async function nodes(render, principal) {
 }
 
 // ---- studies -----------------------------------------------------------------------------
-const CACHE_KIND = { local: "ok", partial: "warn", evicted: "" };
+const CACHE_KIND = { local: "ok", partial: "warn", evicted: "", deleted: "bad" };
 const SYNC_KIND = { synced: "ok", pending: "warn", failed: "bad" };
+
+// Delete, undelete, hold, release: each asks first (prompt/confirm), reports in the row's
+// status cell, and re-renders. A delete refused for retention offers an admin the override.
+function studyActions(s, principal, render) {
+  const uid = encodeURIComponent(s.study_uid);
+  const label = [s.study_date, s.accession_number, s.description].filter(Boolean).join(" ");
+  const status = el("span", { class: "study-msg sub" });
+  const post = (what, json) => api(`/api/studies/${uid}/${what}`, { method: "POST", json });
+  const button = (text, cls, fn) => {
+    const b = el("button", { type: "button", class: cls }, text);
+    b.addEventListener("click", () => guarded(b, fn).then(render).catch((err) => {
+      status.textContent = err.message;
+    }));
+    return b;
+  };
+  const out = [];
+  if (!s.deleted) {
+    out.push(button("Delete", "study-delete", async () => {
+      const reason = prompt(`Delete study ${label || s.study_uid}? It disappears from every `
+        + "query at once; its bytes stay in the bucket and it can be undeleted during the grace "
+        + "period. Reason:");
+      if (reason === null) throw new Error("not deleted");
+      try {
+        await post("delete", { reason });
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 409 || !/under retention/.test(err.message)
+            || !may(principal, "admin") || !reason.trim()) throw err;
+        if (!confirm(`${err.message}\n\nOverride retention with the reason "${reason}"?`)) throw err;
+        await post("delete", { reason, override: true });
+      }
+    }));
+  }
+  if (s.deleted_instances) {
+    out.push(button("Undelete", "study-undelete", async () => {
+      if (!confirm(`Undelete study ${label || s.study_uid}?`)) throw new Error("not undeleted");
+      await post("undelete", {});
+    }));
+  }
+  if (!s.held) {
+    out.push(button("Hold", "study-hold", async () => {
+      const reason = prompt("Legal hold: no deletion, purge or override while it lasts. Reason:");
+      if (reason === null) throw new Error("no hold placed");
+      await post("hold", { reason });
+    }));
+  } else if (may(principal, "admin")) {
+    out.push(button("Release", "study-release", async () => {
+      if (!confirm("Release the legal hold on this study?")) throw new Error("not released");
+      await post("release", {});
+    }));
+  }
+  return [...out, status];
+}
+
+// The correction form: the correctable attributes of one study, prefilled with its values
+// (patient data, fetched for this form only), saved through POST /api/studies/{uid}/modify.
+const ATTRIBUTE_LABELS = {
+  PatientName: "Patient name", PatientID: "Patient ID", IssuerOfPatientID: "Issuer of patient ID",
+  PatientBirthDate: "Birth date", PatientSex: "Sex", StudyDate: "Study date", StudyTime: "Study time",
+  AccessionNumber: "Accession number", StudyID: "Study ID", StudyDescription: "Study description",
+  ReferringPhysicianName: "Referring physician",
+};
+let correcting = null; // the study UID whose correction form is open
+
+async function correctionForm(uid, render) {
+  const current = await api(`/api/studies/${encodeURIComponent(uid)}/attributes`);
+  const inputs = Object.entries(current.attributes).map(([k, v]) =>
+    el("input", { name: k, id: `fix-${k}`, value: v, "data-was": v }));
+  const reason = el("input", { name: "reason", id: "fix-reason", placeholder: "kept in the audit trail" });
+  const message = el("p", { class: "error wide", role: "alert" });
+  const cancel = el("button", { type: "button" }, "Cancel");
+  cancel.addEventListener("click", () => { correcting = null; render(); });
+  const form = el("form", { class: "panel", id: "correction-form" },
+    el("h3", {}, "Correct study ", el("span", { class: "mono" }, uid)),
+    current.unfinished ? el("p", { class: "error wide" }, "A correction of this study was interrupted: save again to complete it.") : "",
+    el("p", { class: "wide" }, `Each of its ${current.instances} instances is rewritten with the new values; the original bytes stay in the bucket (hpacs-edge studies versions).`),
+    inputs.map((i) => field(ATTRIBUTE_LABELS[i.name] || i.name, i)), field("Reason", reason),
+    el("div", { class: "actions" }, el("button", { type: "submit", class: "primary" }, "Save correction"), cancel),
+    message);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    for (const i of form.querySelectorAll(".invalid")) i.classList.remove("invalid");
+    const changes = {};
+    for (const i of inputs) if (i.value !== i.dataset.was || current.unfinished) changes[i.name] = i.value;
+    if (!Object.keys(changes).length) { message.textContent = "Nothing changed."; return; }
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    message.textContent = "Correcting…";
+    try {
+      const r = await api(`/api/studies/${encodeURIComponent(uid)}/modify`, { method: "POST", json: { changes, reason: reason.value } });
+      correcting = null;
+      await render();
+      const done = document.getElementById("correction-done");
+      if (done) done.textContent = `Corrected ${r.attributes.join(", ")}: ${r.rewritten} instance(s) rewritten.`;
+    } catch (err) {
+      if (err instanceof Unauthorized) return shell.showLogin();
+      message.textContent = err.message;
+      const bad = err.message.split(/[: ]/)[0];
+      const target = form.querySelector(`[name="${bad}"]`);
+      if (target) target.classList.add("invalid");
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
 
 async function studies(render, principal) {
   const list = await api("/api/studies?limit=100");
@@ -284,23 +389,31 @@ async function studies(render, principal) {
   const operate = may(principal, "operate");
   const rows = list.map((s) => {
     let pin = null;
-    if (operate) {
+    let fix = null;
+    if (operate && !s.deleted) {
       pin = el("button", { type: "button" }, s.pinned ? "Unpin" : "Pin");
       pin.addEventListener("click", () => guarded(pin, async () => {
         await api(`/api/studies/${encodeURIComponent(s.study_uid)}/${s.pinned ? "unpin" : "pin"}`, { method: "POST" });
         render();
       }).catch(() => {}));
+      fix = el("button", { type: "button" }, "Correct");
+      fix.addEventListener("click", () => { correcting = s.study_uid; render(); });
     }
-    return el("tr", { "data-study": s.study_uid },
+    const cache = s.deleted ? "deleted" : s.cache_state;
+    return el("tr", { "data-study": s.study_uid, class: s.deleted ? "deleted" : "" },
       el("td", {}, s.study_date || "–"), el("td", {}, s.accession_number || "–"),
       el("td", {}, s.modalities || "–"), el("td", { class: "wrap" }, s.description || "–"),
       el("td", {}, `${s.series} / ${s.instances}`),
-      el("td", { class: "cache-state" }, pill(s.cache_state, CACHE_KIND[s.cache_state])),
-      el("td", { class: "sync-state" }, pill(s.sync_state, SYNC_KIND[s.sync_state])),
-      el("td", {}, s.pinned ? pill("pinned", "ok") : "", " ", pin));
+      el("td", { class: "cache-state" }, pill(cache, CACHE_KIND[cache])),
+      el("td", { class: "sync-state" }, s.deleted ? "–" : pill(s.sync_state, SYNC_KIND[s.sync_state])),
+      el("td", {}, s.pinned ? pill("pinned", "ok") : "", " ", pin, " ", fix),
+      el("td", { class: "study-actions" }, s.held ? pill("held", "warn") : "", " ",
+        operate ? studyActions(s, principal, render) : []));
   });
-  return [el("h2", {}, "Recent studies"),
-    table(["Date", "Accession", "Modality", "Description", "Series / instances", "Cache", "Sync", "Pin"], rows)];
+  const out = [el("h2", {}, "Recent studies"), el("p", { class: "result ok", id: "correction-done", role: "status" })];
+  if (operate && correcting) out.push(await correctionForm(correcting, render));
+  out.push(table(["Date", "Accession", "Modality", "Description", "Series / instances", "Cache", "Sync", "Pin", "Lifecycle"], rows));
+  return out;
 }
 
 // ---- routing -----------------------------------------------------------------------------
@@ -455,6 +568,19 @@ async function audit() {
         el("td", { class: "wrap" }, [e.reason, e.detail].filter(Boolean).join(" · ")))))];
 }
 
+// ---- study browser (shared/web/browser.js): search, drill-down, viewer, download ----------
+const browser = HpacsBrowser.page({
+  canUpload: (p) => may(p, "operate"),  // STOW: technician and admin; a viewer browses
+  send: (p) => (may(p, "operate") ? {
+    nodes: async () => {
+      const n = await api("/api/nodes");
+      return [...new Set([...n.config, ...n.registry].map((x) => x.ae_title))].sort();
+    },
+    queue: (uid, ae) => api(`/api/studies/${encodeURIComponent(uid)}/send`, { method: "POST", json: { destination: ae } }),
+    progress: (uid) => api(`/api/studies/${encodeURIComponent(uid)}/send`),
+  } : null),
+});
+
 // ---- shell -------------------------------------------------------------------------------
 async function postSession(path, body) {
   const resp = await fetch(path, {
@@ -470,7 +596,7 @@ async function postSession(path, body) {
 const aeTitle = document.getElementById("ae-title");
 const whoami = document.getElementById("whoami");
 const shell = startConsole({
-  pages: { dashboard, nodes, studies, routing, rejections, users, audit },
+  pages: { dashboard, nodes, browser, studies, routing, rejections, users, audit },
   home: "dashboard",
   session: {
     whoami: () => api("/api/session"),

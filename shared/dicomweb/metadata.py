@@ -237,24 +237,25 @@ def with_base(encoded: bytes, base: str) -> bytes:
 
 
 class EncodedCache:
-    """Encoded instances by object identity, least recently used out first, within a byte
-    budget. Stored objects never change under their key (create-only writes; a correction
-    gets a new version key), so an entry never goes stale."""
+    """Encoded instances by the identity of their bytes (`InstanceRef.version`: SOP Instance
+    UID and crc32c), least recently used out first, within a byte budget. Other bytes under
+    the same UID (a replace on the edge, a correction) are another key, so an entry never goes
+    stale."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int]) -> bytes | None:
+    def get(self, key: tuple[str, str]) -> bytes | None:
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, int], value: bytes) -> None:
+    def put(self, key: tuple[str, str], value: bytes) -> None:
         if len(value) > self.max_bytes // 16:
             return  # one huge header does not evict everything else
         with self._lock:

@@ -1,11 +1,16 @@
-"""STOW-RS responses (PS3.18 10.5.3): the status and the DICOM JSON body, from part outcomes."""
+"""STOW-RS (PS3.18 10.5): request bodies spooled part by part; the status and the DICOM JSON
+response body from the parts' outcomes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
+from shared.dicomweb import multipart
 from shared.dicomweb.source import StoredPart
+from shared.errors import PayloadTooLarge
 
 
 def status(outcomes: Sequence[StoredPart]) -> int:
@@ -41,3 +46,57 @@ def response_json(base: str, outcomes: Sequence[StoredPart], study: str | None) 
     if ok:
         body["00081199"] = {"vr": "SQ", "Value": ok}
     return body
+
+
+async def spooled_parts(
+    chunks: AsyncIterable[bytes],
+    boundary: str,
+    spool: Path,
+    *,
+    max_body_bytes: int = 0,
+    max_part_bytes: int = 0,
+    limit_name: str = "the body limit",
+) -> AsyncIterator[Path]:
+    """Each complete part of a multipart/related body as a file in `spool`, as soon as it has
+    arrived (the shared streaming reader: any boundary a peer sends, malformed bodies are 400).
+    Limits (0: none) are checked while reading, before a byte more is written."""
+    parser = multipart.MultipartParser(boundary)
+    received, part_bytes, n = 0, 0, 0
+    fh: BinaryIO | None = None
+    path = spool / "0.dcm"
+    done: list[Path] = []
+
+    def apply(events: list[multipart.Event]) -> None:
+        nonlocal fh, path, n, part_bytes
+        for ev in events:
+            if isinstance(ev, multipart.PartStart):
+                n += 1
+                path = spool / f"{n}.dcm"
+                fh = path.open("wb")
+                part_bytes = 0
+            elif isinstance(ev, multipart.PartEnd):
+                assert fh is not None
+                fh.close()
+                fh = None
+                done.append(path)
+            else:
+                assert fh is not None
+                part_bytes += len(ev)
+                if max_part_bytes and part_bytes > max_part_bytes:
+                    raise PayloadTooLarge(f"a part is larger than {limit_name} ({max_part_bytes})")
+                fh.write(ev)
+
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if max_body_bytes and received > max_body_bytes:
+                raise PayloadTooLarge(f"request body over {limit_name} ({max_body_bytes})")
+            await asyncio.to_thread(apply, parser.feed(chunk))
+            while done:
+                yield done.pop(0)
+        await asyncio.to_thread(apply, parser.finish())
+        while done:
+            yield done.pop(0)
+    finally:
+        if fh is not None:
+            fh.close()

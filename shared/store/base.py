@@ -1,5 +1,8 @@
 """The object store interface. Every backend passes the same contract suite.
 
+Holds: `set_hold` mirrors the index's legal holds (shared/deletion.py) onto the objects, where
+the backend can keep them (GCS temporary holds; file:// keeps a marker that refuses deletes).
+
 Errors: `shared.errors.NotFound` (no such key), `ObjectExists` (create-only put met an
 existing object), `TransientStoreError` (retrying may help), `PermanentStoreError`.
 Checksums are hex strings (crc32c always; md5 where the backend has it).
@@ -53,6 +56,12 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str, start_offset: str = "") -> Iterator[ObjectInfo]:
         """Objects under `prefix` in key order, keys >= start_offset when given."""
+        ...
+
+    def set_hold(self, key: str, held: bool) -> bool:
+        """Place or lift a legal hold on an object: while held, `delete` is refused
+        (PermanentStoreError). Returns whether the store reports the hold as asked (False: the
+        backend accepted the request but does not keep holds, e.g. a GCS emulator)."""
         ...
 
 

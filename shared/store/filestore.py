@@ -55,6 +55,7 @@ class FileStore:
         self.root = Path(url[len("file://") :]).resolve()
         self.tmp = self.root / ".tmp"
         self.meta = self.root / ".meta"
+        self.holds = self.root / ".holds"  # legal holds: a marker per held key refuses deletes
         self._tmpfile_ok = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
         self._xattr_ok = hasattr(os, "setxattr")
         # whether sidecars may exist (written here, or left by an older version of this store)
@@ -137,6 +138,8 @@ class FileStore:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        if (self.holds / key).exists():
+            raise PermanentStoreError(f"{key} is under a legal hold: release it first")
         try:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
@@ -170,6 +173,23 @@ class FileStore:
             info = self.head(key)
             if info is not None:
                 yield info
+
+    def set_hold(self, key: str, held: bool) -> bool:
+        """The hold as a marker file `<root>/.holds/<key>` (hidden from listings like `.meta`);
+        `delete` refuses a held key, as GCS does. Kept by this store: always True."""
+        path, marker = self._path(key), self.holds / check_key(key)
+        if not path.is_file():
+            raise NotFound(f"no object {key}")
+        try:
+            if held:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                fsync_dir(marker.parent)
+            else:
+                marker.unlink(missing_ok=True)
+        except OSError as exc:
+            raise TransientStoreError(f"cannot set the hold of {key}: {exc}") from exc
+        return True
 
     # ---- internals ------------------------------------------------------------------------
     def _write(

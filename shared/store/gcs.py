@@ -281,6 +281,20 @@ class GcsStore:
         # The listing is materialised so a transient failure mid-way retries it whole.
         yield from sorted(self._call(page_through), key=lambda i: i.key)
 
+    def set_hold(self, key: str, held: bool) -> bool:
+        """A GCS temporary hold (a legal hold: lifted by hand, no retention clock attached;
+        event-based holds restart a bucket retention policy's clock on release, which is not
+        what a released legal hold means). GCS refuses to delete a held object (403)."""
+        name = self._name(key)
+
+        def patch() -> bool:
+            blob = self.bucket.blob(name)
+            blob.temporary_hold = held
+            blob.patch(timeout=self.timeout_s, retry=None)
+            return bool(blob.temporary_hold) == held  # the object resource as the server says
+
+        return self._call(patch)
+
     # ---- helpers beyond the protocol --------------------------------------------------------
     def create_bucket(self) -> None:
         """For emulators and first-time setup: create the bucket if it is not there."""

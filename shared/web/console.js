@@ -55,12 +55,16 @@ class ApiError extends Error {
   constructor(message, status, field) { super(message); this.status = status; this.field = field; }
 }
 
-// A JSON call: the token kept in sessionStorage as a bearer token when there is one, else the
-// browser's session cookie (same origin). `json` (optional) is sent as the request body.
-async function api(path, { method = "GET", json } = {}) {
+// Request headers with the token kept in sessionStorage as a bearer token when there is one;
+// without one the browser's session cookie (same origin) authenticates.
+function authHeaders(extra = {}) {
   const token = sessionStorage.getItem(TOKEN_KEY) || "";
-  const headers = { Accept: "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : { ...extra };
+}
+
+// A JSON call (authHeaders); `json` (optional) is sent as the request body.
+async function api(path, { method = "GET", json } = {}) {
+  const headers = authHeaders({ Accept: "application/json" });
   const init = { method, headers, credentials: "same-origin" };
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";

@@ -52,7 +52,11 @@ def load_or_create_key(path: str | Path) -> bytes:
         with os.fdopen(fd, "w") as fh:
             fh.write(key.hex() + "\n")
         return key
-    key = bytes.fromhex(text)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        hint = "make one: openssl rand -hex 32"
+        raise ValueError(f"session key in {p} is not hex ({hint})") from None
     if len(key) < 16:
         raise ValueError(f"session key in {p} is shorter than 128 bits")
     return key
@@ -163,9 +167,25 @@ def safe_next(target: str | None, default: str = "/viewer/") -> str:
     return target
 
 
-def login_page(assets_prefix: str) -> bytes:
-    """The login form (static, no data); its style and script come from `assets_prefix`."""
-    return LOGIN_HTML.read_text(encoding="utf-8").replace("/__assets__/", assets_prefix).encode()
+ACCOUNT_FIELDS = """
+      <label for="user">User name</label>
+      <input id="user" name="user" autocomplete="username">
+      <label for="password">Password</label>
+      <input id="password" name="password" type="password" autocomplete="current-password">"""
+
+
+def login_page(assets_prefix: str, *, accounts: bool = False, hint: str = "") -> bytes:
+    """The login form (static, no data); its style and script come from `assets_prefix`.
+    `accounts`: a user name and password too (the edge's local users), the token then being
+    the alternative; `hint` (HTML) replaces the text saying which token to use."""
+    text = LOGIN_HTML.read_text(encoding="utf-8").replace("/__assets__/", assets_prefix)
+    if accounts:
+        text = text.replace("<!--accounts-->", ACCOUNT_FIELDS, 1)
+        text = text.replace('autocomplete="current-password" required>', 'autocomplete="off">', 1)
+    if hint:
+        start, end = text.index("<!--hint-->"), text.index("<!--/hint-->")
+        text = text[:start] + hint + text[end:]
+    return text.encode()
 
 
 LOGIN_HEADERS = {

@@ -34,7 +34,14 @@ CHROMIUM_ARGS = [
 @contextmanager
 def running_http(server: EdgeServer, token: str = TOKEN) -> Iterator[EdgeHttp]:
     """The edge's HTTP side for a running test edge (its config must set http_port)."""
-    http = EdgeHttp(server.cfg, server.db, server.active_associations, token=token)
+    http = EdgeHttp(
+        server.cfg,
+        server.db,
+        server.active_associations,
+        ingestor=server.ingestor,
+        recaller=server.recaller,
+        token=token,
+    )
     http.start()
     try:
         yield http

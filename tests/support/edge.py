@@ -40,6 +40,10 @@ def edge_config(tmp_path: Path, **edge: Any) -> dict[str, Any]:
         "min_free_bytes": 0,
         "tls": {"port": 0},
         "http_port": 0,  # tests that need the edge's HTTP side ask for a free port
+        # one process: tests that patch a function of `hpacs-edge serve` or read its log lines
+        # need the DIMSE work in that process (the default "auto" is tested where it matters:
+        # tests/test_acceptors.py, the stop-time test in tests/test_dimse_attacks.py)
+        "acceptors": 1,
     }
     e.update(edge)
     if nodes is None:
@@ -58,6 +62,9 @@ def edge_config(tmp_path: Path, **edge: Any) -> dict[str, Any]:
 
 @contextmanager
 def running_edge(data: dict[str, Any]) -> Iterator[EdgeServer]:
+    from edge.runtime import configure
+
+    configure()
     cfg: Config = parse_config(data)
     db = Database(cfg.edge.index_path)
     with db.write() as conn:
