@@ -3,7 +3,7 @@
 Backend-independent: the same loop feeds a SQLite file or PostgreSQL. Sites are discovered by
 listing `catalog/` with a `start_offset` that jumps past each site's prefix (`catalog/<site>0`);
 a cursor per site (the last key applied) makes each poll list only newer objects. The next
-objects are fetched and decoded in a thread while the current ones are applied. A backlog is
+object is fetched and decoded in a thread while the current ones are applied. A backlog is
 applied several objects at a time (up to `GROUP_ROWS` rows per transaction, the cursor moving
 with them): the per-transaction costs (statements, commit) are paid once per group.
 """
@@ -14,9 +14,8 @@ import gzip
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloud_api.catalog import Catalog, PollResult
@@ -26,9 +25,6 @@ from shared.store.base import ObjectStore
 # Rows applied per transaction when a site has a backlog (a few objects of the sync agent's
 # 1,000 rows; a STOW's object is one request).
 GROUP_ROWS = 10_000
-# Objects fetched and decoded ahead, in one thread, while the database applies: about the
-# next group, so decoding (a third of the apply's CPU) runs beside the database's work.
-PREFETCH_OBJECTS = 12
 
 
 class Poller:
@@ -55,32 +51,23 @@ class Poller:
         return result
 
     def _poll_site(self, site: str, last: str, result: PollResult) -> None:
-        listed = self.store.list(catalog_prefix(site), start_offset=last)
-        keys = iter([i.key for i in listed if i.key > last])
+        keys = [i.key for i in self.store.list(catalog_prefix(site), start_offset=last)]
+        keys = [k for k in keys if k > last]
+        if not keys:
+            return
         group: list[tuple[str | None, list[dict[str, Any]]]] = []
         rows = 0
-        # One fetch thread, its futures taken in key order: the group is always the next
-        # objects after the cursor, so the cursor an apply moves never passes one not applied.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="catalog-fetch")
-        ahead: deque[tuple[str, Future[list[dict[str, Any]]]]] = deque()
-
-        def fetch_ahead() -> None:
-            while len(ahead) < PREFETCH_OBJECTS and (key := next(keys, None)) is not None:
-                ahead.append((key, pool.submit(fetch_rows, self.store, key)))
-
-        try:
-            fetch_ahead()
-            while ahead:
-                key, fetched = ahead.popleft()
-                group.append((key, fetched.result()))
-                fetch_ahead()
+        with ThreadPoolExecutor(1, thread_name_prefix="catalog-fetch") as pool:
+            nxt = pool.submit(fetch_rows, self.store, keys[0])
+            for n, key in enumerate(keys):
+                group.append((key, nxt.result()))
                 rows += len(group[-1][1])
-                if rows >= GROUP_ROWS or not ahead:
+                if n + 1 < len(keys):
+                    nxt = pool.submit(fetch_rows, self.store, keys[n + 1])
+                if rows >= GROUP_ROWS or n + 1 == len(keys):
                     result.rows += self.catalog.apply_objects(site, group)
                     result.objects += len(group)
                     group, rows = [], 0
-        finally:  # a failed fetch or apply: the objects fetched ahead are not waited for
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def discover_sites(store: ObjectStore) -> Iterator[str]:
