@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from cloud_api.catalog import INSTANCE, SERIES, STUDY, Catalog, Search, open_catalog, search
+from cloud_api.catalog import poller as poller_module
 from cloud_api.catalog.poller import Poller, fetch_rows
 from shared.catalog import decode_batch
 from shared.errors import BadRequest
@@ -110,6 +111,30 @@ def _snapshot(catalog: Catalog) -> list[Any]:
     study = everything[0][0]["StudyInstanceUID"] if everything[0] else ""
     return [*everything, catalog.counts(), catalog.site_counts(), catalog.cursors(),
             catalog.instances(study), catalog.search(Search(SERIES, sites=["x"]))]  # fmt: skip
+
+
+def test_a_failed_fetch_leaves_the_cursor_at_the_last_object_applied(
+    catalog: Catalog, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller fetches objects ahead of the apply: when one cannot be read (here it is not
+    gzip), the groups before it are applied with their cursor, nothing at or after it is, and
+    the next poll, once the object reads again, continues from there."""
+    monkeypatch.setattr(poller_module, "GROUP_ROWS", 2)  # a group is two one-row objects
+    seed_site(store, "x", StudySpec(patient_id="X1", instances_per_series=6), batch=1)
+    keys = [i.key for i in store.list("catalog/x/")]
+    with store.open(keys[3]) as fh:
+        good = fh.read()
+    store.put(keys[3], b"not a journal object", if_absent=False)
+    poller = Poller(catalog, store)
+    with pytest.raises(OSError):
+        poller.poll()
+    assert catalog.cursors() == {"x": keys[1]}
+    assert catalog.counts()["instances"] == 2
+    store.put(keys[3], good, if_absent=False)
+    res = poller.poll()
+    assert (res.objects, res.rows) == (4, 4)
+    assert catalog.cursors() == {"x": keys[5]}
+    assert catalog.counts()["instances"] == 6
 
 
 def test_objects_applied_together_equal_one_by_one(catalog: Catalog) -> None:
