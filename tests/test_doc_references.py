@@ -107,3 +107,24 @@ def test_every_metric_a_doc_names_is_exported() -> None:
             if f'"{name}"' not in source and f'"{base}"' not in source:
                 missing.append(f"{where}:{n}: {name}")
     assert missing == []
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-z][a-z0-9-]*):", text, re.MULTILINE))
+
+
+MAKE = re.compile(r"\bmake ([a-z][a-z0-9-]*)")  # in code spans and indented blocks only
+
+
+def test_every_make_target_a_doc_names_exists() -> None:
+    targets = make_targets()
+    assert {"up", "test"} <= targets
+    missing = [
+        f"{where}:{n}: make {t}"
+        for where, n, line in _lines(DOCS)
+        for code in [*re.findall(r"`([^`]+)`", line), line if line.startswith("    ") else ""]
+        for t in MAKE.findall(code)
+        if t not in targets
+    ]
+    assert missing == []
