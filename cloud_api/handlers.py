@@ -228,14 +228,7 @@ async def api_restore_create(request: web.Request) -> web.Response:
     p.require(Need.ADMIN, site)
     if site == STOW_SITE:
         raise BadRequest(f"site {STOW_SITE!r} holds STOW uploads to this API: no edge restores it")
-    body: dict[str, Any] = {}
-    if request.can_read_body:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise BadRequest("the body must be JSON") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
+    body = await _json_body(request) if request.can_read_body else {}  # the body is optional
     days = body.get("prefetch_days")
     if days is not None and (not isinstance(days, int) or days < 0):
         raise BadRequest("prefetch_days must be a non-negative integer")
