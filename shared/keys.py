@@ -33,6 +33,15 @@ def cache_relpath(sop_instance_uid: str) -> str:
     return f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
 
 
+_CACHE_RELPATH_RE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")
+
+
+def is_cache_relpath(relpath: str) -> bool:
+    """Whether `relpath` has the shape `cache_relpath` gives: it then stays inside the cache
+    directory when joined to it, with no need to resolve the result."""
+    return _CACHE_RELPATH_RE.fullmatch(relpath) is not None
+
+
 def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
     return (
         f"instances/{_uid(study_uid, 'Study UID')}/{_uid(series_uid, 'Series UID')}/"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from shared.checksum import Crc32c
 from shared.errors import ChecksumMismatch, NotFound, OutOfResources, PacsError, TransientStoreError
 from shared.fsutil import durable_rename
 from shared.index import Database
+from shared.keys import is_cache_relpath
 from shared.lifecycle import HIDDEN_STATES, LOCAL_STATES, State, transition
 from shared.quarantine import LOST_ADVICE
 from shared.store import ObjectStore
@@ -44,7 +44,6 @@ log = logging.getLogger("hpacs.recall")
 
 CHUNK = 1024 * 1024
 MISSING_FILE_WAIT_S = 2.0  # a local row without its file: another actor is moving it right now
-_RELPATH = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")  # shared.keys.cache_relpath
 
 
 class Ref(Protocol):
@@ -169,7 +168,7 @@ class Recaller:
         return None
 
     def _path(self, relpath: str) -> Path:
-        if not _RELPATH.fullmatch(relpath):
+        if not is_cache_relpath(relpath):
             raise NotFound(f"not a cache path: {relpath[:100]!r}")
         return self.cache_root / relpath
 
