@@ -32,12 +32,12 @@ from shared.index import Database
 from shared.integrity import VerifyingReader, read_verified
 from shared.lifecycle import (
     CLOUD_VERIFIED_STATES,
-    HIDDEN_STATES,
     LOCAL_STATES,
     State,
     transition,
 )
-from shared.quarantine import LOST_ADVICE, handle_damage
+from shared.quarantine import handle_damage
+from shared.recall import GONE_STATES, gone
 from shared.rows import from_row
 
 INSTANCE_COLUMNS = (
@@ -166,14 +166,8 @@ class Locator:
                 continue
             if state in LOCAL_STATES:
                 return self.cache.path(ref.path), ref
-            if state in HIDDEN_STATES:
-                raise NotFound(f"{ref.sop_instance_uid}: the instance was deleted")
-            if state is State.LOST:
-                raise NotFound(
-                    f"{ref.sop_instance_uid}: the instance is lost (no intact copy in the cache "
-                    "or the object store)",
-                    hint=LOST_ADVICE,
-                )
+            if state in GONE_STATES:
+                raise gone(ref.sop_instance_uid, state)
             if self.recaller is None:
                 raise NotFound(
                     f"{ref.sop_instance_uid}: state {state} and read-through recall is not "

@@ -44,6 +44,18 @@ log = logging.getLogger("hpacs.recall")
 
 CHUNK = 1024 * 1024
 MISSING_FILE_WAIT_S = 2.0  # a local row without its file: another actor is moving it right now
+GONE_STATES = HIDDEN_STATES | {State.LOST}  # no bytes to serve or recall
+
+
+def gone(sop_instance_uid: str, state: State) -> NotFound:
+    """What a reader is told of an instance in GONE_STATES: deleted, or lost (and what to do)."""
+    if state is State.LOST:
+        return NotFound(
+            f"{sop_instance_uid}: the instance is lost (no intact copy in the cache or the "
+            "object store)",
+            hint=LOST_ADVICE,
+        )
+    return NotFound(f"{sop_instance_uid}: the instance was deleted")
 
 
 class Ref(Protocol):
@@ -202,14 +214,8 @@ class Recaller:
                     claimed = transition(conn, iid, State.EVICTED, State.RECALLING)
                 if claimed:
                     return self._fetch(iid, relpath, key, size, crc)
-            elif st in HIDDEN_STATES:
-                raise NotFound(f"{self._uid(iid)}: the instance was deleted")
-            elif st is State.LOST:
-                raise NotFound(
-                    f"{self._uid(iid)}: the instance is lost (no intact copy in the cache or "
-                    "the object store)",
-                    hint=LOST_ADVICE,
-                )
+            elif st in GONE_STATES:
+                raise gone(self._uid(iid), st)
             if time.monotonic() > deadline:
                 raise TransientStoreError(
                     f"instance {iid} stayed {st} for {self.settle_timeout_s}s"
