@@ -6,6 +6,7 @@ The echo peer is a real DCMTK storescp on a free port.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,16 +28,9 @@ def config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def hpacs(config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
-    """Call the CLI in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(edge.cli, "setup_logging", lambda *_a, **_k: None)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        code = edge.cli.main(["--config", str(config), *args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
+def hpacs(config: Path, edge_cli: Any) -> Any:
+    """The CLI on this module's config (conftest's edge_cli)."""
+    return functools.partial(edge_cli, config)
 
 
 @pytest.fixture
