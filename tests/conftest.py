@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import _config as pynetdicom_config
@@ -9,6 +10,7 @@ from pynetdicom import _config as pynetdicom_config
 from deploy.pgcluster import Cluster
 from edge import cli as edge_cli_module
 from edge.server import EdgeServer
+from tests.support.console import chromium
 from tests.support.edge import edge_config, running_edge
 from tests.support.postgres import fresh_database, temporary_cluster
 
@@ -34,6 +36,13 @@ def edge_cli(
         return code, out.out, out.err
 
     return call
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian chromium through Playwright, one per test module."""
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture

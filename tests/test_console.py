@@ -20,7 +20,7 @@ from edge.forwarder import attach_routing
 from edge.http import EdgeHttp
 from edge.server import EdgeServer
 from shared.synthetic import StudySpec, write_study
-from tests.support.console import TOKEN, chromium, running_http, screenshot
+from tests.support.console import TOKEN, new_page, running_http, screenshot
 from tests.support.dcmtk import run, storescp
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
@@ -43,12 +43,6 @@ class Site:
         r = run("storescu", "-aet", calling_ae, "-aec", "HPACS", "127.0.0.1", port, *files)
         assert r.returncode == 0, r.stderr
         return files
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture
@@ -84,13 +78,8 @@ def site(tmp_path: Path, peer: int) -> Iterator[Site]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    try:
+    with new_page(browser) as pg:
         yield pg
-    finally:
-        context.close()
 
 
 def sign_in(page: Any, site: Site, section: str = "dashboard", token: str = TOKEN) -> None:

@@ -20,7 +20,7 @@ from edge.server import EdgeServer
 from edge.users import add_user
 from shared.registry import REGISTRY, get_node
 from shared.synthetic import StudySpec, write_study
-from tests.support.console import chromium, running_http, screenshot
+from tests.support.console import new_page, running_http, screenshot
 from tests.support.dcmtk import run, storescp
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
@@ -45,12 +45,6 @@ class Site:
         )
         assert r.returncode == 0, r.stderr
         return files
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture
@@ -91,14 +85,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    pg.on("dialog", lambda d: d.accept())
-    try:
+    with new_page(browser, height=900) as pg:
+        pg.on("dialog", lambda d: d.accept())
         yield pg
-    finally:
-        context.close()
 
 
 def sign_in(page: Any, site: Site, user: str, section: str = "") -> None:
