@@ -17,9 +17,9 @@ import pytest
 import edge.cli
 from edge.server import EdgeServer
 from shared.synthetic import StudySpec, write_study
-from tests.support.dcmtk import run, storescp
+from tests.support.dcmtk import run, running_storescp
 from tests.support.edge import cli, edge_config, running_edge, write_toml
-from tests.support.net import free_port, port_open, wait_for
+from tests.support.net import free_port
 
 
 @pytest.fixture
@@ -36,13 +36,8 @@ def hpacs(config: Path, edge_cli: Any) -> Any:
 @pytest.fixture
 def echo_peer(tmp_path: Path) -> Iterator[int]:
     port = free_port()
-    proc = storescp(port, tmp_path / "scp")
-    try:
-        wait_for(lambda: port_open(port), what="storescp")
+    with running_storescp(port, tmp_path / "scp"):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_nodes_add_list_remove(hpacs: Any) -> None:

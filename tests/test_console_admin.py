@@ -6,7 +6,6 @@ unknown AE from the dashboard's "Add as node". Screenshots in test-artifacts/con
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from edge.users import add_user
 from shared.registry import REGISTRY, get_node
 from shared.synthetic import StudySpec, write_study
 from tests.support.console import new_page, running_http, screenshot
-from tests.support.dcmtk import run, storescp
+from tests.support.dcmtk import run, running_storescp
 from tests.support.edge import edge_config, running_edge
-from tests.support.net import free_port, port_open, wait_for
+from tests.support.net import free_port, wait_for
 
 PASSWORD = "a long test password"
 
@@ -52,17 +51,8 @@ def peer(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A DCMTK storescp that nothing registers: the console will."""
     port = free_port()
     out = tmp_path / "peer"
-    proc = storescp(port, out, "ARCHIVE")
-    try:
-        wait_for(lambda: port_open(port), what="storescp")
+    with running_storescp(port, out, "ARCHIVE"):
         yield port, out
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
