@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ from common import (  # type: ignore[import-not-found]
     Edge,
     Orthanc,
     Receiver,
+    cpu_seconds,
     running,
     send,
     table,
@@ -284,9 +284,9 @@ def identifier(keys: dict[str, str]) -> Dataset:
 
 
 def cpu_ms(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process (all its threads) and of its acceptor processes
+    (edge.acceptors > 1 serves DIMSE in children), in ms."""
+    return cpu_seconds(pid) * 1000
 
 
 def persistent(
