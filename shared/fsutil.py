@@ -41,7 +41,7 @@ def durable_link(src: str | Path, dst: str | Path) -> bool:
     The link is durable on return: `dst`'s directory is fsynced, and so is the parent of
     every directory found missing on the way (created by this call or by a concurrent one: a
     new directory's own entry is only durable once its parent is). The directory usually
-    exists: one `link` call, no `mkdir`. See docs/ARCHITECTURE.md, "Ingest durability"."""
+    exists: one `link` call, no `mkdir`. See docs/ARCHITECTURE.md, "Ingest (invariant 1)"."""
     dst = os.fspath(dst)
     parent = os.path.dirname(dst)
     try:
@@ -54,10 +54,15 @@ def durable_link(src: str | Path, dst: str | Path) -> bool:
             raise  # the directory was there: `src` is missing
         try:
             os.link(src, dst)
+            fsync_dir(parent)
+            return True
         except FileExistsError:
             return False
         finally:
-            for directory in missing:  # durable whether or not we won the link
+            # durable whether or not we won the link; after the leaf's fsync, which on a
+            # journaling filesystem (ext4, xfs) already committed these mkdirs, so these
+            # fsyncs find nothing left to write and return at once
+            for directory in reversed(missing):
                 fsync_dir(os.path.dirname(directory))
     fsync_dir(parent)
     return True
