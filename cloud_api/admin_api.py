@@ -20,15 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-import shared
 from cloud_api import ops
 from shared.errors import InvalidField
+from shared.web.assets import shared_asset
 
 if TYPE_CHECKING:
     from cloud_api.app import Services
 
 CONSOLE_DIR = Path(__file__).parent / "console"
-SHARED_WEB_DIR = Path(shared.__file__).parent / "web"
 AUDIT_LIMIT_MAX = 1000
 AUDIT_BLOCK_BYTES = 256 * 1024
 # The shell only loads our own files and talks to our own origin.
@@ -210,20 +209,6 @@ async def console_index(request: web.Request) -> web.FileResponse:
 
 async def console_redirect(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console")
-
-
-SHARED_ASSETS = {".css": "text/css", ".js": "text/javascript"}
-
-
-async def shared_asset(request: web.Request) -> web.FileResponse:
-    """A style sheet or script of shared/web (its Python modules live there too: not served)."""
-    name = request.match_info["name"]
-    path = SHARED_WEB_DIR / name
-    if "/" in name or name.startswith(".") or path.suffix not in SHARED_ASSETS:
-        raise web.HTTPNotFound()
-    if not path.is_file():
-        raise web.HTTPNotFound()
-    return web.FileResponse(path, headers={"Content-Type": SHARED_ASSETS[path.suffix]})
 
 
 def mount_console(app: web.Application) -> frozenset[Any]:

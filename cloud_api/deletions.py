@@ -29,12 +29,13 @@ from cloud_api.auth import Need
 from cloud_api.catalog import InstanceRef
 from cloud_api.handlers import AUDIT, _json, _principal, _svc
 from cloud_api.stow import STOW_SITE, append_catalog
+from shared import control
 from shared.catalog import CatalogRow
 from shared.deletion import Target
 from shared.deletion_request import DeletionRequest, DeletionStatus, new_deletion_id
 from shared.dicom import Header
 from shared.errors import NotFound
-from shared.keys import check_site, deletion_key, deletion_status_key, deletions_prefix
+from shared.keys import DELETIONS, check_site
 
 if TYPE_CHECKING:
     from cloud_api.app import Services
@@ -75,12 +76,7 @@ def _journal(svc: Services, rows: list[CatalogRow]) -> None:
 
 
 def _put_status(svc: Services, st: DeletionStatus) -> None:
-    svc.store.put(
-        deletion_status_key(st.site, st.id),
-        st.to_bytes(),
-        content_type="application/json",
-        if_absent=False,
-    )
+    control.put_status(svc.store, DELETIONS, st.site, st.id, st.to_bytes())
 
 
 def request_deletion(
@@ -108,7 +104,7 @@ def request_deletion(
             override=override,
             requested_by=by,
         )
-        svc.store.put(deletion_key(site, req.id), req.to_bytes(), content_type="application/json")
+        control.put_request(svc.store, DELETIONS, site, req.id, req.to_bytes())
         phase = _apply_cloud_site(svc, req, refs).phase if site == STOW_SITE else "pending"
         out.append(
             {
@@ -157,11 +153,8 @@ def purge_due(svc: Services, now: float | None = None) -> int:
     """Purge the cloud site's deletions whose grace is over; returns instances purged."""
     now = time.time() if now is None else now
     n = 0
-    for info in list(svc.store.list(deletions_prefix(STOW_SITE))):
-        if not info.key.endswith(".status.json"):
-            continue
-        with svc.store.open(info.key) as fh:
-            st = DeletionStatus.from_bytes(fh.read())
+    for data in control.statuses(svc.store, DELETIONS, STOW_SITE):
+        st = DeletionStatus.from_bytes(data)
         if st.phase != "done" or st.purge_after > now:
             continue
         refs = [
@@ -221,14 +214,10 @@ async def api_deletion_get(request: web.Request) -> web.Response:
     rid = request.match_info["deletion_id"]
 
     def status() -> dict[str, Any]:
-        key = deletion_key(site, rid)
-        if svc.store.head(key) is None:
-            raise NotFound(f"no deletion {rid} for site {site}")
-        try:
-            with svc.store.open(deletion_status_key(site, rid)) as fh:
-                d = DeletionStatus.from_bytes(fh.read()).to_json()
-        except NotFound:
+        data = control.read_status(svc.store, DELETIONS, site, rid)
+        if data is None:
             return {"id": rid, "site": site, "phase": "pending"}
+        d = DeletionStatus.from_bytes(data).to_json()
         d.pop("objects", None)  # the keys stay in the bucket's document
         return d
 

@@ -24,6 +24,7 @@ from cloud_api import catalog, qido
 from cloud_api.auth import ROLES, Need, Principal
 from cloud_api.catalog.search import MATCHABLE
 from cloud_api.stow import STOW_SITE, StowOutcome, append_catalog, store_part
+from shared import control
 from shared.dicomweb import media, routes, urls
 from shared.dicomweb.qido import QidoQuery
 from shared.dicomweb.routes import READ_THREADS as READ_THREADS  # the one pool's size
@@ -32,9 +33,8 @@ from shared.errors import (
     BadRequest,
     InvalidField,
     NotAuthorized,
-    NotFound,
 )
-from shared.keys import check_site, restore_key, restore_status_key, restores_prefix
+from shared.keys import RESTORES, check_site
 from shared.restore import (
     RestorePhase,
     RestoreRequest,
@@ -228,21 +228,12 @@ async def api_restore_create(request: web.Request) -> web.Response:
     p.require(Need.ADMIN, site)
     if site == STOW_SITE:
         raise BadRequest(f"site {STOW_SITE!r} holds STOW uploads to this API: no edge restores it")
-    body: dict[str, Any] = {}
-    if request.can_read_body:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise BadRequest("the body must be JSON") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
+    body = await _json_body(request) if request.can_read_body else {}  # the body is optional
     days = body.get("prefetch_days")
     if days is not None and (not isinstance(days, int) or days < 0):
         raise BadRequest("prefetch_days must be a non-negative integer")
     req = RestoreRequest(new_restore_id(), site, time.time(), p.name, days)
-    await asyncio.to_thread(
-        svc.store.put, restore_key(site, req.id), req.to_bytes(), content_type="application/json"
-    )
+    await asyncio.to_thread(control.put_request, svc.store, RESTORES, site, req.id, req.to_bytes())
     request[AUDIT]["detail"] = f"restore requested site={site} id={req.id}"
     return _json(
         {
@@ -256,13 +247,10 @@ async def api_restore_create(request: web.Request) -> web.Response:
 
 
 def _status(svc: Services, site: str, restore_id: str) -> dict[str, Any]:
-    if svc.store.head(restore_key(site, restore_id)) is None:
-        raise NotFound(f"no restore {restore_id} for site {site}")
-    try:
-        with svc.store.open(restore_status_key(site, restore_id)) as fh:
-            return RestoreStatus.from_bytes(fh.read()).to_json()
-    except NotFound:
+    data = control.read_status(svc.store, RESTORES, site, restore_id)
+    if data is None:
         return {"id": restore_id, "site": site, "phase": RestorePhase.PENDING.value}
+    return RestoreStatus.from_bytes(data).to_json()
 
 
 async def api_restore_get(request: web.Request) -> web.Response:
@@ -280,11 +268,6 @@ async def api_restore_list(request: web.Request) -> web.Response:
         raise NotAuthorized(f"token {p.name!r} may not read restores of site {site}")
 
     def collect() -> list[dict[str, Any]]:
-        out = []
-        for info in svc.store.list(restores_prefix(site)):
-            name = info.key.rsplit("/", 1)[-1]
-            if name.endswith(".json") and not name.endswith(".status.json"):
-                out.append(_status(svc, site, name[: -len(".json")]))
-        return out
+        return [_status(svc, site, rid) for rid in control.request_ids(svc.store, RESTORES, site)]
 
     return _json(await asyncio.to_thread(collect))

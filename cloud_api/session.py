@@ -55,12 +55,7 @@ class Sessions:
             return self.tokens.authenticate(c.authorization)
         if not c.cookie:
             raise Unauthenticated("a bearer token or a session is required")
-        claims = self.signer.verify(c.cookie)
-        if claims is None:
-            raise Unauthenticated("the session expired or is not valid: sign in again")
-        if not c.same_origin:
-            raise Unauthenticated("a session cookie does not authorise a cross-origin request")
-        principal = self.principal(claims)
+        principal = self.principal(self.signer.claims_of(c))
         if principal is None:
             raise Unauthenticated("the session's token or share link is no longer valid")
         return principal

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.fsutil import free_bytes
-from shared.keys import cache_relpath
+from shared.keys import cache_relpath, is_cache_relpath
 
 
 class Cache:
@@ -20,6 +20,8 @@ class Cache:
 
     def path(self, relpath: str) -> Path:
         """Absolute path of a cache-relative path; refuses anything outside the root."""
+        if is_cache_relpath(relpath):  # the index's own paths: the shape check replaces resolve()
+            return self.root / relpath
         p = (self.root / relpath).resolve()
         if self.root not in p.parents:
             raise ValueError(f"path escapes the cache: {relpath!r}")

@@ -35,7 +35,6 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-import shared
 from edge import commitqueue, dashboard, webviewer
 from edge import dicomweb as edw
 from edge.accesslog import AccessLog
@@ -68,12 +67,12 @@ from shared.store import open_store
 from shared.store.base import ObjectStore
 from shared.uids import is_valid_uid
 from shared.web import session as ws
+from shared.web.assets import shared_asset
 from shared.web.session import Credentials, clear_cookie, set_cookie
 
 log = logging.getLogger("hpacs.edge.http")
 
 CONSOLE_DIR = Path(__file__).parent / "console"
-SHARED_WEB_DIR = Path(shared.__file__).parent / "web"
 HOUSEKEEPING_TICK_S = 1.0
 NEEDS = web.AppKey("needs", dict)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -525,20 +524,6 @@ class EdgeHttp:
         n = await asyncio.to_thread(queue.retry_failed)
         log.info("console commitment retry reports=%d", n)
         return web.json_response({"requeued": n})
-
-
-SHARED_ASSETS = {".css": "text/css", ".js": "text/javascript"}
-
-
-async def shared_asset(request: web.Request) -> web.FileResponse:
-    """A style sheet or script of shared/web (its Python modules live there too: not served)."""
-    name = request.match_info["name"]
-    path = SHARED_WEB_DIR / name
-    if "/" in name or name.startswith(".") or path.suffix not in SHARED_ASSETS:
-        raise web.HTTPNotFound()
-    if not path.is_file():
-        raise web.HTTPNotFound()
-    return web.FileResponse(path, headers={"Content-Type": SHARED_ASSETS[path.suffix]})
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

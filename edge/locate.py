@@ -19,7 +19,6 @@ Storage Commitment) asks a `Locator`:
 from __future__ import annotations
 
 import functools
-import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -33,15 +32,14 @@ from shared.index import Database
 from shared.integrity import VerifyingReader, read_verified
 from shared.lifecycle import (
     CLOUD_VERIFIED_STATES,
-    HIDDEN_STATES,
     LOCAL_STATES,
     State,
     transition,
 )
-from shared.quarantine import LOST_ADVICE, handle_damage
+from shared.quarantine import handle_damage
+from shared.recall import GONE_STATES, gone
 from shared.rows import from_row
 
-_RELPATH = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")
 INSTANCE_COLUMNS = (
     "i.id, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, i.path, i.state, "
     "i.study_id, i.size, i.crc32c"
@@ -167,17 +165,9 @@ class Locator:
                 ref = replace(ref, state=State.SYNCED.value) if cancelled else self._fresh(ref)
                 continue
             if state in LOCAL_STATES:
-                # Index paths are ours (keys.cache_relpath); the shape check replaces a resolve().
-                ok = _RELPATH.fullmatch(ref.path)
-                return (self.cache.root / ref.path if ok else self.cache.path(ref.path)), ref
-            if state in HIDDEN_STATES:
-                raise NotFound(f"{ref.sop_instance_uid}: the instance was deleted")
-            if state is State.LOST:
-                raise NotFound(
-                    f"{ref.sop_instance_uid}: the instance is lost (no intact copy in the cache "
-                    "or the object store)",
-                    hint=LOST_ADVICE,
-                )
+                return self.cache.path(ref.path), ref
+            if state in GONE_STATES:
+                raise gone(ref.sop_instance_uid, state)
             if self.recaller is None:
                 raise NotFound(
                     f"{ref.sop_instance_uid}: state {state} and read-through recall is not "
@@ -263,7 +253,7 @@ def ensure_local(cache: Cache, ref: InstanceRef, recaller: Recaller | None) -> P
     not yet moved to `Locator`; reading the path is their own, unverified, business)."""
     state = State(ref.state)
     if state in LOCAL_STATES:
-        path = cache.root / ref.path if _RELPATH.fullmatch(ref.path) else cache.path(ref.path)
+        path = cache.path(ref.path)
         if not path.is_file():
             raise NotFound(
                 f"{ref.sop_instance_uid}: state {state} but the cache file is missing",

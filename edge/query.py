@@ -29,7 +29,8 @@ MODEL_LEVELS = {PATIENT_ROOT: LEVELS, STUDY_ROOT: LEVELS[1:]}
 
 # Matching kinds: str (single value / wildcard), pn (case-insensitive, on the upper-cased
 # column), uid (list of UIDs), da/tm (ranges), int (single value), list (multi-valued, computed),
-# const (returned, never matched).
+# const (returned, never matched). The computed counters keep their kind (int, for row_values)
+# but are return keys only (PS3.4 C.3.4): a value sent in one never filters.
 _VISIBLE_SERIES = "x.num_instances > 0"  # series and studies count visible instances only
 _VISIBLE_INSTANCE = f"x.state NOT IN ({HIDDEN_SQL})"
 _SUBQUERY_MODALITIES = (
@@ -53,6 +54,7 @@ class Attr:
     kind: str
     match: str = ""  # SQL expression matched, when it differs from expr
     patient_expr: str = ""  # expression at PATIENT level (aggregated over the patient's studies)
+    returned_only: bool = False  # a return key: any value sent in it is ignored
 
 
 _ALIAS = {"studies": "st", "series": "se", "instances": "i"}
@@ -100,7 +102,7 @@ def _edge_attr(a: attributes.Attribute) -> Attr:
         return Attr(a.keyword, level, col, _KIND[a.kind], match=norm)
     expr, patient_expr = _COMPUTED[a.keyword]
     kind = "list" if a.multi else ("const" if not a.match else _KIND[a.kind])
-    return Attr(a.keyword, level, expr, kind, patient_expr=patient_expr)
+    return Attr(a.keyword, level, expr, kind, patient_expr=patient_expr, returned_only=not a.multi)
 
 
 # SpecificCharacterSet is answered per response (needs_unicode), never matched or selected.
@@ -199,9 +201,9 @@ def _term(attr: Attr, raw: Any) -> matching.Predicate | None:
     values = matching.split_values(raw)
     if not values or values == [""]:
         return None  # universal matching
-    col = attr.match or attr.expr
-    if attr.kind == "const":
+    if attr.kind == "const" or attr.returned_only:
         return None
+    col = attr.match or attr.expr
     if attr.kind == "uid":
         return matching.one_of(col, values)
     if attr.kind == "int":

@@ -53,6 +53,7 @@ log = logging.getLogger("hpacs.edge.retrieve")
 
 MOVE_SOP_CLASSES = ["1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"]
 GET_SOP_CLASSES = ["1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"]
+STUDY_ROOT_CLASSES = frozenset((MOVE_SOP_CLASSES[1], GET_SOP_CLASSES[1]))  # no PATIENT level
 MAX_SUBOPERATIONS = 65535  # the counters are US
 
 _LEVELS = {
@@ -196,6 +197,9 @@ class RetrieveService:
         c = msg.command
         try:
             identifier = dataset.decode(msg.data, msg.context.transfer_syntax)
+            level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+            if level == "PATIENT" and str(c.sop_class) in STUDY_ROOT_CLASSES:
+                raise BadRequest("QueryRetrieveLevel PATIENT is not valid for the study root model")
             return self._matches(identifier)
         except (BadRequest, dataset.DatasetError) as exc:
             status = IDENTIFIER_DOES_NOT_MATCH if isinstance(exc, BadRequest) else CANNOT_UNDERSTAND

@@ -101,12 +101,7 @@ class WebAuth:
             return Principal(TOKEN_ACTOR, "admin", "token")
         if not c.cookie:
             raise Unauthenticated("sign in, or send the console token")
-        claims = self.signer.verify(c.cookie)
-        if claims is None:
-            raise Unauthenticated("the session expired or is not valid: sign in again")
-        if not c.same_origin:
-            raise Unauthenticated("a session cookie does not authorise a cross-origin request")
-        principal = self._principal(claims)
+        principal = self._principal(self.signer.claims_of(c))
         if principal is None:
             raise Unauthenticated("the session's user or token is no longer valid")
         return principal

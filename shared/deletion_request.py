@@ -8,7 +8,7 @@ site's retention rules and legal holds decide), then writes `<id>.status.json` w
 `DeletionStatus`: `done`, `refused` (a rule or a hold said no; `detail` says which) or
 `failed`. For the cloud's own STOW site (`cloud`) the API applies the deletion itself and
 writes the same documents, later `purged` once the grace is over. Neither side imports the
-other; only these JSON documents travel (as restores do: shared/restore.py).
+other; only these JSON documents travel (as restores do: shared/control.py).
 """
 
 from __future__ import annotations
@@ -18,15 +18,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shared.control import load_document, new_request_id
 from shared.errors import BadRequest
-from shared.restore import check_restore_id, new_restore_id
+from shared.keys import check_request_id
 
 FORMAT = 1
 PHASES = ("pending", "done", "refused", "failed", "purged")
 TERMINAL = frozenset({"refused", "failed", "purged"})
 
-new_deletion_id = new_restore_id  # sortable by time, unique by a random tail
-check_deletion_id = check_restore_id
+new_deletion_id = new_request_id  # sortable by time, unique by a random tail
+
+
+def check_deletion_id(request_id: str) -> str:
+    return check_request_id(request_id, "deletion")
 
 
 @dataclass(frozen=True)
@@ -109,10 +113,4 @@ class DeletionStatus:
 
 
 def _load(data: bytes) -> dict[str, Any]:
-    try:
-        d = json.loads(data)
-    except ValueError as exc:
-        raise BadRequest(f"deletion document is not JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise BadRequest("deletion document must be a JSON object")
-    return d
+    return load_document(data, "deletion")

@@ -33,6 +33,15 @@ def cache_relpath(sop_instance_uid: str) -> str:
     return f"{digest[:2]}/{digest[2:4]}/{digest}.dcm"
 
 
+_CACHE_RELPATH_RE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")
+
+
+def is_cache_relpath(relpath: str) -> bool:
+    """Whether `relpath` has the shape `cache_relpath` gives: it then stays inside the cache
+    directory when joined to it, with no need to resolve the result."""
+    return _CACHE_RELPATH_RE.fullmatch(relpath) is not None
+
+
 def instance_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
     return (
         f"instances/{_uid(study_uid, 'Study UID')}/{_uid(series_uid, 'Series UID')}/"
@@ -122,33 +131,68 @@ def config_key(site: str, timestamp: str, name: str = "hpacs.toml") -> str:
     return f"{config_prefix(site)}{timestamp}/{name}"
 
 
-def restores_prefix(site: str) -> str:
-    return f"control/{check_site(site)}/restores/"
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` lets a final "\n" in
+
+# The kinds of control requests (shared/control.py) and the word their messages use.
+RESTORES = "restores"
+DELETIONS = "deletions"
+CONTROL_KINDS = {RESTORES: "restore", DELETIONS: "deletion"}
+_STATUS_SUFFIX = ".status.json"
+
+
+def check_request_id(request_id: str, what: str = "request") -> str:
+    """A control request's id (shared/control.py: time-sortable, a random tail)."""
+    if not _REQUEST_ID_RE.fullmatch(request_id):
+        raise BadRequest(f"bad {what} id {request_id[:80]!r}")
+    return request_id
+
+
+def control_prefix(site: str, kind: str) -> str:
+    """Where the cloud API asks a site's agent for `kind` (RESTORES, DELETIONS)."""
+    if kind not in CONTROL_KINDS:
+        raise ValueError(f"unknown control request kind {kind!r}")
+    return f"control/{check_site(site)}/{kind}/"
+
+
+def control_key(site: str, kind: str, request_id: str) -> str:
+    prefix = control_prefix(site, kind)
+    return f"{prefix}{check_request_id(request_id, CONTROL_KINDS[kind])}.json"
+
+
+def control_status_key(site: str, kind: str, request_id: str) -> str:
+    """The agent's answer beside the request (the cloud's own for the STOW site's deletions)."""
+    return control_key(site, kind, request_id)[: -len(".json")] + _STATUS_SUFFIX
+
+
+def control_request_id(key: str) -> str | None:
+    """The id a key listed under `control_prefix` names as a request; None for a status
+    document or anything else found there."""
+    name = key.rsplit("/", 1)[-1]
+    if not name.endswith(".json") or name.endswith(_STATUS_SUFFIX):
+        return None
+    return name[: -len(".json")]
+
+
+def is_control_status_key(key: str) -> bool:
+    return key.endswith(_STATUS_SUFFIX)
 
 
 def restore_key(site: str, restore_id: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", restore_id):
-        raise BadRequest(f"bad restore id {restore_id[:80]!r}")
-    return f"{restores_prefix(site)}{restore_id}.json"
+    """A restore requested through the cloud API (shared/restore.py)."""
+    return control_key(site, RESTORES, restore_id)
 
 
 def restore_status_key(site: str, restore_id: str) -> str:
-    return restore_key(site, restore_id)[: -len(".json")] + ".status.json"
-
-
-def deletions_prefix(site: str) -> str:
-    return f"control/{check_site(site)}/deletions/"
+    return control_status_key(site, RESTORES, restore_id)
 
 
 def deletion_key(site: str, request_id: str) -> str:
     """A deletion requested through the cloud API (shared/deletion_request.py)."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", request_id):
-        raise BadRequest(f"bad deletion id {request_id[:80]!r}")
-    return f"{deletions_prefix(site)}{request_id}.json"
+    return control_key(site, DELETIONS, request_id)
 
 
 def deletion_status_key(site: str, request_id: str) -> str:
-    return deletion_key(site, request_id)[: -len(".json")] + ".status.json"
+    return control_status_key(site, DELETIONS, request_id)
 
 
 def audit_key(service: str, date: str, name: str) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from shared.checksum import Crc32c
 from shared.errors import ChecksumMismatch, NotFound, OutOfResources, PacsError, TransientStoreError
 from shared.fsutil import durable_rename
 from shared.index import Database
+from shared.keys import is_cache_relpath
 from shared.lifecycle import HIDDEN_STATES, LOCAL_STATES, State, transition
 from shared.quarantine import LOST_ADVICE
 from shared.store import ObjectStore
@@ -44,7 +44,18 @@ log = logging.getLogger("hpacs.recall")
 
 CHUNK = 1024 * 1024
 MISSING_FILE_WAIT_S = 2.0  # a local row without its file: another actor is moving it right now
-_RELPATH = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}\.dcm")  # shared.keys.cache_relpath
+GONE_STATES = HIDDEN_STATES | {State.LOST}  # no bytes to serve or recall
+
+
+def gone(sop_instance_uid: str, state: State) -> NotFound:
+    """What a reader is told of an instance in GONE_STATES: deleted, or lost (and what to do)."""
+    if state is State.LOST:
+        return NotFound(
+            f"{sop_instance_uid}: the instance is lost (no intact copy in the cache or the "
+            "object store)",
+            hint=LOST_ADVICE,
+        )
+    return NotFound(f"{sop_instance_uid}: the instance was deleted")
 
 
 class Ref(Protocol):
@@ -169,7 +180,7 @@ class Recaller:
         return None
 
     def _path(self, relpath: str) -> Path:
-        if not _RELPATH.fullmatch(relpath):
+        if not is_cache_relpath(relpath):
             raise NotFound(f"not a cache path: {relpath[:100]!r}")
         return self.cache_root / relpath
 
@@ -203,14 +214,8 @@ class Recaller:
                     claimed = transition(conn, iid, State.EVICTED, State.RECALLING)
                 if claimed:
                     return self._fetch(iid, relpath, key, size, crc)
-            elif st in HIDDEN_STATES:
-                raise NotFound(f"{self._uid(iid)}: the instance was deleted")
-            elif st is State.LOST:
-                raise NotFound(
-                    f"{self._uid(iid)}: the instance is lost (no intact copy in the cache or "
-                    "the object store)",
-                    hint=LOST_ADVICE,
-                )
+            elif st in GONE_STATES:
+                raise gone(self._uid(iid), st)
             if time.monotonic() > deadline:
                 raise TransientStoreError(
                     f"instance {iid} stayed {st} for {self.settle_timeout_s}s"

@@ -4,7 +4,7 @@ The cloud API writes a `RestoreRequest` to `control/<site>/restores/<id>.json`
 (`shared.keys.restore_key`); the site's sync agent polls that prefix, performs the restore and
 overwrites `<id>.status.json` (`shared.keys.restore_status_key`) with a `RestoreStatus` as it
 goes. Both sides only ever exchange these JSON documents, so neither imports the other and no
-inbound connection into the hospital network is needed.
+inbound connection into the hospital network is needed (the plumbing: shared/control.py).
 
 An agent picks a request up when there is no status object beside it, or when its status is not
 terminal and has not been updated for a while (the agent that held it died).
@@ -13,17 +13,15 @@ terminal and has not been updated for a while (the agent that held it died).
 from __future__ import annotations
 
 import json
-import re
-import secrets
-import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from shared.control import load_document, new_request_id
 from shared.errors import BadRequest
+from shared.keys import check_request_id
 
 RESTORE_FORMAT = 1
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` lets a final "\n" in
 
 
 class RestorePhase(StrEnum):
@@ -41,16 +39,11 @@ class RestorePhase(StrEnum):
         return self in (RestorePhase.DONE, RestorePhase.FAILED)
 
 
-def new_restore_id(now: float | None = None) -> str:
-    """Sortable by time (so listing the prefix lists requests in order), unique by a random tail."""
-    t = time.gmtime(now if now is not None else time.time())
-    return time.strftime("%Y%m%dT%H%M%SZ", t) + "-" + secrets.token_hex(4)
+new_restore_id = new_request_id
 
 
 def check_restore_id(restore_id: str) -> str:
-    if not _ID_RE.fullmatch(restore_id):
-        raise BadRequest(f"bad restore id {restore_id[:80]!r}")
-    return restore_id
+    return check_request_id(restore_id, "restore")
 
 
 @dataclass(frozen=True)
@@ -137,10 +130,4 @@ class RestoreStatus:
 
 
 def _load(data: bytes) -> dict[str, Any]:
-    try:
-        d = json.loads(data)
-    except ValueError as exc:
-        raise BadRequest(f"restore document is not JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise BadRequest("restore document must be a JSON object")
-    return d
+    return load_document(data, "restore")

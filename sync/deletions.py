@@ -17,12 +17,13 @@ import socket
 import time
 from pathlib import Path
 
+from shared import control
 from shared.config import Config
 from shared.deletion import Actor, Target, delete
 from shared.deletion_request import DeletionRequest, DeletionStatus
 from shared.errors import BadRequest, Forbidden, NotFound, PacsError
 from shared.index import Database
-from shared.keys import deletion_status_key, deletions_prefix
+from shared.keys import DELETIONS
 from shared.siteaudit import SiteAudit
 from shared.store import ObjectStore
 
@@ -31,23 +32,13 @@ log = logging.getLogger("hpacs.sync.deletions")
 
 def poll_deletions(cfg: Config, db: Database, store: ObjectStore) -> int:
     """Apply every new deletion request of this site; returns how many were handled."""
-    site = cfg.sync.site
-    keys = [i.key for i in store.list(deletions_prefix(site))]
-    statuses = {k for k in keys if k.endswith(".status.json")}
     n = 0
-    for key in keys:
-        if key in statuses or not key.endswith(".json"):
-            continue
-        try:
-            with store.open(key) as fh:
-                req = DeletionRequest.from_bytes(fh.read())
-        except PacsError as exc:
-            log.error("unreadable deletion request key=%s error=%s", key, exc)
-            continue
-        if deletion_status_key(site, req.id) in statuses:
-            continue
-        apply_request(cfg, db, store, req)
-        n += 1
+    for req, answered in control.requests(
+        store, DELETIONS, cfg.sync.site, DeletionRequest.from_bytes
+    ):
+        if not answered:
+            apply_request(cfg, db, store, req)
+            n += 1
     return n
 
 
@@ -82,12 +73,7 @@ def apply_request(
         agent=f"{socket.gethostname()}:{os.getpid()}",
     )
     if phase != "failed":  # a failed one is tried again at the next poll
-        store.put(
-            deletion_status_key(req.site, req.id),
-            st.to_bytes(),
-            content_type="application/json",
-            if_absent=False,
-        )
+        control.put_status(store, DELETIONS, req.site, req.id, st.to_bytes())
     audit = SiteAudit(cfg)
     try:
         audit.record(

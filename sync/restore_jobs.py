@@ -17,10 +17,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from shared import control
 from shared.config import Config
 from shared.errors import PacsError
 from shared.index import Database
-from shared.keys import config_prefix, restore_status_key, restores_prefix
+from shared.keys import RESTORES, config_prefix
 from shared.lifecycle import State
 from shared.recall import Recaller
 from shared.registry import Node, upsert_node
@@ -37,20 +38,10 @@ def poll_restores(cfg: Config, db: Database, store: ObjectStore) -> int:
     """Run every pending restore request of this site; returns how many were run."""
     site = cfg.sync.site
     done = 0
-    for info in list(store.list(restores_prefix(site))):
-        if info.key.endswith(".status.json") or not info.key.endswith(".json"):
-            continue
-        try:
-            with store.open(info.key) as fh:
-                req = RestoreRequest.from_bytes(fh.read())
-        except PacsError as exc:
-            log.error("unreadable restore request key=%s error=%s", info.key, exc)
-            continue
-        status_key = restore_status_key(site, req.id)
-        head = store.head(status_key)
-        if head is not None:
-            with store.open(status_key) as fh:
-                st = RestoreStatus.from_bytes(fh.read())
+    for req, _ in control.requests(store, RESTORES, site, RestoreRequest.from_bytes):
+        data = control.status(store, RESTORES, site, req.id)  # now: a restore takes long
+        if data is not None:
+            st = RestoreStatus.from_bytes(data)
             if st.phase.terminal or time.time() - st.updated_at < STALE_S:
                 continue
         run_restore(cfg, db, store, req)
@@ -71,12 +62,11 @@ def run_restore(
         started_at=now,
         agent=f"{socket.gethostname()}:{os.getpid()}",
     )
-    key = restore_status_key(site, req.id)
 
     def report(**changes: object) -> RestoreStatus:
         nonlocal st
         st = replace(st, updated_at=time.time(), **changes)  # type: ignore[arg-type]
-        store.put(key, st.to_bytes(), content_type="application/json", if_absent=False)
+        control.put_status(store, RESTORES, site, req.id, st.to_bytes())
         return st
 
     log.info("restore started id=%s site=%s", req.id, req.site)

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import _config as pynetdicom_config
 
 from deploy.pgcluster import Cluster
+from edge import cli as edge_cli_module
 from edge.server import EdgeServer
+from tests.support.console import chromium
 from tests.support.edge import edge_config, running_edge
 from tests.support.postgres import fresh_database, temporary_cluster
 
@@ -17,6 +20,29 @@ from tests.support.postgres import fresh_database, temporary_cluster
 # DIMSE layer (edge/dimse/), so these settings touch only the test peers.
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+@pytest.fixture
+def edge_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """`hpacs-edge --config <config> <args>` in-process, its logging left to pytest; returns
+    (exit code, stdout, stderr)."""
+    monkeypatch.setattr(edge_cli_module, "setup_logging", lambda *_a, **_k: None)
+
+    def call(config: Path, *args: str) -> tuple[int, str, str]:
+        code = edge_cli_module.main(["--config", str(config), *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian chromium through Playwright, one per test module."""
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture

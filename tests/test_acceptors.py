@@ -6,8 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +17,8 @@ from edge.slots import AssocSlots
 from shared.errors import SUCCESS
 from shared.index import Database
 from tests.support.dcmtk import require_dcmtk, run
-from tests.support.edge import association, edge_config, write_toml
+from tests.support.edge import association, edge_config
+from tests.support.edgeproc import PipedEdge, piped_edge
 from tests.support.net import port_open, wait_for
 
 ALL = ["echo", "store", "find", "move", "get", "commit"]
@@ -29,22 +28,7 @@ NODES = [
 ]
 
 
-class Serving:
-    def __init__(self, proc: subprocess.Popen[str], port: int, data_dir: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.data_dir = data_dir
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
+class Serving(PipedEdge):
     def child_pids(self) -> list[int]:
         m = re.search(r"acceptors ready count=\d+ pids=\[([\d, ]+)\]", self.text())
         assert m, self.text()
@@ -54,26 +38,8 @@ class Serving:
 @contextmanager
 def serving(tmp_path: Path, acceptors: int = 2, **edge: Any) -> Iterator[Serving]:
     data = edge_config(tmp_path, nodes=NODES, acceptors=acceptors, **edge)
-    config = write_toml(tmp_path / "hpacs.toml", data)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "--config", str(config), "serve"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    s = Serving(proc, data["edge"]["port"], Path(data["edge"]["data_dir"]))
-    try:
-        wait_for(lambda: "edge node ready" in s.text(), 60, "edge ready")
+    with piped_edge(tmp_path, data, Serving) as s:
         yield s
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _alive(pid: int) -> bool:

@@ -26,7 +26,7 @@ from shared.config import ConfigError, parse_config
 from shared.registry import REGISTRY, Node, upsert_node
 from shared.synthetic import StudySpec, write_study
 from tests.support import studybrowser as sb
-from tests.support.console import TOKEN, call, chromium, running_http, screenshot, signed_in
+from tests.support.console import TOKEN, call, new_page, running_http, screenshot, signed_in
 from tests.support.dcmtk import run, storescp
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port, port_open, wait_for
@@ -170,21 +170,10 @@ def test_the_manual_route_name_is_reserved(site: Site) -> None:
 # ---- in the browser ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    pg = ctx.new_page()
-    pg.set_default_timeout(20_000)
-    try:
+    with new_page(browser, height=900, timeout_ms=20_000, accept_downloads=True) as pg:
         yield pg
-    finally:
-        ctx.close()
 
 
 def sign_in(page: Any, site: Site, user: str) -> sb.Watch:

@@ -6,6 +6,7 @@ The echo peer is a real DCMTK storescp on a free port.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,9 @@ import pytest
 import edge.cli
 from edge.server import EdgeServer
 from shared.synthetic import StudySpec, write_study
-from tests.support.dcmtk import run, storescp
+from tests.support.dcmtk import run, running_storescp
 from tests.support.edge import cli, edge_config, running_edge, write_toml
-from tests.support.net import free_port, port_open, wait_for
+from tests.support.net import free_port
 
 
 @pytest.fixture
@@ -27,28 +28,16 @@ def config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def hpacs(config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
-    """Call the CLI in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(edge.cli, "setup_logging", lambda *_a, **_k: None)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        code = edge.cli.main(["--config", str(config), *args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
+def hpacs(config: Path, edge_cli: Any) -> Any:
+    """The CLI on this module's config (conftest's edge_cli)."""
+    return functools.partial(edge_cli, config)
 
 
 @pytest.fixture
 def echo_peer(tmp_path: Path) -> Iterator[int]:
     port = free_port()
-    proc = storescp(port, tmp_path / "scp")
-    try:
-        wait_for(lambda: port_open(port), what="storescp")
+    with running_storescp(port, tmp_path / "scp"):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_nodes_add_list_remove(hpacs: Any) -> None:

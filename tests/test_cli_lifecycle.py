@@ -3,6 +3,7 @@ non-zero with a one-line reason when a rule forbids the action, every attempt au
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any
 import pydicom
 import pytest
 
-import edge.cli
 from shared.synthetic import StudySpec, write_study
 from tests.support.edge import cli, edge_config, write_toml
 
@@ -31,15 +31,9 @@ def config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def hpacs(config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
-    monkeypatch.setattr(edge.cli, "setup_logging", lambda *_a, **_k: None)
-
-    def call(*args: str) -> tuple[int, str, str]:
-        code = edge.cli.main(["--config", str(config), *args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
+def hpacs(config: Path, edge_cli: Any) -> Any:
+    """The CLI on this module's config (conftest's edge_cli)."""
+    return functools.partial(edge_cli, config)
 
 
 def _import(hpacs: Any, tmp_path: Path, name: str, **spec: Any) -> str:

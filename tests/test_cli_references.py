@@ -33,6 +33,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 }
 PROGRAM = re.compile(r"^(?:\S*/)?(hpacs-(?:edge|sync|cloud))$")
 WORD = re.compile(r"^[a-z][a-z-]*$")
+OPTION = re.compile(r"^--[a-z][a-z-]*$")
 GLOBAL_OPTIONS_WITH_VALUE = {"--config", "-c"}
 
 
@@ -83,6 +84,13 @@ def sources() -> Iterator[tuple[str, str]]:
 
 def commands(text: str) -> Iterator[tuple[str, list[str]]]:
     """(program, [verb, subverb?]) for each command at a command position in `text`."""
+    for program, words, _ in invocations(text):
+        if words:
+            yield program, words
+
+
+def invocations(text: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """(program, [verb, subverb?], [--options]) for each command in `text`."""
     for segment in re.split(r"&&|\|\||;|\s\|\s", text):  # a|b (alternatives) stays whole
         try:
             tokens = shlex.split(segment, comments=True)
@@ -107,8 +115,8 @@ def commands(text: str) -> Iterator[tuple[str, list[str]]]:
             if not all(WORD.match(alt) for alt in tok.split("|")) or len(words) == 2:
                 break  # a placeholder (PATH, <uid>, ...) or an argument
             words.append(tok)
-        if words:
-            yield m.group(1), words
+        options = [t.split("=", 1)[0] for t in tokens[1:] if OPTION.match(t.split("=", 1)[0])]
+        yield m.group(1), words, options
 
 
 def _invalid_choice(program: str, words: list[str]) -> str:
@@ -118,6 +126,22 @@ def _invalid_choice(program: str, words: list[str]) -> str:
     with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
         parser.parse_known_args(["--config", "x.toml", *words])
     return err.getvalue() if "invalid choice" in err.getvalue() else ""
+
+
+def _known_options(program: str, words: list[str]) -> set[str]:
+    """The option strings of the program and of each (sub)command named by `words`."""
+    parser = PARSERS[program]()
+    known: set[str] = set()
+    for word in [*words, None]:
+        subparsers = None
+        for action in parser._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                subparsers = action
+        if word is None or subparsers is None or word not in subparsers.choices:
+            break
+        parser = subparsers.choices[word]
+    return known
 
 
 def _expanded(words: list[str]) -> Iterator[list[str]]:
@@ -174,3 +198,23 @@ def test_every_cli_command_named_in_a_doc_or_message_exists() -> None:
                 if err:
                     unknown.append(f"{where}: {program} {' '.join(variant)}")
     assert unknown == []
+
+
+def test_every_option_named_in_a_doc_or_message_exists() -> None:
+    """`--reason`, `--override`, `--dry-run`...: each option in a documented command line is
+    one its (sub)command's parser knows (an admin copying a line must not get 'unrecognized')."""
+    unknown = []
+    for where, text in sources():
+        for program, words, options in invocations(text):
+            for variant in _expanded(words) if words else [[]]:
+                known = _known_options(program, variant)
+                unknown += [
+                    f"{where}: {program} {' '.join(variant)} {o}" for o in options if o not in known
+                ]
+    assert unknown == []
+
+
+def test_an_unknown_option_is_caught() -> None:
+    assert "--reason" in _known_options("hpacs-edge", ["studies", "delete"])
+    assert "--config" in _known_options("hpacs-edge", ["studies", "delete"])
+    assert "--no-such-flag" not in _known_options("hpacs-edge", ["studies", "delete"])

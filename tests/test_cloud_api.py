@@ -519,6 +519,13 @@ def test_restore_request_and_status(world: World) -> None:
     recs = [json.loads(line) for line in world.server.services.audit.path.read_text().splitlines()]
     created = [r for r in recs if r["action"] == "restore" and r["status"] == 201]
     assert created and created[-1]["token"] == "root" and rid in created[-1]["detail"]
+    for bad in (b"not json", b"[3]"):  # the body is optional, but JSON and an object if sent
+        r = requests.post(url, data=bad, headers=auth, timeout=30)
+        assert r.status_code == 400 and "the body must be" in r.text
+    r = requests.post(url, headers=auth, timeout=30)
+    assert r.status_code == 201
+    with world.store.open(restore_key("a", r.json()["id"])) as fh:
+        assert RestoreRequest.from_bytes(fh.read()).prefetch_days is None
 
 
 def test_patient_data_access_is_audited(world: World) -> None:

@@ -24,7 +24,7 @@ from shared.restore import RestorePhase, RestoreStatus
 from shared.store.base import ObjectStore, open_store
 from shared.synthetic import StudySpec
 from tests.support.cloud import CloudServer, cloud_config, make_token, running_cloud, seed_site
-from tests.support.console import chromium
+from tests.support.console import new_page
 from tests.support.net import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "cloud-console"
@@ -59,24 +59,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, module_catalog_url: str) -> 
         yield Cloud(server, store, admin, reader)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    pg.on("dialog", lambda d: d.accept())  # the restore confirmation
     errors: list[str] = []
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    try:
+    with new_page(browser) as pg:
+        pg.on("dialog", lambda d: d.accept())  # the restore confirmation
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         yield pg
-    finally:
-        context.close()
     assert not [e for e in errors if "Content Security Policy" in e]  # the shell obeys its CSP
 
 

@@ -6,7 +6,6 @@ peers and the index are real. Screenshots land in test-artifacts/console/.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +19,10 @@ from edge.forwarder import attach_routing
 from edge.http import EdgeHttp
 from edge.server import EdgeServer
 from shared.synthetic import StudySpec, write_study
-from tests.support.console import TOKEN, chromium, running_http, screenshot
-from tests.support.dcmtk import run, storescp
+from tests.support.console import TOKEN, new_page, running_http, screenshot
+from tests.support.dcmtk import run, running_storescp
 from tests.support.edge import edge_config, running_edge
-from tests.support.net import free_port, port_open, wait_for
+from tests.support.net import free_port
 
 
 @dataclass
@@ -45,27 +44,12 @@ class Site:
         return files
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
-
-
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[int]:
     """A DCMTK storescp: the C-ECHO partner and a routing destination."""
     port = free_port()
-    proc = storescp(port, tmp_path / "peer")
-    try:
-        wait_for(lambda: port_open(port), what="storescp")
+    with running_storescp(port, tmp_path / "peer"):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -84,13 +68,8 @@ def site(tmp_path: Path, peer: int) -> Iterator[Site]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    try:
+    with new_page(browser) as pg:
         yield pg
-    finally:
-        context.close()
 
 
 def sign_in(page: Any, site: Site, section: str = "dashboard", token: str = TOKEN) -> None:

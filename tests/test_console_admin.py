@@ -6,7 +6,6 @@ unknown AE from the dashboard's "Add as node". Screenshots in test-artifacts/con
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,10 @@ from edge.server import EdgeServer
 from edge.users import add_user
 from shared.registry import REGISTRY, get_node
 from shared.synthetic import StudySpec, write_study
-from tests.support.console import chromium, running_http, screenshot
-from tests.support.dcmtk import run, storescp
+from tests.support.console import new_page, running_http, screenshot
+from tests.support.dcmtk import run, running_storescp
 from tests.support.edge import edge_config, running_edge
-from tests.support.net import free_port, port_open, wait_for
+from tests.support.net import free_port, wait_for
 
 PASSWORD = "a long test password"
 
@@ -47,28 +46,13 @@ class Site:
         return files
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
-
-
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A DCMTK storescp that nothing registers: the console will."""
     port = free_port()
     out = tmp_path / "peer"
-    proc = storescp(port, out, "ARCHIVE")
-    try:
-        wait_for(lambda: port_open(port), what="storescp")
+    with running_storescp(port, out, "ARCHIVE"):
         yield port, out
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -91,14 +75,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    pg.on("dialog", lambda d: d.accept())
-    try:
+    with new_page(browser, height=900) as pg:
+        pg.on("dialog", lambda d: d.accept())
         yield pg
-    finally:
-        context.close()
 
 
 def sign_in(page: Any, site: Site, user: str, section: str = "") -> None:

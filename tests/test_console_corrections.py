@@ -16,17 +16,11 @@ import pytest
 
 from edge.users import add_user
 from shared.synthetic import StudySpec
-from tests.support.console import chromium, running_http, screenshot
+from tests.support.console import new_page, running_http, screenshot
 from tests.support.dcmtk import run
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port
 from tests.test_console_admin import PASSWORD, Site, sign_in
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture
@@ -42,13 +36,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 1100})
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    try:
+    with new_page(browser, height=1100, timeout_ms=30_000) as pg:
         yield pg
-    finally:
-        context.close()
 
 
 def _names(site: Site, tmp: Path) -> list[str]:

@@ -17,18 +17,12 @@ import pytest
 from edge.server import EdgeServer
 from edge.users import add_user
 from shared.synthetic import StudySpec, write_study
-from tests.support.console import chromium, running_http, screenshot
+from tests.support.console import running_http, screenshot
 from tests.support.dcmtk import run
 from tests.support.edge import edge_config, running_edge
 from tests.support.net import free_port
 
 PASSWORD = "a long test password"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture

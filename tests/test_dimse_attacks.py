@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,29 +22,16 @@ import pytest
 from edge.dimse import command as cmd
 from shared.synthetic import StudySpec, iter_study
 from tests.support.dcmtk import run
-from tests.support.edge import edge_config, encoded_dataset, write_toml
+from tests.support.edge import edge_config, encoded_dataset
+from tests.support.edgeproc import PipedEdge, piped_edge
 from tests.support.net import port_open, wait_for
 from tests.support.wire import CT, EXPLICIT, associate_rq, associated, p_data, recv_pdu
 
-ROOT = Path(__file__).resolve().parents[1]
 RSS_LIMIT_MB = 300
 ABORT_INVALID = (0x07, b"\x00\x00\x02\x06")  # A-ABORT, provider, invalid parameter value
 
 
-class Edge:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc, self.port = proc, port
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
+class Edge(PipedEdge):
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -73,26 +58,8 @@ def serving(tmp_path: Path, **edge: Any) -> Iterator[Edge]:
     settings: dict[str, Any] = {"acceptors": 1, "artim_timeout_s": 2.0, "max_unauthenticated": 16}
     settings.update(edge)
     data = edge_config(tmp_path, **settings)
-    config = write_toml(tmp_path / "hpacs.toml", data)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "--config", str(config), "serve"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    e = Edge(proc, data["edge"]["port"])
-    try:
-        wait_for(lambda: "edge node ready" in e.text() or proc.poll() is not None, 60, "edge")
-        assert proc.poll() is None, e.text()
+    with piped_edge(tmp_path, data, Edge) as e:
         yield e
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _connect(port: int) -> socket.socket:

@@ -10,7 +10,13 @@ import pytest
 from pydicom.uid import JPEGBaseline8Bit, MRImageStorage
 
 from edge.server import EdgeServer
-from shared.errors import MOVE_DESTINATION_UNKNOWN, PENDING, SUBOPS_WARNING, SUCCESS
+from shared.errors import (
+    IDENTIFIER_DOES_NOT_MATCH,
+    MOVE_DESTINATION_UNKNOWN,
+    PENDING,
+    SUBOPS_WARNING,
+    SUCCESS,
+)
 from shared.synthetic import StudySpec, write_study
 from tests.support.dcmtk import movescu
 from tests.support.retrieve import (
@@ -171,3 +177,17 @@ def test_patient_root_move_by_patient_id(edge: EdgeServer, tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
     got = {str(pydicom.dcmread(p).SOPInstanceUID) for p in out.iterdir()}
     assert got == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+
+
+def test_study_root_move_at_patient_level_is_refused(edge: EdgeServer, tmp_path: Path) -> None:
+    """PS3.4 C.6.2: the Study Root model has no PATIENT level; conformance 5.4 answers a level
+    the SOP class does not have with 0xA900 (as C-FIND does), and nothing is sent."""
+    load_study(edge, tmp_path, n=1, patient_id="PSTUDYROOT")
+    ident = pydicom.Dataset()
+    ident.QueryRetrieveLevel = "PATIENT"
+    ident.PatientID = "PSTUDYROOT"
+    with pynetdicom_destination() as (port, rec):
+        register(edge, "PYSCP", port)
+        rsps = move(edge, ident, "PYSCP")
+    assert [status for status, _, _ in rsps] == [IDENTIFIER_DOES_NOT_MATCH]
+    assert not rec.received

@@ -110,6 +110,33 @@ def test_computed_study_keys(db: Database) -> None:
     assert row["StudyDate"] == "20240115"
 
 
+def test_counters_are_return_keys_a_value_in_them_never_filters(db: Database) -> None:
+    """PS3.4 C.3.4 and conformance 5.1: the Number of ... Related ... keys are return keys. An
+    SCU that sends a value in one (some send a placeholder) still gets every match, each with
+    its real count, and a non-numeric value is no error."""
+    ident = STUDY | {
+        "StudyInstanceUID": study_uid("A"),
+        "NumberOfStudyRelatedSeries": "7",
+        "NumberOfStudyRelatedInstances": "x",
+        "NumberOfPatientRelatedStudies": "0",
+    }
+    (row,) = run(db, ident)
+    assert row["NumberOfStudyRelatedSeries"] == 2
+    assert row["NumberOfStudyRelatedInstances"] == 5
+    assert row["NumberOfPatientRelatedStudies"] == 2
+    series = {
+        "QueryRetrieveLevel": "SERIES",
+        "StudyInstanceUID": study_uid("A"),
+        "SeriesInstanceUID": "",
+        "NumberOfSeriesRelatedInstances": "1",
+    }
+    assert labels(run(db, series), "SeriesInstanceUID") == {"A1", "A2"}
+    patient = {"QueryRetrieveLevel": "PATIENT", "PatientID": "P1"}
+    for key in ("Studies", "Series", "Instances"):
+        rows = run(db, patient | {f"NumberOfPatientRelated{key}": "99"}, query.PATIENT_ROOT)
+        assert [r["PatientID"] for r in rows] == ["P1"]
+
+
 def test_patient_level_groups_studies(db: Database) -> None:
     ident = {
         "QueryRetrieveLevel": "PATIENT",

@@ -138,3 +138,29 @@ def test_evicted_rows_are_not_missing_and_stuck_recalls_are_reset(site: Site) ->
     assert rep.recalls_reset == 1
     states = {r["id"]: r["state"] for r in _rows(site).values()}
     assert states == {evicted: "evicted", recalling: "evicted"}
+
+
+def test_a_file_at_an_evicted_rows_path_is_left_alone(site: Site) -> None:
+    """Rows without a cache file (evicted, purged, lost) are not read into memory at start-up
+    (at 10 M instances that took minutes); a file still found at such a row's path is looked
+    up by its UID: neither re-indexed nor moved aside, and the row keeps its state."""
+    result = site.ingestor.ingest_path(site.files[0], Origin("import"))
+    row_id = _rows(site)[result.header.sop_instance_uid]["id"]
+    with site.db.write() as conn:
+        for a, b in ((State.CACHED, State.UPLOADING), (State.UPLOADING, State.SYNCED)):
+            assert transition(conn, row_id, a, b)
+        assert transition(conn, row_id, State.SYNCED, State.EVICTING)
+        assert transition(conn, row_id, State.EVICTING, State.EVICTED)
+    path = site.cache.path(result.relpath)
+    before = path.read_bytes()
+    rep = reconcile(site.db, site.cache)
+    assert (rep.reindexed, rep.unreadable, rep.missing_files, rep.replace_leftovers) == (
+        0,
+        [],
+        [],
+        0,
+    )
+    assert path.read_bytes() == before
+    row = _rows(site)[result.header.sop_instance_uid]
+    assert (row["state"], row["path"]) == ("evicted", result.relpath)
+    assert len(_rows(site)) == 1

@@ -12,25 +12,12 @@ from typing import Any
 
 import pytest
 
-import edge.cli
 from edge.routestore import RouteTable, check_config_routes, removal_blockers, save_route
 from shared.config import ConfigError, RouteConfig, parse_config
 from shared.errors import Conflict, InvalidField
 from shared.index import MIGRATIONS, Database, connect
 from shared.registry import CONFIG, REGISTRY, Node, apply_config_nodes, get_node, upsert_node
 from tests.support.edge import edge_config, write_toml
-
-
-@pytest.fixture
-def hpacs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
-    monkeypatch.setattr(edge.cli, "setup_logging", lambda *_a, **_k: None)
-
-    def call(config: Path, *args: str) -> tuple[int, str, str]:
-        code = edge.cli.main(["--config", str(config), *args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
 
 
 def _rows(out: str) -> dict[str, list[list[str]]]:
@@ -42,15 +29,15 @@ def _rows(out: str) -> dict[str, list[list[str]]]:
 
 
 def test_a_registry_node_survives_its_config_entry_coming_and_going(
-    tmp_path: Path, hpacs: Any
+    tmp_path: Path, edge_cli: Any
 ) -> None:
     data = edge_config(tmp_path)
     config = write_toml(tmp_path / "hpacs.toml", data)
-    assert hpacs(config, "nodes", "add", "ORTHANC", "10.0.0.9", "4242")[0] == 0
+    assert edge_cli(config, "nodes", "add", "ORTHANC", "10.0.0.9", "4242")[0] == 0
     # the admin copies it into the file, with another port
     data["nodes"].append({"ae_title": "ORTHANC", "host": "10.0.0.9", "port": 4243})
     write_toml(config, data)
-    code, out, _ = hpacs(config, "nodes", "list")
+    code, out, _ = edge_cli(config, "nodes", "list")
     assert code == 0
     both = _rows(out)["ORTHANC"]
     assert [r[5] for r in both] == ["config", "shadowed"]
@@ -59,7 +46,7 @@ def test_a_registry_node_survives_its_config_entry_coming_and_going(
     # ... and takes it out again: the registry node is still there, in force again
     data["nodes"].pop()
     write_toml(config, data)
-    code, out, _ = hpacs(config, "nodes", "list")
+    code, out, _ = edge_cli(config, "nodes", "list")
     assert _rows(out)["ORTHANC"] == [
         ["ORTHANC", "10.0.0.9", "4242", "no", "0", "registry", "echo,find,get,move,store"]
     ]
@@ -76,15 +63,15 @@ def test_a_registry_node_survives_its_config_entry_coming_and_going(
 
 
 def test_nodes_remove_takes_the_registry_row_and_refuses_a_config_one(
-    tmp_path: Path, hpacs: Any
+    tmp_path: Path, edge_cli: Any
 ) -> None:
     data = edge_config(tmp_path)
     config = write_toml(tmp_path / "hpacs.toml", data)
-    code, _, err = hpacs(config, "nodes", "remove", "STORESCU")
+    code, _, err = edge_cli(config, "nodes", "remove", "STORESCU")
     assert code == 1 and "comes from [[nodes]]" in err
-    assert hpacs(config, "nodes", "add", "STORESCU", "10.1.1.1", "104")[0] == 0
-    assert hpacs(config, "nodes", "remove", "STORESCU")[:2] == (0, "removed STORESCU\n")
-    code, out, _ = hpacs(config, "nodes", "list")
+    assert edge_cli(config, "nodes", "add", "STORESCU", "10.1.1.1", "104")[0] == 0
+    assert edge_cli(config, "nodes", "remove", "STORESCU")[:2] == (0, "removed STORESCU\n")
+    code, out, _ = edge_cli(config, "nodes", "list")
     assert [r[5] for r in _rows(out)["STORESCU"]] == ["config"]
 
 

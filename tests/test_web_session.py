@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 
 from cloud_api.shares import scope_verdict
+from shared.errors import Unauthenticated
 from shared.web import viewer
-from shared.web.session import SessionSigner, load_or_create_key, safe_next, same_origin
+from shared.web.session import (
+    Credentials,
+    SessionSigner,
+    load_or_create_key,
+    safe_next,
+    same_origin,
+)
 
 STUDY = "1.2.3.4"
 
@@ -90,6 +97,30 @@ def test_signed_claims_round_trip_and_refuse_tampering_and_age() -> None:
     body, mac = value.split(".")
     assert signer.verify(body[:-1] + ("A" if body[-1] != "A" else "B") + "." + mac, 1030) is None
     assert signer.verify("", 1030) is None and signer.verify("x.y", 1030) is None
+
+
+def test_claims_of_a_request_keep_the_csrf_rule() -> None:
+    """Both sides take a cookie's claims through SessionSigner.claims_of (cloud_api/session.py,
+    edge/webauth.py): a forged or expired cookie, or a cross-origin change, is refused."""
+    signer = SessionSigner(b"k" * 32)
+    value = signer.sign({"kind": "user", "sub": "ann"}, 60)
+
+    def creds(
+        cookie: str | None, method: str = "POST", fetch_site: str | None = None
+    ) -> Credentials:
+        return Credentials(None, cookie, method, None, fetch_site, "pacs.example")
+
+    assert signer.claims_of(creds(value, fetch_site="same-origin"))["sub"] == "ann"
+    assert signer.claims_of(creds(value, method="GET"))["sub"] == "ann"  # reads: no Origin
+    for bad, why in [
+        (creds(value, fetch_site="cross-site"), "cross-origin"),
+        (creds(value), "cross-origin"),  # a change that says nothing of its origin
+        (creds(SessionSigner(b"j" * 32).sign({"sub": "ann"}, 60), "GET"), "expired or is not"),
+        (creds(signer.sign({"sub": "ann"}, -1), "GET"), "expired or is not"),
+        (creds(None, "GET"), "expired or is not"),
+    ]:
+        with pytest.raises(Unauthenticated, match=why):
+            signer.claims_of(bad)
 
 
 def test_session_key_is_created_once_private(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from shared.errors import Unauthenticated
+
 COOKIE = "hpacs_session"
 KEY_BYTES = 32
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -98,6 +100,17 @@ class SessionSigner:
         if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int):
             return None
         return claims if claims["exp"] > now else None
+
+    def claims_of(self, c: Credentials) -> dict[str, Any]:
+        """The claims of a request's session cookie, under the CSRF rule (`same_origin`: the
+        cookie does not authorise a cross-origin state change); Unauthenticated otherwise. The
+        side then looks up what they name (a token, a user, a share link) on every request."""
+        claims = self.verify(c.cookie or "")
+        if claims is None:
+            raise Unauthenticated("the session expired or is not valid: sign in again")
+        if not c.same_origin:
+            raise Unauthenticated("a session cookie does not authorise a cross-origin request")
+        return claims
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,21 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
+@contextmanager
+def new_page(
+    browser: Any, *, height: int = 800, timeout_ms: int = 15_000, **context: Any
+) -> Iterator[Any]:
+    """A page 1280 wide in a fresh browser context (no cookies carried from another test),
+    closed after; `context` goes to Playwright's new_context (accept_downloads, ...)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": height}, **context)
+    pg = ctx.new_page()
+    pg.set_default_timeout(timeout_ms)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
 def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

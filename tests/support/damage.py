@@ -3,7 +3,6 @@ files (issue 12): flip a byte at rest, then retrieve, upload or scrub."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,9 +12,9 @@ from typing import Any
 import pytest
 
 from edge.server import EdgeServer
-from tests.support.dcmtk import storescp
+from tests.support.dcmtk import running_storescp
 from tests.support.edge import DCMTK_AETS, edge_config, running_edge
-from tests.support.net import free_port, port_open, wait_for
+from tests.support.net import free_port
 from tests.support.retrieve import dataset_bytes
 from tests.support.sync import Site, sync_config
 
@@ -86,17 +85,8 @@ def rig(tmp_path: Path, store_url: str, **sync: Any) -> Iterator[Rig]:
 @contextmanager
 def destination(port: int, out: Path) -> Iterator[None]:
     """DCMTK storescp as STORESCP on `port`, writing into `out`."""
-    proc = storescp(port, out)
-    try:
-        wait_for(lambda: port_open(port), 10, "storescp")
+    with running_storescp(port, out):
         yield
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 def flip_byte(path: Path, from_end: int = 100) -> bytes:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.net import port_open, wait_for
 
 
 def require_dcmtk() -> None:
@@ -47,3 +52,28 @@ def storescp(port: int, out_dir: Path, aet: str = "STORESCP", *extra: str) -> su
         text=True,
         env=env,
     )
+
+
+@dataclass
+class Storescp:
+    proc: subprocess.Popen[str]
+    log: str = ""  # its output, filled in once it has stopped
+
+
+@contextmanager
+def running_storescp(
+    port: int, out_dir: Path, aet: str = "STORESCP", *extra: str
+) -> Iterator[Storescp]:
+    """`storescp` listening on `port` for the block, then stopped (killed if it lingers)."""
+    scp = Storescp(storescp(port, out_dir, aet, *extra))
+    try:
+        wait_for(lambda: port_open(port) or scp.proc.poll() is not None, 10, "storescp")
+        assert scp.proc.poll() is None, scp.proc.communicate()[0]
+        yield scp
+    finally:
+        scp.proc.terminate()
+        try:
+            scp.log = scp.proc.communicate(timeout=10)[0] or ""
+        except subprocess.TimeoutExpired:
+            scp.proc.kill()
+            scp.log = scp.proc.communicate()[0] or ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,8 +26,8 @@ from shared import synthetic
 from shared.registry import Node, upsert_node
 from shared.rows import Origin
 from shared.synthetic import StudySpec, make_instance, write_study
-from tests.support.dcmtk import storescp
-from tests.support.net import free_port, port_open, wait_for
+from tests.support.dcmtk import running_storescp
+from tests.support.net import free_port
 
 
 def tune(event: evt.Event) -> None:
@@ -95,20 +94,11 @@ def dcmtk_destination(
 ) -> Iterator[DcmtkPeer]:
     """A DCMTK storescp (verbose) registered on the edge as a move destination."""
     port = free_port()
-    proc = storescp(port, out_dir, ae_title, "-v", *options)
     peer = DcmtkPeer(port)
-    try:
-        wait_for(lambda: port_open(port), what="storescp")
+    with running_storescp(port, out_dir, ae_title, "-v", *options) as scp:
         register(edge, ae_title, port)
         yield peer
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        peer.log = proc.stdout.read() if proc.stdout else ""
+    peer.log = scp.log
 
 
 @dataclass
