@@ -70,14 +70,17 @@ class GroupCommit:
     def _commit(self, batch: list[_Item]) -> None:
         try:
             with self.db.write() as conn:
-                for it in batch:
-                    conn.execute("SAVEPOINT store")
-                    try:
-                        it.result = it.work(conn)
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO store")
-                        it.error = exc
-                    conn.execute("RELEASE store")
+                if len(batch) == 1:  # alone: its failure rolls back the whole transaction
+                    batch[0].result = batch[0].work(conn)
+                else:
+                    for it in batch:
+                        conn.execute("SAVEPOINT store")
+                        try:
+                            it.result = it.work(conn)
+                        except Exception as exc:
+                            conn.execute("ROLLBACK TO store")
+                            it.error = exc
+                        conn.execute("RELEASE store")
         except BaseException as exc:  # BEGIN or COMMIT failed: nothing of the batch is stored
             for it in batch:
                 if it.error is None:

@@ -17,7 +17,7 @@ from edge.dimse import command as cmd
 from edge.dimse.engine import Association, Message, Sink
 from edge.dimse.negotiation import Context
 from edge.dimse.spool import DrainSink, SpoolFile
-from edge.ingest import Ingestor, Origin, Outcome
+from edge.ingest import Ingestor, Origin, Outcome, Received
 from shared import metrics
 from shared.errors import (
     CANNOT_UNDERSTAND,
@@ -74,6 +74,8 @@ class StoreService:
     def _store(self, info: AssocInfo, msg: Message) -> int:
         command, sink = msg.command, msg.sink
         if not permitted(info, "store") or isinstance(sink, DrainSink):
+            if isinstance(sink, SpoolFile):
+                sink.discard()  # spooled before the node lost `store`: nothing is kept
             info.failed += 1
             metrics.store_failed(REFUSED_NOT_AUTHORIZED)
             events.record(self.db, events.STORE_REFUSED, info.calling_ae, info.peer, STORE_REFUSED)
@@ -90,12 +92,16 @@ class StoreService:
             if sink.error is not None:  # the disk filled (or failed) while the dataset arrived
                 raise OutOfResources(f"cannot spool the dataset to the cache: {sink.error}")
             origin = Origin("dimse", calling_ae=info.calling_ae, peer=info.peer)
-            result = self.ingestor.ingest_temp(
-                sink.path,
-                origin,
-                expected_sop_class=command.sop_class,
-                expected_sop_instance=uid,
-            )
+            try:
+                result = self.ingestor.ingest_temp(
+                    sink.path,
+                    origin,
+                    expected_sop_class=command.sop_class,
+                    expected_sop_instance=uid,
+                    received=Received(sink.fd, sink.size, sink.crc.hexdigest()),
+                )
+            finally:
+                sink.close()
         except _NoDataset as exc:
             return self._failed(info, uid, CANNOT_UNDERSTAND, str(exc), "")
         except PacsError as exc:

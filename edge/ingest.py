@@ -28,9 +28,9 @@ from typing import BinaryIO
 
 from edge.cache import Cache
 from edge.commit import GroupCommit
-from shared import acceptance, metrics
+from shared import acceptance, intake, metrics
 from shared.checksum import crc32c_file
-from shared.dicom import Header, read_header
+from shared.dicom import Header
 from shared.errors import (
     DuplicateConflict,
     IndexUnavailable,
@@ -52,6 +52,17 @@ class Outcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class Received:
+    """A temp file its writer still holds open (the C-STORE spool), with what it learnt while
+    writing it: ingest reads and fsyncs it through `fd` and takes its size and crc32c,
+    instead of opening, stat-ing and reading the file again. The writer closes `fd`."""
+
+    fd: int
+    size: int
+    crc32c: str
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,13 @@ class Ingestor:
         expected_sop_instance: str | None = None,
         *,
         expected_study: str | None = None,
+        received: Received | None = None,
     ) -> IngestResult:
         """Ingest a complete Part-10 temp file in the cache's filesystem; takes ownership of it.
         The expected UIDs are what the request said (a C-STORE command, a STOW-RS URL)."""
         try:
             result = self._ingest(
-                temp, origin, expected_sop_class, expected_sop_instance, expected_study
+                temp, origin, expected_sop_class, expected_sop_instance, expected_study, received
             )
             metrics.store_outcome(result.outcome.value, result.size, origin.source)
             return result
@@ -157,35 +169,28 @@ class Ingestor:
         expected_sop_class: str | None,
         expected_sop_instance: str | None,
         expected_study: str | None = None,
+        received: Received | None = None,
     ) -> IngestResult:
-        if self.max_object_bytes and temp.stat().st_size > self.max_object_bytes:
+        size = received.size if received is not None else os.stat(temp).st_size
+        if self.max_object_bytes and size > self.max_object_bytes:
             raise OutOfResources(
-                f"object of {temp.stat().st_size} bytes exceeds edge.max_object_bytes="
-                f"{self.max_object_bytes}"
+                f"object of {size} bytes exceeds edge.max_object_bytes={self.max_object_bytes}"
             )
-        accepted = acceptance.check(temp)
+        # The acceptance rule and the header, from one pass over the bytes (shared/intake.py).
+        accepted = intake.accept(temp, received.fd if received is not None else None)
         if not accepted.part10:
             # A bare dataset (dicomweb-client, in-memory writers): stored as Part-10.
-            acceptance.rewrite_as_part10(temp, accepted)
-        header = read_header(temp)
-        if expected_sop_class is not None and expected_sop_class != header.sop_class_uid:
-            raise UIDMismatch(
-                f"command SOP Class {expected_sop_class} != dataset {header.sop_class_uid}"
-            )
-        if expected_sop_instance is not None and expected_sop_instance != header.sop_instance_uid:
-            raise UIDMismatch(
-                f"command SOP Instance {expected_sop_instance} != dataset {header.sop_instance_uid}"
-            )
-        if expected_study is not None and expected_study != header.study_uid:
-            raise UIDMismatch("the instance's Study Instance UID differs from the URL's")
+            accepted = acceptance.rewrite_as_part10(temp, accepted)
+            received, size = None, accepted.size  # a new file: its own bytes and checksum
+        header = intake.header(accepted, temp)
+        _check_expected(header, expected_sop_class, expected_sop_instance, expected_study)
         if self.min_free_bytes and self.cache.free_bytes() < self.min_free_bytes:
             raise OutOfResources(
                 f"cache filesystem has less than edge.min_free_bytes={self.min_free_bytes} free"
             )
         try:
-            size = temp.stat().st_size
-            crc = crc32c_file(temp)
-            fsync_file(temp)
+            crc = received.crc32c if received is not None else crc32c_file(temp)
+            fsync_file(temp, received.fd if received is not None else None)
             relpath, final = self.cache.path_for(header.sop_instance_uid)
             linked = durable_link(temp, final)
         except OSError as exc:
@@ -369,6 +374,23 @@ class Ingestor:
         return str(row["path"])
 
 
+def _check_expected(
+    header: Header,
+    sop_class: str | None,
+    sop_instance: str | None,
+    study: str | None,
+) -> None:
+    """The dataset's UIDs against what the request said (command, URL)."""
+    if sop_class is not None and sop_class != header.sop_class_uid:
+        raise UIDMismatch(f"command SOP Class {sop_class} != dataset {header.sop_class_uid}")
+    if sop_instance is not None and sop_instance != header.sop_instance_uid:
+        raise UIDMismatch(
+            f"command SOP Instance {sop_instance} != dataset {header.sop_instance_uid}"
+        )
+    if study is not None and study != header.study_uid:
+        raise UIDMismatch("the instance's Study Instance UID differs from the URL's")
+
+
 def version_relpath(relpath: str) -> str:
     """A fresh cache path in the same directory as `relpath` (the shape of every cache path:
     `ab/cd/<64 hex>.dcm`, its first four digits kept), for the new bytes of a replace."""
@@ -399,4 +421,4 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-__all__ = ["IngestResult", "Ingestor", "Origin", "Outcome"]
+__all__ = ["IngestResult", "Ingestor", "Origin", "Outcome", "Received"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -81,17 +82,24 @@ class Accepted:
     size: int
     sop_class_uid: str  # from the dataset's top level ("" when absent)
     sop_instance_uid: str
+    # {tag: (VR or b"" in implicit VR, raw value)} of the top-level elements the caller asked
+    # for (`collect`), taken on the same pass; None when not asked, or when the top level is
+    # not in ascending tag order or a wanted tag is a sequence or of undefined length (then
+    # what a reader such as pydicom makes of the header is not certain to be these bytes).
+    elements: dict[int, tuple[bytes, bytes]] | None = None
 
 
-def check(source: str | os.PathLike[str] | BinaryIO) -> Accepted:
+def check(source: str | os.PathLike[str] | BinaryIO, collect: Collection[int] = ()) -> Accepted:
     """Accept a Part-10 file or a bare dataset (a path or a binary file object), or raise
     `InvalidDataset` with the reason."""
     with buffer(source) as (buf, size):
-        return check_buffer(buf, size)
+        return check_buffer(buf, size, collect)
 
 
-def check_buffer(buf: Any, size: int) -> Accepted:
-    """The rule over a buffer (bytes, mmap): see the module docstring."""
+def check_buffer(buf: Any, size: int, collect: Collection[int] = ()) -> Accepted:
+    """The rule over a buffer (bytes, mmap): see the module docstring. `collect`: top-level
+    tags whose raw elements to hand back (`Accepted.elements`), for the header the index
+    needs, so the object is walked once (shared/intake.py)."""
     if size < 8:
         raise InvalidDataset(f"object of {size} bytes is too short to hold a DICOM element")
     if size >= 132 and buf[128:132] == b"DICM":
@@ -105,10 +113,12 @@ def check_buffer(buf: Any, size: int) -> Accepted:
         raise InvalidDataset("the object holds a File Meta but no dataset")
     if ts == DEFLATED_LE:
         with inflated(buf, start, size) as (plain, plain_size):
-            top = _Scan(plain, plain_size, ts).run(0)
+            scan = _Scan(plain, plain_size, ts, collect)
+            top = scan.run(0)
     else:
-        top = _Scan(buf, size, ts).run(start)
-    return Accepted(ts, part10, start, size, *top)
+        scan = _Scan(buf, size, ts, collect)
+        top = scan.run(start)
+    return Accepted(ts, part10, start, size, *top, scan.collected())
 
 
 def _bare_syntax(buf: Any) -> str:
@@ -200,8 +210,12 @@ def _file_meta(buf: Any, size: int, pos: int) -> tuple[str, int]:
 class _Scan:
     """One pass over element headers with an explicit stack (no recursion, bounded depth)."""
 
-    def __init__(self, buf: Any, size: int, ts: str) -> None:
+    def __init__(self, buf: Any, size: int, ts: str, collect: Collection[int] = ()) -> None:
         self.buf, self.size = buf, size
+        self.collect = collect
+        self.found: dict[int, tuple[bytes, bytes]] = {}
+        self.last_top = -1  # the previous top-level tag: ascending order is checked
+        self.certain = True
         self.native = ts in NATIVE_SYNTAXES
         order = ">" if ts == EXPLICIT_BE else "<"
         self.implicit = ts == IMPLICIT_LE
@@ -214,6 +228,20 @@ class _Scan:
 
     def fail(self, reason: str) -> InvalidDataset:
         return InvalidDataset(reason)
+
+    def collected(self) -> dict[int, tuple[bytes, bytes]] | None:
+        return self.found if self.collect and self.certain else None
+
+    def top_element(self, tag: int, vr: bytes | None, start: int, length: int) -> None:
+        """Order and wanted values of the top level (only when the caller collects)."""
+        if tag <= self.last_top:
+            self.certain = False
+        self.last_top = tag
+        if tag in self.collect:
+            if length == _UNDEFINED or vr == b"SQ" or (vr is None and tag in _SQ_TAGS):
+                self.certain = False
+            else:
+                self.found[tag] = (vr or b"", bytes(self.buf[start : start + length]))
 
     def run(self, pos: int) -> tuple[str, str]:
         """Walk from `pos` to the end; returns the top-level (SOP Class, SOP Instance) UIDs."""
@@ -287,6 +315,8 @@ class _Scan:
                 return pos + 8
             raise self.fail(f"{_name(tag)} at offset {pos} where a data element was expected")
         start = pos + header
+        if self.collect and len(stack) == 1:
+            self.top_element(tag, vr, start, length)
         if length == _UNDEFINED:
             if tag == _PIXEL_DATA and (vr in (b"OB", b"OW") or implicit):
                 return self.fragments(start, ds, len(stack))

@@ -24,16 +24,20 @@ def crc32c_bytes(data: bytes) -> str:
 
 
 class Crc32c:
-    """Incremental crc32c for streams (hex digest)."""
+    """Incremental crc32c for streams (hex digest); takes any bytes-like chunk
+    (`google_crc32c.extend` reads only read-only buffers, so a view of a reused receive
+    buffer is copied first)."""
+
+    __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self._h = google_crc32c.Checksum()
+        self.value = 0
 
-    def update(self, data: bytes) -> None:
-        self._h.update(data)
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.value = google_crc32c.extend(self.value, data if type(data) is bytes else bytes(data))
 
     def hexdigest(self) -> str:
-        return self._h.digest().hex()
+        return f"{self.value:08x}"
 
 
 def hex_to_b64(hex_digest: str) -> str:

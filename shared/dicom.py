@@ -188,7 +188,6 @@ def _checked(values: dict[str, Any], transfer_syntax: str) -> Header:
     return Header(**values)
 
 
-_WANTED = frozenset(tag for _keyword, tag in _TAGS.values())
 _WALK_PLAN = [
     (name, tag, name in _INT_FIELDS, dictionary_VR(tag)) for name, (_kw, tag) in _TAGS.items()
 ]
@@ -215,14 +214,24 @@ def _walked_value(vr: str, raw: bytes, is_int: bool) -> Any:
         return _SLOW
 
 
+WANTED_TAGS = frozenset(tag for _keyword, tag in _TAGS.values())
+
+
 def walked_header(path: str | Path) -> Header | None:
     """The Header of a file by shared.headerwalk (no pydicom), or None when not certain to
     equal pydicom's; invalid UIDs raise as on pydicom's path."""
     with open(path, "rb") as fh:
-        got = headerwalk.raw_elements(fh, os.fstat(fh.fileno()).st_size, _WANTED)
+        got = headerwalk.raw_elements(fh, os.fstat(fh.fileno()).st_size, WANTED_TAGS)
     if got is None:
         return None
-    ts, raw = got
+    return header_from_raw(*got)
+
+
+def header_from_raw(ts: str, raw: dict[int, tuple[bytes, bytes]]) -> Header | None:
+    """The Header from the raw top-level elements of a little-endian dataset ({tag: (VR or
+    b"" for implicit VR, value bytes)} of `WANTED_TAGS`, every one present in the dataset
+    before its Pixel Data), or None when the values are not certain to decode as pydicom
+    decodes them; invalid UIDs raise as on pydicom's path."""
     cs = raw.get(_CHARSET_TAG)
     if cs is not None and cs[1].rstrip(b"\0 ").strip() not in _ASCII_CHARSETS:
         return None
@@ -256,6 +265,11 @@ def read_header(source: str | Path | BinaryIO | bytes) -> Header:
             fast = None
         if fast is not None:
             return fast
+    return pydicom_header(source)
+
+
+def pydicom_header(source: str | Path | BinaryIO | bytes) -> Header:
+    """`read_header` by pydicom alone (what the walks leave to it, and malformed objects)."""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:

@@ -15,7 +15,11 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: str | Path) -> None:
+def fsync_file(path: str | Path, fd: int | None = None) -> None:
+    """fsync a file, through `fd` when the caller holds it open (no second open)."""
+    if fd is not None:
+        os.fsync(fd)
+        return
     fd = os.open(str(path), os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -32,15 +36,52 @@ def durable_rename(src: str | Path, dst: str | Path) -> None:
 
 
 def durable_link(src: str | Path, dst: str | Path) -> bool:
-    """Hard-link `src` to `dst` only if `dst` does not exist (create-only); True if linked."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    """Hard-link `src` to `dst` only if `dst` does not exist (create-only); True if linked.
+
+    The link is durable on return: `dst`'s directory is fsynced, and so is the parent of
+    every directory found missing on the way (created by this call or by a concurrent one: a
+    new directory's own entry is only durable once its parent is). The directory usually
+    exists: one `link` call, no `mkdir`. See docs/ARCHITECTURE.md, "Ingest (invariant 1)"."""
+    dst = os.fspath(dst)
+    parent = os.path.dirname(dst)
     try:
         os.link(src, dst)
     except FileExistsError:
         return False
-    fsync_dir(dst.parent)
+    except FileNotFoundError:
+        missing = make_dirs(parent)
+        if not missing:
+            raise  # the directory was there: `src` is missing
+        try:
+            os.link(src, dst)
+            fsync_dir(parent)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            # durable whether or not we won the link; after the leaf's fsync, which on a
+            # journaling filesystem (ext4, xfs) already committed these mkdirs, so these
+            # fsyncs find nothing left to write and return at once
+            for directory in reversed(missing):
+                fsync_dir(os.path.dirname(directory))
+    fsync_dir(parent)
     return True
+
+
+def make_dirs(path: str) -> list[str]:
+    """`os.makedirs(path, exist_ok=True)` that returns the directories that were missing when
+    it looked, shallowest first (whether it or a concurrent caller then made each one)."""
+    missing: list[str] = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    missing.reverse()
+    for directory in missing:
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            pass
+    return missing
 
 
 def write_atomic(path: str | Path, data: bytes, tmp_dir: str | Path | None = None) -> None:

@@ -33,6 +33,17 @@ def buffer(source: str | os.PathLike[str] | BinaryIO) -> Iterator[tuple[Any, int
 
 
 @contextmanager
+def buffer_fd(fd: int) -> Iterator[tuple[Any, int]]:
+    """The same over a file descriptor the caller keeps open (a spool file being ingested)."""
+    size = os.fstat(fd).st_size
+    if size <= MAP_ABOVE:
+        yield os.pread(fd, size, 0), size
+        return
+    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
+        yield mapped, size
+
+
+@contextmanager
 def buffer_of(fh: BinaryIO) -> Iterator[tuple[Any, int]]:
     if isinstance(fh, io.BytesIO):
         data = fh.getvalue()

@@ -54,11 +54,20 @@ _INSTANCE, _INSTANCE_SQL = _row_sql(
 )
 
 
+# (plain columns, upper-cased copies) per attribute tuple above, computed once: this runs on
+# every ingest.
+_PLANS = {
+    id(attrs): (
+        tuple(a.column for a in attrs[: len(attributes.stored_at(attrs[0].table))]),
+        tuple(a.column for a in attrs[len(attributes.stored_at(attrs[0].table)) :]),
+    )
+    for attrs in (_STUDY, _SERIES, _INSTANCE)
+}
+
+
 def _values(attrs: tuple[attributes.Attribute, ...], h: Header) -> list[Any]:
-    n = len(attributes.stored_at(attrs[0].table))
-    return [getattr(h, a.column) for a in attrs[:n]] + [
-        normalize_name(getattr(h, a.column)) for a in attrs[n:]
-    ]
+    plain, normed = _PLANS[id(attrs)]
+    return [getattr(h, c) for c in plain] + [normalize_name(getattr(h, c)) for c in normed]
 
 
 def index_instance(

@@ -8,6 +8,9 @@ apply while the data arrive, not after:
   the rest of the dataset is read and dropped; the service answers 0xA700. Nothing is kept.
 - a write error (ENOSPC, EIO) is remembered, the file deleted at once to give the space back,
   the rest dropped; the service answers 0xA700 instead of leaving the peer without a response.
+The file stays open after the last fragment, and its crc32c is computed as the fragments are
+written: ingest reads, checksums and fsyncs it through that descriptor (`received()`) instead
+of opening and reading it again; `close()` (or `discard()`) ends it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import struct
 from pathlib import Path
 
 from edge.dimse.negotiation import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
+from shared.checksum import Crc32c
 
 PREAMBLE = b"\0" * 128 + b"DICM"
 
@@ -78,22 +82,26 @@ class SpoolFile:
         self.size = 0
         self.error: OSError | None = None
         self.exceeded = False
+        self.crc = Crc32c()
         self._fd = -1
         try:
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             self.error = exc
             return
         meta = encode_file_meta(_safe_uid(sop_class), _safe_uid(sop_instance), transfer_syntax)
-        self.write(memoryview(PREAMBLE + meta))
+        self.write(PREAMBLE + meta)
 
     @property
     def ok(self) -> bool:
         return self.error is None and not self.exceeded
 
-    def write(self, data: memoryview) -> None:
+    @property
+    def fd(self) -> int:
+        """The open file (-1 once closed or dropped)."""
+        return self._fd
+
+    def write(self, data: bytes | memoryview) -> None:
         n = len(data)
         self.size += n
         if not self.ok:
@@ -103,14 +111,19 @@ class SpoolFile:
             self._drop()
             return
         try:
-            done = 0
+            done = os.write(self._fd, data)
             while done < n:
                 done += os.write(self._fd, data[done:])
         except OSError as exc:
             self.error = exc
             self._drop()
+            return
+        self.crc.update(data)
 
     def finish(self) -> None:
+        """The last fragment arrived: the file stays open for ingest (see the docstring)."""
+
+    def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -120,7 +133,7 @@ class SpoolFile:
 
     def _drop(self) -> None:
         """Close and delete: nothing of a refused or failed object is kept."""
-        self.finish()
+        self.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
