@@ -56,6 +56,9 @@ class QR:
         self.ae.acse_timeout = self.ae.connection_timeout = 10
         self.ae.dimse_timeout = self.ae.network_timeout = 300
         self.assoc: Any = None
+        # Pending C-FIND responses that pynetdicom handed over without an identifier (it could
+        # not decode one, or lost it): a client-side fault, told apart from a missing match.
+        self.pending_without_identifier = 0
 
     def _assoc(self) -> Any:
         if self.assoc is None or not self.assoc.is_established:
@@ -75,8 +78,11 @@ class QR:
         status = None
         for st, ident in self._assoc().send_c_find(q, StudyRootQueryRetrieveInformationModelFind):
             status = getattr(st, "Status", None)
-            if status in (0xFF00, 0xFF01) and ident is not None:
-                found.add(str(ident.SOPInstanceUID))
+            if status in (0xFF00, 0xFF01):
+                if ident is None:
+                    self.pending_without_identifier += 1
+                else:
+                    found.add(str(ident.SOPInstanceUID))
         if status != 0x0000:
             raise RuntimeError(f"C-FIND of study {study} ended with status {status}")
         return found
