@@ -114,22 +114,9 @@ def _fast_value(elems: dict[Any, Any], tag: int, is_int: bool) -> Any:
     if not isinstance(elem, RawDataElement) or type(elem.value) is not bytes:
         return _SLOW
     vr = elem.VR or dictionary_VR(tag)
-    raw = elem.value
-    if vr not in _FAST_VRS or not raw.isascii() or b"\\" in raw or b"\x1b" in raw:
+    if vr == "US":  # binary: pydicom reads it (the header walk decodes its own, little-endian)
         return _SLOW
-    text = raw.decode("ascii")
-    text = text.rstrip("\0 ") if vr == "UI" else text
-    if "\0" in text:
-        return _SLOW
-    if not is_int:
-        return text.strip()
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return _SLOW
+    return _walked_value(vr, elem.value, is_int)
 
 
 def _fast_ok(ds: Dataset) -> dict[Any, Any] | None:
